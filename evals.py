@@ -74,3 +74,253 @@ def split_loss(model, data_dir, split, batch_size, block_size, eval_iters, devic
         (loss,) = _all_reduce_sum([loss], device)
         loss /= torch.distributed.get_world_size()
     return loss
+
+
+# ----------------------------------------------------------------------------- several validation sets
+
+def val_split_names(data_dir):
+    """The validation splits of a shard directory: 'val' and any 'val-*' ('val-python', ...)."""
+    return [s for s in shards.list_splits(data_dir) if s == "val" or s.startswith("val-")]
+
+
+def parse_val_sets(specs, default_data_dir):
+    """Turn val_sets specs into [(name, data_dir, split)].
+
+    A spec is "split" (a split of default_data_dir) or "DIR:split" (a split of another
+    shard directory, e.g. "data/code:val-python"). The name reported in logs is the spec
+    itself, so it is also what primary_val must be set to.
+    """
+    if isinstance(specs, str):
+        specs = [specs]
+    if not specs:
+        raise shards.DataError("val_sets is empty; give at least one validation split, e.g. val_sets=['val']")
+    out, seen = [], set()
+    for spec in specs:
+        spec = spec.strip()
+        data_dir, sep, split = spec.rpartition(":")  # rpartition: DIR may itself hold ':' (C:\...)
+        data_dir = data_dir if sep else default_data_dir
+        if not split or not data_dir:
+            raise shards.DataError(f"val_sets entry {spec!r} is malformed; write 'split' or 'DIR:split', e.g. 'val' or 'data/code:val-python'")
+        if spec in seen:
+            raise shards.DataError(f"val_sets lists {spec!r} twice; remove the duplicate")
+        seen.add(spec)
+        if not shards.list_shards(data_dir, split):  # raises DataError if data_dir is missing
+            have = ", ".join(shards.list_splits(data_dir)) or "none"
+            raise shards.DataError(f"val_sets entry {spec!r}: no '{split}' shards in {data_dir} (splits there: {have}); "
+                                   f"fix the name or prepare that split")
+        out.append((spec, data_dir, split))
+    return out
+
+
+def check_primary_val(primary_val, val_sets):
+    """primary_val (the set ckpt_best.pt follows) must be one of the parsed val_sets' names."""
+    names = [name for name, _, _ in val_sets]
+    if primary_val not in names:
+        raise shards.DataError(f"primary_val={primary_val!r} is not one of val_sets {names}; set primary_val to one of them")
+    return primary_val
+
+
+def eval_val_sets(model, val_sets, batch_size, block_size, eval_iters, device, autocast_ctx, rank=0, world_size=1):
+    """{name: mean loss} over the parsed val_sets (see parse_val_sets)."""
+    return {name: split_loss(model, data_dir, split, batch_size, block_size, eval_iters, device, autocast_ctx,
+                             rank=rank, world_size=world_size)
+            for name, data_dir, split in val_sets}
+
+
+# ----------------------------------------------------------------------------- scoring token spans
+
+def _gpt2_encoding():
+    import tiktoken
+    return tiktoken.get_encoding("gpt2")
+
+
+def _window(context, continuation, block_size):
+    """One row scoring `continuation` given `context`, cut to fit the model.
+
+    Returns (inputs, targets, mask): inputs and targets are the sequence shifted by one
+    and mask is 1 where the target is a continuation token. A sequence longer than
+    block_size + 1 loses its *left* end (oldest context first), as the model would
+    never see it anyway.
+    """
+    tokens = (context + continuation)[-(block_size + 1):]
+    mask = ([0] * len(context) + [1] * len(continuation))[-(block_size + 1):]
+    return tokens[:-1], tokens[1:], mask[1:]
+
+
+def _strided_windows(context, continuation, block_size):
+    """Rows that together score every continuation token, however long it is.
+
+    Each window holds up to block_size inputs and scores the targets not scored by the
+    previous window; a stride of half a block keeps at least block_size/2 tokens of
+    context for every scored token (the strided perplexity of the HF transformers docs).
+    """
+    tokens = context + continuation
+    first = max(len(context), 1)  # index of the first token to score; token 0 has no context
+    stride = max(block_size // 2, 1)
+    rows = []
+    start = first
+    while start < len(tokens):
+        end = min(start + stride, len(tokens))  # score targets tokens[start:end]
+        lo = max(0, end - 1 - block_size)  # inputs tokens[lo:end-1]
+        inputs, targets = tokens[lo:end - 1], tokens[lo + 1:end]
+        mask = [1 if lo + 1 + i >= start else 0 for i in range(len(targets))]
+        rows.append((inputs, targets, mask))
+        start = end
+    return rows
+
+
+@torch.inference_mode()
+def _row_losses(model, rows, device, autocast_ctx, batch_rows):
+    """Summed cross-entropy and token count of the masked targets of each row.
+
+    Rows are right-padded to the longest row of their batch; with causal attention the
+    padding cannot change the logits of the real tokens, and the mask drops its targets.
+    """
+    sums, counts = [], []
+    for b in range(0, len(rows), batch_rows):
+        batch = rows[b:b + batch_rows]
+        T = max(len(r[0]) for r in batch)
+        x = torch.zeros(len(batch), T, dtype=torch.long)
+        y = torch.zeros(len(batch), T, dtype=torch.long)
+        m = torch.zeros(len(batch), T, dtype=torch.bool)
+        for i, (inputs, targets, mask) in enumerate(batch):
+            n = len(inputs)
+            x[i, :n] = torch.tensor(inputs)
+            y[i, :n] = torch.tensor(targets)
+            m[i, :n] = torch.tensor(mask, dtype=torch.bool)
+        x, y, m = x.to(device), y.to(device), m.to(device)
+        with autocast_ctx:
+            logits, _ = model(x)  # (B, T, vocab)
+        # only the scored positions go through the float32 softmax: (N, vocab), N = m.sum()
+        token_loss = F.cross_entropy(logits[m].float(), y[m], reduction="none")  # (N,)
+        per_row = torch.zeros(len(batch), device=device).index_add_(0, m.nonzero()[:, 0], token_loss)  # (B,)
+        sums += per_row.tolist()
+        counts += m.sum(dim=1).tolist()
+    return sums, counts
+
+
+def _block_size(model, block_size):
+    return block_size or model.config.block_size
+
+
+# ----------------------------------------------------------------------------- HellaSwag
+
+HELLASWAG_HUB_DATASET = "Rowan/hellaswag"  # Hugging Face copy of rowanz/hellaswag, used when no path is given
+HELLASWAG_ENDINGS = 4  # every HellaSwag item has four candidate endings
+
+
+def load_hellaswag(path=None):
+    """HellaSwag validation items as dicts with ctx (str), endings (4 str), label (int).
+
+    path: a jsonl file in the original rowanz/hellaswag format. Without a path the
+    validation split is fetched from the Hugging Face hub (needs the network once).
+    """
+    if path is None:
+        try:
+            import datasets
+            rows = datasets.load_dataset(HELLASWAG_HUB_DATASET, split="validation")
+        except Exception as e:  # offline, hub down, or a datasets version that cannot read it
+            raise shards.DataError(f"could not download HellaSwag from the hub ({type(e).__name__}: {str(e)[:200]}); "
+                                   f"pass a local hellaswag_val.jsonl with --hellaswag_path") from None
+        items = [{"ctx": r["ctx"], "endings": list(r["endings"]), "label": int(r["label"])} for r in rows]
+    else:
+        import json
+        try:
+            with open(path) as f:
+                items = [json.loads(line) for line in f if line.strip()]
+        except (OSError, ValueError) as e:
+            raise shards.DataError(f"cannot read HellaSwag file {path} ({e}); give the path of hellaswag_val.jsonl") from None
+    for k, item in enumerate(items):
+        if not all(key in item for key in ("ctx", "endings", "label")) or len(item["endings"]) != HELLASWAG_ENDINGS:
+            raise shards.DataError(f"HellaSwag item {k} of {path or HELLASWAG_HUB_DATASET} lacks ctx/label or 4 endings; "
+                                   f"give a file in the rowanz/hellaswag jsonl format")
+        item["label"] = int(item["label"])
+    return items
+
+
+def hellaswag_predict(sums, counts):
+    """From the summed loss and token count of each item's 4 endings, (B, 4) tensors,
+    the predictions (pred, pred_norm): argmin of summed loss, argmin of mean loss per
+    ending token. The mean favours no ending for being short (HellaSwag paper §5)."""
+    pred = sums.argmin(dim=1)
+    pred_norm = (sums / counts).argmin(dim=1)
+    return pred, pred_norm
+
+
+def hellaswag(model, device, autocast_ctx, path=None, limit=None, batch_items=8, rank=0, world_size=1,
+              block_size=None, items=None):
+    """Completion-style HellaSwag accuracy, as in the published GPT-2 / GPT-3 small-model numbers.
+
+    For each item every ending (with a leading space) is appended to the context and the
+    ending's tokens are scored; acc picks the ending with the least summed loss, acc_norm
+    the least mean loss per token. Contexts too long for the model are left-truncated.
+    Under DDP rank r scores items r, r+world, ... and the counts are summed over ranks.
+    Pass the raw model, not a torch.compile'd one (batch shapes vary).
+    Reference acc_norm: GPT-2 124M 0.2955, GPT-3 Small 0.337.
+    """
+    if items is None:
+        items = load_hellaswag(path)
+    items = items[:limit] if limit is not None else items
+    mine = items[rank::world_size]
+    enc = _gpt2_encoding()
+    T = _block_size(model, block_size)
+    correct = correct_norm = 0
+    with _eval_mode(model):
+        for b in range(0, len(mine), batch_items):
+            batch = mine[b:b + batch_items]
+            rows = []
+            for item in batch:
+                ctx = enc.encode(item["ctx"])
+                rows += [_window(ctx, enc.encode(" " + ending), T) for ending in item["endings"]]
+            sums, counts = _row_losses(model, rows, device, autocast_ctx, len(rows))
+            sums = torch.tensor(sums).view(-1, HELLASWAG_ENDINGS)  # (items, 4)
+            counts = torch.tensor(counts, dtype=torch.float).view(-1, HELLASWAG_ENDINGS)
+            pred, pred_norm = hellaswag_predict(sums, counts)
+            labels = torch.tensor([item["label"] for item in batch])
+            correct += int((pred == labels).sum())
+            correct_norm += int((pred_norm == labels).sum())
+    n = len(mine)
+    n, correct, correct_norm = (int(v) for v in _all_reduce_sum([n, correct, correct_norm], device))
+    return {"acc": correct / max(n, 1), "acc_norm": correct_norm / max(n, 1), "n": n}
+
+
+# ----------------------------------------------------------------------------- code: HumanEval
+
+def load_humaneval(path):
+    """HumanEval problems (dicts with prompt and canonical_solution) from HumanEval.jsonl(.gz)."""
+    import gzip
+    import json
+    opener = gzip.open if str(path).endswith(".gz") else open
+    try:
+        with opener(path, "rt") as f:
+            items = [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError, EOFError) as e:
+        raise shards.DataError(f"cannot read HumanEval file {path} ({e}); give the path of HumanEval.jsonl.gz") from None
+    for k, item in enumerate(items):
+        if "prompt" not in item or "canonical_solution" not in item:
+            raise shards.DataError(f"HumanEval item {k} of {path} lacks prompt/canonical_solution; "
+                                   f"give openai/human-eval's HumanEval.jsonl.gz")
+    return items
+
+
+def humaneval(model, device, autocast_ctx, path, limit=None, batch_rows=4, rank=0, world_size=1, block_size=None):
+    """Loss and perplexity of HumanEval's canonical solutions given their prompts.
+
+    loss = summed cross-entropy over all solution tokens / number of solution tokens
+    (prompt and solution are tokenized separately, so the count is that of the solutions).
+    A solution that does not fit in one block is scored with overlapping windows.
+    Pass the raw model, not a torch.compile'd one (shapes vary).
+    """
+    items = load_humaneval(path)
+    items = items[:limit] if limit is not None else items
+    mine = items[rank::world_size]
+    enc = _gpt2_encoding()
+    T = _block_size(model, block_size)
+    rows = []
+    for item in mine:
+        rows += _strided_windows(enc.encode(item["prompt"]), enc.encode(item["canonical_solution"]), T)
+    with _eval_mode(model):
+        sums, counts = _row_losses(model, rows, device, autocast_ctx, batch_rows)
+    total, tokens, n = _all_reduce_sum([sum(sums), sum(counts), len(mine)], device)
+    loss = total / max(tokens, 1)
+    return {"loss": loss, "ppl": math.exp(loss), "n": int(n), "tokens": int(tokens)}
