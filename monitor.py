@@ -1,0 +1,388 @@
+"""Measuring a training run: FLOPs and MFU, the run planner, metrics.jsonl, trackers.
+
+Pure functions and small classes; nothing here reads script globals or runs on import.
+    flops_per_token / model_flops_per_token   training FLOPs per token (PaLM appendix B)
+    lookup_peak_tflops / peak_flops           vendor peak tensor-core FLOP/s by GPU name
+    mfu                                       model FLOPs utilisation
+    plan_run / format_plan                    tokens, tokens/param, epochs and ETAs of a run
+    MetricsLog                                append-only, resume-safe out_dir/metrics.jsonl
+    make_tracker                              optional wandb / TensorBoard logging
+"""
+import json
+import math
+import os
+import re
+import time
+
+METRICS_FILE = "metrics.jsonl"  # name of the metrics log inside out_dir
+CHINCHILLA_TOKENS_PER_PARAM = 20  # compute-optimal tokens per parameter (Hoffmann et al. 2022, Table 3)
+
+
+class MonitorError(Exception):
+    """A problem with monitoring settings or files, with a message that says how to fix it."""
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+def flops_per_token(n_params_non_embedding, n_layer, n_embd, seq_len, vocab_size=None):
+    """Training FLOPs (forward + backward) per token of a GPT, following PaLM (Chowdhery et al. 2022) appendix B:
+
+        6 * N  +  12 * L * H * Q * T      with H * Q = n_embd
+
+    6N: every weight in a matmul does one multiply-add (2 FLOPs) per token forward and twice that
+    backward (gradients w.r.t. inputs and weights). N counts only weights that take part in a matmul:
+    the transformer blocks (n_params_non_embedding; LayerNorm/bias terms are a negligible extra) plus
+    the output projection lm_head (n_embd * vocab_size), which is a real matmul on every token whether
+    or not it is tied to wte. The embedding lookups (wte, wpe) are gathers, ~0 FLOPs, so they are left out.
+    Pass vocab_size=None only to get Kaplan et al. (2020)'s non-embedding count without the lm_head.
+
+    12*L*C*T: attention scores Q@K^T and the weighted sum att@V are 2*T*C FLOPs each per token per
+    layer forward, x3 for forward+backward. Counted over the full T x T matrix as PaLM does, although
+    causal (flash) attention skips the masked half; so MFU figures compare with nanoGPT/PaLM/llm.c.
+    """
+    n_matmul = n_params_non_embedding + (n_embd * vocab_size if vocab_size else 0)
+    return 6 * n_matmul + 12 * n_layer * n_embd * seq_len
+
+
+def model_flops_per_token(model, seq_len=None):
+    """flops_per_token for a model.GPT, including its lm_head; seq_len defaults to its block_size."""
+    cfg = model.config
+    return flops_per_token(model.get_num_params(non_embedding=True), cfg.n_layer, cfg.n_embd,
+                           seq_len or cfg.block_size, vocab_size=cfg.vocab_size)
+
+
+def mfu(tokens_per_sec, flops_per_token, peak_flops):
+    """Model FLOPs utilisation: achieved model FLOP/s over the hardware's peak FLOP/s (PaLM appendix B).
+    None when the peak is unknown (CPU, a GPU not in the table) rather than a guess."""
+    if not peak_flops:
+        return None
+    return tokens_per_sec * flops_per_token / peak_flops
+
+
+# ----------------------------------------------------------------------------- peak FLOPs
+
+# Dense (no 2:4 sparsity) tensor-core TFLOP/s for bf16 and fp16 inputs with FP32 accumulation, the mode
+# PyTorch autocast training uses (cuBLAS accumulates fp16/bf16 GEMMs in fp32). GeForce cards run
+# FP16-accumulate at twice these rates; that mode is not what training uses, so it is not listed.
+# Datasheets that only quote "with sparsity" figures are halved. Each row: (pattern matched in full
+# against the normalised device name, display name, bf16, fp16, source). None = no such tensor-core mode.
+PEAK_TFLOPS = [
+    # Ampere GA102 whitepaper v2.0, Table 9: "Peak FP16/BF16 Tensor TFLOPS with FP32 Accumulate" 71/142 (dense/sparse)
+    (r"rtx 3090", "RTX 3090", 71.0, 71.0, "NVIDIA Ampere GA102 GPU Architecture whitepaper, Table 9"),
+    # RTX 40-series rows: NVIDIA's product pages give "AI TOPS" = FP8, sparse, FP16 accumulate; dense bf16/fp16
+    # with FP32 accumulate is that / 2 (sparsity) / 2 (FP8 -> 16-bit) / 2 (FP32 accumulate on GeForce). Checked
+    # against the Ada whitepaper v2.1 Table 2, which lists 4090 = 165.2 and 4080 = 97.5 for this mode.
+    (r"rtx 4070", "RTX 4070", 58.3, 58.3, "nvidia.com RTX 4070 specs: 466 AI TOPS / 8"),
+    (r"rtx 4070 super", "RTX 4070 SUPER", 71.0, 71.0, "nvidia.com RTX 4070 SUPER specs: 568 AI TOPS / 8"),
+    (r"rtx 4070 ti", "RTX 4070 Ti", 80.2, 80.2, "nvidia.com RTX 4070 Ti specs: 641 AI TOPS / 8"),
+    (r"rtx 4070 ti super", "RTX 4070 Ti SUPER", 88.3, 88.3, "nvidia.com RTX 4070 Ti SUPER specs: 706 AI TOPS / 8"),
+    (r"rtx 4080", "RTX 4080", 97.5, 97.5, "NVIDIA Ada Lovelace GPU Architecture whitepaper v2.1, Table 2"),
+    (r"rtx 4080 super", "RTX 4080 SUPER", 104.5, 104.5, "nvidia.com RTX 4080 SUPER specs: 836 AI TOPS / 8"),
+    (r"rtx 4090", "RTX 4090", 165.2, 165.2, "NVIDIA Ada Lovelace GPU Architecture whitepaper v2.1, Table 2"),
+    # A100 datasheet (2021): BF16/FP16 Tensor Core 312 TFLOPS dense, same for SXM4 and PCIe, 40 GB and 80 GB
+    (r"a100( sxm4?| pcie)?", "A100", 312.0, 312.0, "NVIDIA A100 Tensor Core GPU datasheet"),
+    # H100 datasheet: SXM 1,979 and PCIe 1,513 TFLOPS BF16/FP16 "with sparsity"; halved for dense.
+    # 'NVIDIA H100 80GB HBM3' is the SXM part (the PCIe part reports 'NVIDIA H100 PCIe').
+    (r"h100( sxm5?)?( hbm3)?", "H100 SXM", 989.5, 989.5, "NVIDIA H100 Tensor Core GPU datasheet (SXM, /2 sparsity)"),
+    (r"h100 pcie", "H100 PCIe", 756.5, 756.5, "NVIDIA H100 Tensor Core GPU datasheet (PCIe, /2 sparsity)"),
+    # H200 datasheet: H200 SXM BF16/FP16 1,979 TFLOPS with sparsity (same compute as H100 SXM); H200 NVL differs
+    (r"h200( sxm)?( hbm3e)?", "H200 SXM", 989.5, 989.5, "NVIDIA H200 Tensor Core GPU datasheet (SXM, /2 sparsity)"),
+    # L4 datasheet: FP16/BF16 Tensor Core 242 TFLOPS with sparsity
+    (r"l4", "L4", 121.0, 121.0, "NVIDIA L4 Tensor Core GPU datasheet (/2 sparsity)"),
+    # T4 datasheet: "Mixed Precision (FP16/FP32) 65 TFLOPS"; Turing has no bf16 tensor cores
+    (r"t4", "T4", None, 65.0, "NVIDIA T4 Tensor Core GPU datasheet"),
+    # A10 datasheet: BF16/FP16 Tensor Core 125 TF dense (250 with sparsity). The AWS A10G is a different part.
+    (r"a10", "A10", 125.0, 125.0, "NVIDIA A10 Tensor Core GPU datasheet"),
+]
+_DROP_WORDS = {"nvidia", "geforce", "tesla"}
+
+
+def _normalise_gpu_name(name):
+    """'NVIDIA A100-SXM4-80GB' -> 'a100 sxm4'; 'NVIDIA GeForce RTX 4070 Ti' -> 'rtx 4070 ti'."""
+    words = re.split(r"[\s\-_]+", name.lower().strip())
+    return " ".join(w for w in words if w and w not in _DROP_WORDS and not re.fullmatch(r"\d+gb", w))
+
+
+def lookup_peak_tflops(gpu_name, dtype):
+    """(peak dense TFLOP/s or None, note) for a torch.cuda.get_device_name() string and 'bfloat16'/'float16'.
+    The whole normalised name must match a row, so a 'Laptop GPU', 'Ti', 'SUPER', 'NVL' or 'A10G' variant is
+    never given another card's figure; those come back None with a note saying how to supply the peak."""
+    key = _normalise_gpu_name(gpu_name)
+    for pattern, display, bf16, fp16, source in PEAK_TFLOPS:
+        if re.fullmatch(pattern, key):
+            tflops = {"bfloat16": bf16, "float16": fp16}.get(dtype)
+            if tflops is None:
+                return None, f"no {dtype} tensor-core peak for {display}; MFU not reported (set --peak_tflops to compare)"
+            return tflops, f"{display} {dtype} dense peak {tflops:g} TFLOPS ({source})"
+    return None, f"GPU {gpu_name!r} is not in monitor.PEAK_TFLOPS; MFU not reported (set --peak_tflops=N from its datasheet)"
+
+
+def peak_flops(device, dtype, gpu_name=None, override_tflops=None):
+    """(peak FLOP/s or None, note) for a run. override_tflops (the --peak_tflops setting) wins; CPU and MPS
+    have no meaningful tensor-core peak, so MFU is not reported there."""
+    if override_tflops:
+        if override_tflops < 0:
+            raise MonitorError(f"peak_tflops must be positive, got {override_tflops}; use e.g. --peak_tflops=58.3")
+        return override_tflops * 1e12, f"peak {override_tflops:g} TFLOPS from --peak_tflops"
+    if device != "cuda":
+        return None, f"MFU not reported on {device} (no tensor-core peak); set --peak_tflops to compare"
+    if gpu_name is None:
+        import torch
+        gpu_name = torch.cuda.get_device_name()
+    tflops, note = lookup_peak_tflops(gpu_name, dtype)
+    return (tflops * 1e12 if tflops else None), note
+
+
+# ----------------------------------------------------------------------------- run planner
+
+def plan_run(n_params, n_params_non_embedding, tokens_per_step, max_iters, iter_num=0,
+             train_tokens=None, tokens_per_sec=None):
+    """The arithmetic of a run, as a dict; values that need a missing input are None.
+
+    n_params counts all parameters: Chinchilla's 20 tokens/param (Hoffmann et al. 2022) was fitted on
+    total parameter counts, embeddings included. Times are wall-clock seconds at tokens_per_sec.
+    """
+    total_tokens = tokens_per_step * max_iters
+    remaining_tokens = tokens_per_step * max(max_iters - iter_num, 0)
+    chinchilla_tokens = CHINCHILLA_TOKENS_PER_PARAM * n_params
+
+    def seconds(tokens):
+        return tokens / tokens_per_sec if tokens_per_sec else None
+
+    plan = {
+        "n_params": n_params,
+        "n_params_non_embedding": n_params_non_embedding,
+        "tokens_per_step": tokens_per_step,
+        "max_iters": max_iters,
+        "iter_num": iter_num,
+        "total_tokens": total_tokens,
+        "remaining_tokens": remaining_tokens,
+        "tokens_per_param": total_tokens / n_params,
+        "tokens_per_non_embedding_param": total_tokens / n_params_non_embedding,
+        "chinchilla_multiple": total_tokens / chinchilla_tokens,
+        "chinchilla_tokens": chinchilla_tokens,
+        "chinchilla_iters": math.ceil(chinchilla_tokens / tokens_per_step),
+        "train_tokens": train_tokens,
+        "epochs": total_tokens / train_tokens if train_tokens else None,
+        "iters_per_epoch": train_tokens // tokens_per_step if train_tokens else None,
+        "tokens_per_sec": tokens_per_sec,
+        "eta_run_s": seconds(total_tokens),
+        "eta_remaining_s": seconds(remaining_tokens),
+        "eta_chinchilla_s": seconds(chinchilla_tokens),
+        "eta_epoch_s": seconds(train_tokens) if train_tokens else None,
+    }
+    return plan
+
+
+def human_count(n):
+    """1234 -> '1.23K', 9999745024 -> '10.0B', 524288 -> '524K' (three significant figures)."""
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K"), (1, "")):
+        x = n / div
+        if abs(x) >= 1 or div == 1:
+            decimals = 0 if abs(x) >= 100 else 1 if abs(x) >= 10 else 2
+            return f"{x:,.{decimals}f}{unit}"
+
+
+def human_time(seconds):
+    """45 -> '45 s', 750 -> '12.5 min', 123120 -> '34.2 h / 1.4 d'."""
+    if seconds is None:
+        return "n/a"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 24 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 3600:.1f} h / {seconds / 86400:.1f} d"
+
+
+def format_plan(plan):
+    """Readable lines for plan_run's dict, for train.py to print at start or with --plan."""
+    p = plan
+    rate = f" at {human_count(p['tokens_per_sec'])} tok/s" if p["tokens_per_sec"] else " (no tok/s measured yet)"
+    lines = [
+        f"model: {human_count(p['n_params'])} params ({human_count(p['n_params_non_embedding'])} non-embedding)",
+        f"tokens/step: {p['tokens_per_step']:,}  x  max_iters: {p['max_iters']:,}  =  {human_count(p['total_tokens'])} tokens",
+        f"tokens/param: {p['tokens_per_param']:.1f} = {p['chinchilla_multiple']:.2f}x Chinchilla's "
+        f"{CHINCHILLA_TOKENS_PER_PARAM} ({human_count(p['chinchilla_tokens'])} tokens, {p['chinchilla_iters']:,} iters)",
+    ]
+    if p["train_tokens"]:
+        lines.append(f"dataset: {human_count(p['train_tokens'])} train tokens = {p['iters_per_epoch']:,} iters/epoch; "
+                     f"this run is {p['epochs']:.2f} epochs")
+    else:
+        lines.append("dataset: train token count unknown (no manifest); epochs not computed")
+    if p["tokens_per_sec"]:
+        eta = f"wall time{rate}: this run {human_time(p['eta_run_s'])}"
+        if p["iter_num"]:
+            eta += f" ({human_time(p['eta_remaining_s'])} left from iter {p['iter_num']:,})"
+        eta += f", Chinchilla-optimal {human_time(p['eta_chinchilla_s'])}"
+        if p["eta_epoch_s"] is not None:
+            eta += f", one epoch {human_time(p['eta_epoch_s'])}"
+        lines.append(eta)
+    else:
+        lines.append(f"wall time: n/a{rate}; run bench.py with this config for tok/s")
+    return lines
+
+
+# ----------------------------------------------------------------------------- metrics.jsonl
+
+def _plain(v):
+    """JSON-ready value: tensors and numpy scalars become Python numbers."""
+    if hasattr(v, "item"):
+        return v.item()
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def read_metrics(path):
+    """The records of a metrics.jsonl, in file order. A torn last line (crash mid-write) is skipped."""
+    records = []
+    with open(path) as f:
+        lines = f.read().split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i >= len(lines) - 2:  # only the final line may be partial
+                continue
+            raise MonitorError(f"{path} line {i + 1} is not JSON; fix or delete that line") from None
+    return records
+
+
+def _write_records_atomic(path, records):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """One JSON object per line in out_dir/metrics.jsonl, flushed per line so it survives a crash.
+
+    Every record has "kind" ("train" or "eval"), "iter" and "time". A new run (resume_iter=None) keeps an
+    existing file by renaming it to metrics.jsonl.1, .2, ... . A resumed run first drops records with
+    iter > resume_iter (atomic rewrite), since those iterations will run again; a record then logged for
+    resume_iter itself replaces the kept one of the same kind, so the file never holds a duplicate iteration.
+    """
+
+    def __init__(self, path, resume_iter=None):
+        self.path = path
+        self._replace_kinds = set()  # kinds with a kept record at resume_iter that a new one replaces
+        self.resume_iter = resume_iter
+        if resume_iter is None:
+            if os.path.exists(path) and os.path.getsize(path) > 0:
+                k = 1
+                while os.path.exists(f"{path}.{k}"):
+                    k += 1
+                os.replace(path, f"{path}.{k}")
+        elif os.path.exists(path):
+            kept = [r for r in read_metrics(path) if r.get("iter", -1) <= resume_iter]
+            self._replace_kinds = {r.get("kind") for r in kept if r.get("iter") == resume_iter}
+            _write_records_atomic(path, kept)
+        self._f = open(path, "a")
+
+    def log(self, kind, iter, **fields):
+        record = {"kind": kind, "iter": int(iter), "time": round(time.time(), 3)}
+        record.update({k: _plain(v) for k, v in fields.items()})
+        if kind in self._replace_kinds and record["iter"] == self.resume_iter:
+            self._replace_kinds.discard(kind)
+            self._f.close()
+            kept = [r for r in read_metrics(self.path) if not (r.get("kind") == kind and r.get("iter") == self.resume_iter)]
+            _write_records_atomic(self.path, kept)
+            self._f = open(self.path, "a")
+        self._f.write(json.dumps(record) + "\n")
+        self._f.flush()
+        return record
+
+    def log_step(self, iter, tokens, loss, lr, grad_norm, ms, tok_per_sec, mfu=None, **extra):
+        """One optimizer step. loss should be the mean over the step's micro-batches."""
+        return self.log("train", iter, tokens=tokens, loss=loss, lr=lr, grad_norm=grad_norm, ms=ms,
+                        tok_per_sec=tok_per_sec, mfu=mfu, **extra)
+
+    def log_eval(self, iter, tokens, val_losses, train_loss=None, best=False, **extra):
+        """An evaluation. val_losses maps a split name to its loss, e.g. {'val': 3.2, 'val-python': 2.9};
+        stored as "val/<split>" fields. extra holds anything else, e.g. hellaswag=0.29."""
+        fields = {f"val/{name}": loss for name, loss in val_losses.items()}
+        return self.log("eval", iter, tokens=tokens, train_loss=train_loss, best=bool(best), **fields, **extra)
+
+    def close(self):
+        self._f.close()
+
+
+# ----------------------------------------------------------------------------- trackers
+
+class NullTracker:
+    """Stand-in when no tracker is enabled, so the training loop has no if-statements for it."""
+
+    def log(self, data, step):
+        pass
+
+    def close(self):
+        pass
+
+
+class WandbTracker:
+    def __init__(self, project, run_name, config):
+        try:
+            import wandb
+        except ImportError:
+            raise MonitorError("wandb_log=True but the 'wandb' package is not installed; pip install wandb, "
+                               "or run with --wandb_log=False") from None
+        self._wandb = wandb
+        self._run = wandb.init(project=project, name=run_name, config=config)
+
+    def log(self, data, step):
+        self._run.log(data, step=step)
+
+    def close(self):
+        self._run.finish()
+
+
+class TensorBoardTracker:
+    def __init__(self, log_dir):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise MonitorError("tensorboard_log=True but the 'tensorboard' package is not installed; "
+                               "pip install tensorboard, or run with --tensorboard_log=False") from None
+        self._writer = SummaryWriter(log_dir=log_dir)
+
+    def log(self, data, step):
+        for k, v in data.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                self._writer.add_scalar(k, v, step)
+        self._writer.flush()
+
+    def close(self):
+        self._writer.close()
+
+
+class MultiTracker:
+    def __init__(self, trackers):
+        self.trackers = trackers
+
+    def log(self, data, step):
+        for t in self.trackers:
+            t.log(data, step)
+
+    def close(self):
+        for t in self.trackers:
+            t.close()
+
+
+def make_tracker(wandb_log=False, tensorboard_log=False, project="nanogpt", run_name=None, config=None, log_dir=None):
+    """A tracker with .log(dict, step) and .close(): wandb, TensorBoard (event files in log_dir), both, or none."""
+    trackers = []
+    if wandb_log:
+        trackers.append(WandbTracker(project, run_name, config))
+    if tensorboard_log:
+        trackers.append(TensorBoardTracker(log_dir))
+    if not trackers:
+        return NullTracker()
+    return trackers[0] if len(trackers) == 1 else MultiTracker(trackers)
