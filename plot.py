@@ -1,0 +1,122 @@
+"""Plot train and validation loss against tokens seen, for one run or several on one chart.
+
+    python plot.py out/gpt2-124m                      # writes loss.png
+    python plot.py out/run-a out/run-b --out cmp.png   # compare runs (legend by directory name)
+
+Reads each OUT_DIR/metrics.jsonl written by train.py (monitor.MetricsLog). The train curve is the mean
+step loss over each interval between plotted points, not single noisy micro-batch losses; the best
+checkpoint (lowest primary validation loss) is starred.
+"""
+import argparse
+import math
+import os
+import sys
+
+from monitor import METRICS_FILE, MonitorError, human_count, read_metrics
+
+DEFAULT_POINTS = 200  # train-loss points per run; each is the mean of the steps in its interval
+PRIMARY_VAL = "val/val"  # the validation set the best marker follows when present, else the first one logged
+
+
+def load_run(out_dir):
+    """(train_points, val_curves, best) of one run directory, ready to draw."""
+    path = os.path.join(out_dir, METRICS_FILE)
+    if not os.path.isfile(path):
+        raise MonitorError(f"{out_dir} has no {METRICS_FILE}; pass the out_dir of a train.py run")
+    records = read_metrics(path)
+    steps = [r for r in records if r.get("kind") == "train" and r.get("tokens") is not None]
+    evals = [r for r in records if r.get("kind") == "eval" and r.get("tokens") is not None]
+    if not steps and not evals:
+        raise MonitorError(f"{path} holds no train or eval records yet; let the run log a few steps first")
+    return steps, evals
+
+
+def average_intervals(steps, points):
+    """(tokens, mean loss) per interval of ~len(steps)/points consecutive steps, skipping non-finite losses
+    (steps that train.py skipped), placed at the interval's last token count."""
+    width = max(1, math.ceil(len(steps) / points))
+    xs, ys = [], []
+    for i in range(0, len(steps), width):
+        chunk = steps[i:i + width]
+        losses = [r["loss"] for r in chunk if r.get("loss") is not None and math.isfinite(r["loss"])]
+        if losses:
+            xs.append(chunk[-1]["tokens"])
+            ys.append(sum(losses) / len(losses))
+    return xs, ys
+
+
+def val_curves(evals):
+    """{'val/val': (tokens, losses), ...} in the order the sets first appear."""
+    curves = {}
+    for r in evals:
+        for key, v in r.items():
+            if key.startswith("val/") and v is not None and math.isfinite(v):
+                xs, ys = curves.setdefault(key, ([], []))
+                xs.append(r["tokens"])
+                ys.append(v)
+    return curves
+
+
+def best_point(curves):
+    """(set name, tokens, loss) of the lowest primary validation loss, or None without evals."""
+    if not curves:
+        return None
+    key = PRIMARY_VAL if PRIMARY_VAL in curves else next(iter(curves))
+    xs, ys = curves[key]
+    i = min(range(len(ys)), key=ys.__getitem__)
+    return key, xs[i], ys[i]
+
+
+def plot_runs(out_dirs, out_path, points=DEFAULT_POINTS):
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    runs = [(d, *load_run(d)) for d in out_dirs]  # read everything first: a bad dir fails before drawing
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    styles = ["--", ":", "-."]
+    for k, (out_dir, steps, evals) in enumerate(runs):
+        name = os.path.basename(os.path.normpath(out_dir))
+        color = f"C{k % 10}"
+        if steps:
+            xs, ys = average_intervals(steps, points)
+            ax.plot(xs, ys, color=color, lw=1.2, alpha=0.85, label=f"{name} train")
+        curves = val_curves(evals)
+        for j, (key, (xs, ys)) in enumerate(curves.items()):
+            ax.plot(xs, ys, styles[j % len(styles)], color=color, lw=1.6, marker=".", label=f"{name} {key}")
+        best = best_point(curves)
+        if best:
+            key, x, y = best
+            ax.plot([x], [y], "*", color=color, markersize=14, markeredgecolor="black",
+                    label=f"{name} best {key} {y:.4f} @ {human_count(x)} tok")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("loss (cross-entropy, nats)")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_count(v) if v else "0"))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("train / val loss")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+    return out_path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Plot train/val loss of train.py runs against tokens seen.")
+    parser.add_argument("out_dirs", nargs="+", metavar="OUT_DIR", help="run directories holding metrics.jsonl")
+    parser.add_argument("--out", default="loss.png", help="PNG file to write")
+    parser.add_argument("--points", type=int, default=DEFAULT_POINTS, help="train-loss points per run (averaged intervals)")
+    args = parser.parse_args(argv)
+    if args.points < 1:
+        parser.error("--points must be at least 1")
+    try:
+        plot_runs(args.out_dirs, args.out, args.points)
+    except (MonitorError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
