@@ -13,6 +13,7 @@ Shards hold `shard_tokens` tokens (default 100M); the last one of a split may be
 Readers memory-map shards and keep at most one open, so memory stays flat
 whatever the number of shards.
 """
+import errno
 import json
 import os
 import re
@@ -125,9 +126,12 @@ def write_shard(path, tokens):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise DataError(f"disk full while writing {path} (nothing partial was left); free some space or "
+                            f"choose another out_dir, then re-run: it resumes") from None
         raise
 
 
@@ -137,6 +141,8 @@ class ShardWriter:
     Memory is the buffer (2 bytes x shard_tokens) whatever the dataset size. A document
     longer than the space left is split across shards, so shards are exactly full.
     `on_shard(name, ntokens)` is called after each shard is safely on disk.
+    state_dict()/load_state_dict() with partial() let a writer be checkpointed and
+    resumed exactly where it stopped (the unwritten tail of the buffer is saved aside).
     """
 
     def __init__(self, out_dir, split, shard_tokens=DEFAULT_SHARD_TOKENS, start_index=0, on_shard=None):
@@ -172,6 +178,22 @@ class ShardWriter:
             self.on_shard(name, int(self.fill))
         self.index += 1
         self.fill = 0
+
+    def partial(self):
+        """The tokens added but not yet written to a shard (a view of the buffer)."""
+        return self.buf[:self.fill]
+
+    def state_dict(self):
+        return {"index": self.index, "fill": self.fill, "total_tokens": self.total_tokens}
+
+    def load_state_dict(self, state, partial):
+        """Continue from a checkpoint: state_dict() and the partial() tokens saved with it."""
+        partial = np.asarray(partial, dtype=DTYPE)
+        if len(partial) != state["fill"] or state["fill"] >= self.shard_tokens:
+            raise DataError(f"saved state of split '{self.split}' holds {len(partial)} tokens, expected "
+                            f"{state['fill']} (< {self.shard_tokens}); re-run with --overwrite")
+        self.index, self.fill, self.total_tokens = state["index"], state["fill"], state["total_tokens"]
+        self.buf[:self.fill] = partial
 
     def close(self):
         """Write the last, possibly shorter, shard."""

@@ -1,0 +1,581 @@
+"""The data pipeline shared by prepare_fineweb.py and prepare_github_code.py.
+
+    parquet files --(pyarrow record batches)--> texts --(tiktoken, threaded)--> token lists
+      --(EOT before each document)--> ShardWriter per split --> train_*.npy, val_*.npy, ...
+
+Memory stays flat whatever the data size: files are read one record batch at a time, at
+most QUEUE_BATCHES encoded batches wait between the reader thread and the writer, and each
+split owns one preallocated shard buffer (shards.ShardWriter).
+
+Resumable: after every batch in which a shard was written (and after every input file) the
+writers' unwritten buffers are saved under out_dir/partial/ and the manifest records the
+input position, counters and writer states. A re-run after a crash (even kill -9) restarts
+from there and produces byte-identical shards, because every decision (split, filters) is
+a deterministic function of the documents in input order.
+
+The scripts supply a DatasetSpec (columns, filters, how val documents are chosen) and a
+list of sources; everything else lives here once.
+"""
+import dataclasses
+import glob
+import hashlib
+import itertools
+import os
+import queue
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+import shards
+from shards import DataError, EOT
+
+QUEUE_BATCHES = 2  # encoded record batches buffered between the reader thread and the writer
+PARTIAL_DIR = "partial"  # out_dir/partial/ holds the writers' unwritten tokens at the last checkpoint
+HIST_PNG = "doc_lengths.png"  # --stats writes the document-length histogram here, inside the dataset dir
+STATS_CHUNK = 1 << 24  # tokens scanned at a time by --stats (bounded memory on 100M-token shards)
+PERCENTILES = (10, 50, 90, 99)  # document-length percentiles printed by --stats
+
+
+@dataclass
+class PrepareConfig:
+    out_dir: str = ""  # output directory of shards and manifest.json; '': data/<dataset>
+    data_files: str = ""  # local parquet files, comma-separated paths or globs; never touches the network
+    num_files: int = 1  # download mode (no data_files): how many parquet files of the dataset to fetch
+    revision: str = "main"  # download mode: hub branch, tag or commit; the resolved commit goes in manifest.json
+    shard_tokens: int = shards.DEFAULT_SHARD_TOKENS  # tokens per shard (2 bytes each)
+    val_tokens: int = 10_000_000  # tokens (whole documents) sent to the 'val' split
+    batch_rows: int = 1024  # documents per parquet record batch; memory holds a few batches
+    num_threads: int = 0  # tokenizer threads; 0: all CPU cores
+    overwrite: bool = False  # replace a dataset already in out_dir (never done without it)
+    stats: str = ""  # print the statistics of this prepared directory, write its doc_lengths.png, and exit
+    progress_interval: float = 10.0  # seconds between plain progress lines when stderr is not a terminal
+
+
+# settings that do not change the output: a resumed run may change them
+NON_DATA_SETTINGS = ("out_dir", "num_threads", "batch_rows", "overwrite", "stats", "progress_interval")
+
+
+@dataclass
+class DatasetSpec:
+    """What a prepare script tells the pipeline about its dataset."""
+    name: str  # recorded in the manifest, e.g. 'fineweb-edu'
+    text_column: str  # the column holding the document text
+    columns: list  # every column the pipeline or `keep` reads
+    keep: object = None  # keep(record_batch) -> (bool mask or None, {reason: dropped count}); the filters
+    split_column: str = ""  # '': the first documents go to val; else val holds documents whose hash of this column is low
+    val_fraction: float = 0.0  # with split_column: fraction of its values (e.g. repositories) held out for val
+    language_column: str = ""  # with it: per-language token counts and val-<language> sets
+    language_val_tokens: int = 0  # tokens of each val-<language> set
+
+
+# ----------------------------------------------------------------------------- sources
+
+class ParquetSource:
+    """One parquet file, read one record batch at a time."""
+
+    def __init__(self, path, name=None):
+        self.path, self.name = path, name or os.path.abspath(path)
+        self.size = os.path.getsize(path)
+        self._meta = None
+
+    def _file(self):
+        import pyarrow.parquet as pq
+        try:
+            return pq.ParquetFile(self.path)
+        except Exception as e:  # pyarrow raises ArrowInvalid/OSError with long messages
+            raise DataError(f"{self.path} is not a readable parquet file ({_first_line(e)}); "
+                            f"re-download it or remove it from the inputs") from None
+
+    def check(self, columns):
+        """Fail early, before anything is written, on an unreadable file or a missing column."""
+        pf = self._file()
+        names = pf.schema_arrow.names
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise DataError(f"{self.path} has no column {missing[0]!r} (it has {', '.join(names)}); "
+                            f"this is not the dataset this script prepares")
+        self.num_rows = pf.metadata.num_rows
+
+    def batches(self, columns, start_row, batch_rows):
+        """Record batches from row start_row on (earlier row groups are not read)."""
+        pf = self._file()
+        md = pf.metadata
+        first, skip = 0, start_row
+        while first < md.num_row_groups and skip >= md.row_group(first).num_rows:
+            skip -= md.row_group(first).num_rows
+            first += 1
+        try:
+            it = pf.iter_batches(batch_size=batch_rows, columns=columns, row_groups=range(first, md.num_row_groups))
+            for batch in it:
+                if skip:
+                    cut = min(skip, batch.num_rows)
+                    batch, skip = batch.slice(cut), skip - cut
+                if batch.num_rows:
+                    yield batch
+        except DataError:
+            raise
+        except Exception as e:
+            raise DataError(f"{self.path} is corrupt or truncated ({_first_line(e)}); "
+                            f"re-download it or remove it from the inputs, then re-run (it resumes)") from None
+
+    def identity(self):
+        return {"name": self.name, "bytes": self.size}
+
+
+def _first_line(e):
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+def local_sources(data_files):
+    """ParquetSources of comma-separated paths/globs, sorted within each glob."""
+    paths = []
+    for pattern in [p.strip() for p in data_files.split(",") if p.strip()]:
+        found = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not found:
+            raise DataError(f"--data_files: nothing matches {pattern!r}; check the path (quote globs in the shell)")
+        paths.extend(found)
+    return [ParquetSource(p) for p in paths]
+
+
+def hub_sources(repo_id, folder, num_files, revision):
+    """Download (or find in the HF cache) the first num_files parquet files under `folder`
+    of a hub dataset at `revision`. Returns (sources, commit). A complete cached file is not
+    fetched again; with HF_HUB_OFFLINE=1 only the cache is used."""
+    from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
+    if num_files < 1:
+        raise DataError(f"--num_files must be at least 1, got {num_files}")
+    try:
+        if constants.HF_HUB_OFFLINE:
+            root = snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True)
+            names = sorted(os.path.relpath(p, root).replace(os.sep, "/")
+                           for p in glob.glob(os.path.join(root, folder, "*.parquet")))
+        else:
+            tree = HfApi().list_repo_tree(repo_id, path_in_repo=folder, repo_type="dataset", revision=revision)
+            names = sorted(f.path for f in tree if f.path.endswith(".parquet"))
+    except Exception as e:  # network, unknown repo/revision, nothing cached offline
+        raise DataError(f"cannot list {repo_id}/{folder} at revision {revision!r} ({_first_line(e)}); check the "
+                        f"name/--revision and the network, or pass local files with --data_files") from None
+    if len(names) < num_files:
+        where = "in the local HF cache (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else "on the hub"
+        raise DataError(f"{repo_id}/{folder} has {len(names)} parquet files {where}, --num_files asks for {num_files}")
+    sources, commit = [], None
+    for name in names[:num_files]:
+        try:
+            path = hf_hub_download(repo_id, name, repo_type="dataset", revision=revision)
+        except Exception as e:
+            raise DataError(f"download of {repo_id}/{name} failed ({_first_line(e)}); re-run to retry") from None
+        parts = os.path.normpath(path).split(os.sep)
+        commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else revision  # .../snapshots/<commit>/...
+        sources.append(ParquetSource(path, name=f"hf://datasets/{repo_id}@{commit}/{name}"))
+    return sources, commit
+
+
+# ----------------------------------------------------------------------------- documents
+
+def column_texts(col, counts):
+    """Python strings of a text column; None where a document is skipped (counted by reason)."""
+    import pyarrow as pa
+    t = col.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        try:
+            values = col.to_pylist()
+        except UnicodeDecodeError:  # invalid UTF-8 stored in a string column: check each value
+            values = col.view(pa.large_binary() if pa.types.is_large_string(t) else pa.binary()).to_pylist()
+    elif pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        values = col.to_pylist()
+    else:
+        raise DataError(f"text column has type {t}, expected string or binary; this is not the expected dataset")
+    out = []
+    for v in values:
+        if isinstance(v, bytes):
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError:
+                counts["invalid_utf8"] = counts.get("invalid_utf8", 0) + 1
+                out.append(None)
+                continue
+        if v is None:
+            counts["null_text"] = counts.get("null_text", 0) + 1
+        elif not v:
+            counts["empty_text"] = counts.get("empty_text", 0) + 1
+            v = None
+        out.append(v)
+    return out
+
+
+def language_split(language):
+    """'C++' -> 'val-cpp': a split name safe in file names (shards._SHARD_RE)."""
+    safe = language.lower().replace("+", "p").replace("#", "sharp")
+    return "val-" + (re.sub(r"[^a-z0-9.]+", "-", safe).strip("-") or "unknown")
+
+
+def key_fraction(key):
+    """A stable number in [0, 1) for a string (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(str(key).encode("utf-8"), digest_size=8).digest(), "little") / 2.0 ** 64
+
+
+def pack(token_lists):
+    """uint16 array of the documents, each preceded by EOT."""
+    n = sum(map(len, token_lists)) + len(token_lists)
+    seq = []
+    for t in token_lists:
+        seq.append((EOT,))
+        seq.append(t)
+    return np.fromiter(itertools.chain.from_iterable(seq), dtype=shards.DTYPE, count=n)
+
+
+def encoded_batches(spec, sources, start, batch_rows, enc, num_threads):
+    """Yield one dict per record batch from position start=(file, row): the documents kept,
+    their tokens, split keys and languages, the skip counts, and the position after it."""
+    cols = list(dict.fromkeys(spec.columns))
+    for fi in range(start[0], len(sources)):
+        row = start[1] if fi == start[0] else 0
+        for batch in sources[fi].batches(cols, row, batch_rows):
+            row += batch.num_rows
+            counts = {}
+            if spec.keep is not None:
+                mask, dropped = spec.keep(batch)
+                for k, v in dropped.items():
+                    counts[k] = counts.get(k, 0) + v
+                if mask is not None:
+                    batch = batch.filter(mask)
+            texts = column_texts(batch.column(spec.text_column), counts)
+            keep = [i for i, t in enumerate(texts) if t is not None]
+            keys = batch.column(spec.split_column).to_pylist() if spec.split_column else None
+            langs = batch.column(spec.language_column).to_pylist() if spec.language_column else None
+            yield {
+                "tokens": enc.encode_ordinary_batch([texts[i] for i in keep], num_threads=num_threads),
+                "keys": [keys[i] for i in keep] if keys else None,
+                "langs": [langs[i] or "unknown" for i in keep] if langs else None,
+                "counts": counts, "rows": batch.num_rows, "position": (fi, row), "file_done": False,
+            }
+        yield {"tokens": [], "keys": None, "langs": None, "counts": {}, "rows": 0,
+               "position": (fi + 1, 0), "file_done": True}
+
+
+def threaded(gen, maxsize=QUEUE_BATCHES):
+    """Run a generator in a thread, QUEUE_BATCHES items ahead, so reading and encoding the
+    next batch overlap with writing this one (tiktoken and pyarrow release the GIL)."""
+    q, stop, done = queue.Queue(maxsize), threading.Event(), object()
+
+    def work():
+        try:
+            for item in gen:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(e)
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+# ----------------------------------------------------------------------------- progress
+
+class Progress:
+    """tqdm bars (files; tokens with tokens/s and ETA) on a terminal, else a plain line every `interval` s."""
+
+    def __init__(self, num_files, num_rows, done_files, done_rows, tokens, interval):
+        self.num_files, self.num_rows, self.rows, self.tokens = num_files, num_rows, done_rows, tokens
+        self.t0, self.tok0, self.last, self.interval = time.time(), tokens, 0.0, interval
+        self.tty = sys.stderr.isatty()
+        if self.tty:
+            from tqdm import tqdm
+            self.fbar = tqdm(total=num_files, initial=done_files, desc="files", unit="file", position=0)
+            self.tbar = tqdm(total=None, initial=tokens, desc="tokens", unit="tok", unit_scale=True, position=1)
+
+    def update(self, rows, tokens, file_done):
+        self.rows += rows
+        self.tokens += tokens
+        est_total = int(self.tokens * self.num_rows / self.rows) if self.rows else None  # for the ETA
+        if self.tty:
+            self.tbar.total = est_total
+            self.tbar.update(tokens)
+            if file_done:
+                self.fbar.update(1)
+        elif time.time() - self.last >= self.interval:
+            self.last = time.time()
+            rate = (self.tokens - self.tok0) / max(self.last - self.t0, 1e-9)
+            eta = (est_total - self.tokens) / rate if est_total and rate > 0 else float("nan")
+            print(f"prepare: {self.rows:,}/{self.num_rows:,} documents, {self.tokens:,} tokens, "
+                  f"{rate / 1e6:.2f}M tok/s, ETA {eta / 60:.1f} min", file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.tty:
+            self.fbar.close()
+            self.tbar.close()
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+def dataset_args(cfg):
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NON_DATA_SETTINGS}
+
+
+def _our_files(out_dir):
+    """Files of a prepared dataset in out_dir (shards, manifest, saved partial buffers)."""
+    names = [n for n in os.listdir(out_dir) if shards._SHARD_RE.match(n) or n in (shards.MANIFEST, HIST_PNG)]
+    return [os.path.join(out_dir, n) for n in names]
+
+
+def _remove_dataset(out_dir):
+    for p in _our_files(out_dir):
+        os.remove(p)
+    pdir = os.path.join(out_dir, PARTIAL_DIR)
+    if os.path.isdir(pdir):
+        for n in os.listdir(pdir):
+            os.remove(os.path.join(pdir, n))
+        os.rmdir(pdir)
+
+
+def _existing(out_dir, args, sources, overwrite):
+    """The manifest to resume from, None to start afresh; refuses to touch a different dataset."""
+    if not os.path.isdir(out_dir):
+        return None
+    if overwrite:
+        _remove_dataset(out_dir)
+        return None
+    try:
+        m = shards.read_manifest(out_dir, required=False)
+    except DataError as e:
+        raise DataError(f"{e}; or pass --overwrite to replace it") from None
+    if m is None:
+        if shards.list_splits(out_dir):
+            raise DataError(f"{out_dir} holds shards but no manifest.json (not made by this script, or by an "
+                            f"older version); use another --out_dir, or --overwrite to replace them")
+        return None
+    old_args = m.get("args", {})
+    for k in sorted(set(old_args) | set(args)):
+        if old_args.get(k) != args.get(k):
+            raise DataError(f"{out_dir} holds a dataset prepared with {k}={old_args.get(k)!r}, not {args.get(k)!r}; "
+                            f"use another --out_dir, or --overwrite to replace it")
+    if m.get("sources") != [s.identity() for s in sources]:
+        raise DataError(f"{out_dir} holds a dataset prepared from other input files (see its manifest.json); use "
+                        f"the same inputs (and --revision), another --out_dir, or --overwrite to replace it")
+    return m
+
+
+def prepare(cfg, spec, sources, extra=None, enc=None):
+    """Tokenize `sources` into cfg.out_dir; resume an interrupted run; return the manifest."""
+    import tiktoken
+    out_dir = cfg.out_dir
+    if cfg.shard_tokens < 1 or cfg.val_tokens < 0:
+        raise DataError(f"shard_tokens must be >= 1 and val_tokens >= 0 (got {cfg.shard_tokens}, {cfg.val_tokens})")
+    if not sources:
+        raise DataError("no input files; pass --data_files=... or download with --num_files=N")
+    for s in sources:
+        s.check(list(dict.fromkeys(spec.columns)))
+    args = dataset_args(cfg)
+    m = _existing(out_dir, args, sources, cfg.overwrite)
+    if m is not None and m.get("progress", {}).get("complete"):
+        print(f"{out_dir} is already complete ({sum(m['shards'].values()):,} tokens); nothing to do "
+              f"(--overwrite re-creates it)", file=sys.stderr)
+        return m
+    os.makedirs(os.path.join(out_dir, PARTIAL_DIR), exist_ok=True)
+    enc = enc or tiktoken.get_encoding(shards.TOKENIZER)
+    if m is None:
+        m = shards.new_manifest(args, [s.identity() for s in sources])
+        m.update({"dataset": spec.name, "docs": {}, "tokens": {}, "skipped": {}, "tokens_by_language": {},
+                  "progress": {"complete": False, "position": [0, 0], "checkpoint": 0, "writers": {}}})
+        m.update(extra or {})
+        shards.write_manifest(out_dir, m)  # before any shard: shards without a manifest are never ours
+    prog = m["progress"]
+
+    writers = {}
+
+    def on_shard(name, n):
+        m["shards"][name] = n
+        state["flushed"] = True
+
+    def writer(split):
+        if split not in writers:
+            writers[split] = shards.ShardWriter(out_dir, split, cfg.shard_tokens, on_shard=on_shard)
+        return writers[split]
+
+    for split, st in prog["writers"].items():  # resume: restore each writer's buffer
+        ppath = os.path.join(out_dir, PARTIAL_DIR, f"{prog['checkpoint']:06d}-{split}.npy")
+        partial = np.load(ppath) if st["fill"] else np.empty(0, shards.DTYPE)
+        writer(split).load_state_dict(st, partial)
+    state = {"flushed": False}
+
+    def checkpoint(final=False):
+        seq = prog["checkpoint"] + 1
+        if final:
+            for w in writers.values():
+                w.close()
+        else:
+            for split, w in writers.items():
+                if w.fill:
+                    shards.write_shard(os.path.join(out_dir, PARTIAL_DIR, f"{seq:06d}-{split}.npy"), w.partial())
+        prog.update(checkpoint=seq, position=list(position), complete=final,
+                    writers={s: w.state_dict() for s, w in writers.items()})
+        shards.write_manifest(out_dir, m)
+        pdir = os.path.join(out_dir, PARTIAL_DIR)
+        for n in os.listdir(pdir):  # older checkpoints' buffers
+            if final or not n.startswith(f"{seq:06d}-"):
+                os.remove(os.path.join(pdir, n))
+        if final:
+            os.rmdir(pdir)
+        state["flushed"] = False
+
+    position = tuple(prog["position"])
+    docs, skipped, lang_tokens, routed = m["docs"], m["skipped"], m["tokens_by_language"], m["tokens"]
+    num_threads = cfg.num_threads or os.cpu_count() or 1
+    num_rows = sum(s.num_rows for s in sources)
+    done_rows = sum(s.num_rows for s in sources[:position[0]]) + position[1]
+    progress = Progress(len(sources), num_rows, position[0], done_rows,
+                        sum(w.total_tokens for w in writers.values()), cfg.progress_interval)
+    items = threaded(encoded_batches(spec, sources, position, cfg.batch_rows, enc, num_threads))
+    try:
+        for item in items:
+            pieces = {}  # split -> token lists of this batch, in document order
+            ntok = 0
+            for i, toks in enumerate(item["tokens"]):
+                n = len(toks) + 1  # with its EOT
+                ntok += n
+                lang = item["langs"][i] if item["langs"] else None
+                if spec.split_column:
+                    held_out = key_fraction(item["keys"][i]) < spec.val_fraction
+                else:  # the first documents fill val
+                    held_out = routed.get("val", 0) < cfg.val_tokens
+                dests = []
+                if held_out:
+                    if routed.get("val", 0) < cfg.val_tokens:
+                        dests.append("val")
+                    if lang is not None and routed.get(language_split(lang), 0) < spec.language_val_tokens:
+                        dests.append(language_split(lang))
+                    if not dests:  # a held-out repository while the val sets are full: never into train
+                        skipped["held_out_overflow"] = skipped.get("held_out_overflow", 0) + 1
+                else:
+                    dests.append("train")
+                for d in dests:
+                    pieces.setdefault(d, []).append(toks)
+                    docs[d] = docs.get(d, 0) + 1
+                    routed[d] = routed.get(d, 0) + n
+                if lang is not None and dests:
+                    lang_tokens[lang] = lang_tokens.get(lang, 0) + n
+            for d, lists in pieces.items():
+                writer(d).add(pack(lists))
+            for k, v in item["counts"].items():
+                skipped[k] = skipped.get(k, 0) + v
+            position = item["position"]
+            progress.update(item["rows"], ntok, item["file_done"])
+            if state["flushed"] or item["file_done"]:
+                checkpoint()
+        checkpoint(final=True)
+    finally:
+        items.close()
+        progress.close()
+    return m
+
+
+def summary(m):
+    """A few lines describing a prepared dataset from its manifest."""
+    per_split = {}
+    for name, n in m["shards"].items():
+        split = shards._SHARD_RE.match(name).group("split")
+        per_split.setdefault(split, [0, 0])
+        per_split[split][0] += n
+        per_split[split][1] += 1
+    lines = [f"dataset {m.get('dataset', '?')}: {len(m['sources'])} input file(s)"]
+    for split in sorted(per_split):
+        tok, ns = per_split[split]
+        lines.append(f"  {split:<16} {tok:>15,} tokens in {ns} shard(s), {m.get('docs', {}).get(split, 0):,} documents")
+    for lang, n in sorted(m.get("tokens_by_language", {}).items(), key=lambda kv: -kv[1]):
+        lines.append(f"  language {lang:<16} {n:>15,} tokens")
+    for reason, n in sorted(m.get("skipped", {}).items()):
+        lines.append(f"  skipped ({reason}): {n:,} documents")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- --stats
+
+def doc_lengths(paths):
+    """Lengths in tokens (EOT included) of the documents of a split: EOT starts each document,
+    so documents are the spans between EOTs, possibly straddling shards."""
+    starts, offset = [], 0
+    for p in paths:
+        arr = shards.open_shard(p)
+        for lo in range(0, len(arr), STATS_CHUNK):
+            starts.append(np.flatnonzero(arr[lo:lo + STATS_CHUNK] == EOT) + offset + lo)
+        offset += len(arr)
+    starts = np.concatenate(starts) if starts else np.empty(0, np.int64)
+    return np.diff(np.append(starts, offset))
+
+
+def print_stats(data_dir, png_path=None):
+    """Tokens and documents per split and language, document-length percentiles, and a
+    histogram PNG (default data_dir/doc_lengths.png). Returns {split: lengths array}."""
+    m = shards.read_manifest(data_dir)
+    print(summary(m))
+    lengths = {}
+    for split in shards.list_splits(data_dir):
+        lens = doc_lengths(shards.list_shards(data_dir, split))
+        lengths[split] = lens
+        if len(lens):
+            pct = ", ".join(f"p{p}={int(v):,}" for p, v in zip(PERCENTILES, np.percentile(lens, PERCENTILES)))
+            print(f"  {split:<16} document length (tokens): mean={lens.mean():,.0f}, {pct}, max={lens.max():,}")
+    import matplotlib
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    all_lens = [v for v in lengths.values() if len(v)]
+    if all_lens:
+        hi = max(int(v.max()) for v in all_lens)
+        bins = np.logspace(0, np.log10(max(hi, 2)), 60)  # lengths span orders of magnitude
+        for split, lens in lengths.items():
+            if len(lens):
+                ax.hist(lens, bins=bins, histtype="step", label=f"{split} ({len(lens):,} docs)")
+        ax.set_xscale("log")
+        ax.legend()
+    ax.set_xlabel("document length (tokens)")
+    ax.set_ylabel("documents")
+    ax.set_title(f"{m.get('dataset', data_dir)}: document lengths")
+    png_path = png_path or os.path.join(data_dir, HIST_PNG)
+    fig.savefig(png_path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    print(f"wrote {png_path}")
+    return lengths
+
+
+def run(cfg, make_spec, make_sources):
+    """main() of a prepare script: --stats, or prepare; project errors as one line, exit 1.
+    make_spec(cfg) -> DatasetSpec; make_sources(cfg) -> (sources, extra manifest fields)."""
+    try:
+        if cfg.stats:
+            print_stats(cfg.stats)
+            return
+        spec = make_spec(cfg)
+        sources, extra = make_sources(cfg)
+        t0 = time.time()
+        m = prepare(cfg, spec, sources, extra)
+        print(summary(m))
+        print(f"done in {time.time() - t0:.1f}s -> {cfg.out_dir}")
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("error: interrupted; re-run the same command to resume", file=sys.stderr)
+        sys.exit(1)

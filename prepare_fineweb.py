@@ -1,0 +1,71 @@
+"""FineWeb / FineWeb-Edu -> GPT-2 token shards for train.py.
+
+    python prepare_fineweb.py --num_files=1                           # download 1 file of sample-10BT (~2 GB)
+    python prepare_fineweb.py --dataset=fineweb-edu --subset=sample-10BT --num_files=14 --min_int_score=3
+    python prepare_fineweb.py --data_files='dir/*.parquet' --out_dir=data/fineweb   # local files, no network
+    python prepare_fineweb.py --stats=data/fineweb                    # token/document statistics + histogram
+
+The first val_tokens tokens (whole documents, in file order) go to 'val', the rest to
+'train'. Re-running the same command resumes an interrupted run. See prepare.py.
+"""
+import sys
+from dataclasses import dataclass
+
+from config import ConfigError, load_config
+from prepare import DatasetSpec, PrepareConfig, hub_sources, local_sources, run
+from shards import DataError
+
+HUB_REPOS = {"fineweb": "HuggingFaceFW/fineweb", "fineweb-edu": "HuggingFaceFW/fineweb-edu"}
+TEXT = "text"  # the document column of both datasets
+
+
+@dataclass
+class FinewebConfig(PrepareConfig):
+    dataset: str = "fineweb"  # 'fineweb' or 'fineweb-edu'
+    subset: str = "sample-10BT"  # download mode: sample-10BT, sample-100BT, sample-350BT, or a dump e.g. CC-MAIN-2024-10
+    min_int_score: int = 0  # fineweb-edu: keep documents whose int_score (0-5, educational value) is at least this; 0: all
+
+
+def hub_folder(subset):
+    """'sample-10BT' -> 'sample/10BT', 'CC-MAIN-2024-10' -> 'data/CC-MAIN-2024-10' (the repos' layout)."""
+    if subset.startswith("sample-"):
+        return "sample/" + subset[len("sample-"):]
+    return "data/" + subset
+
+
+def make_spec(cfg):
+    if cfg.dataset not in HUB_REPOS:
+        raise DataError(f"--dataset must be one of {', '.join(HUB_REPOS)}, got {cfg.dataset!r}")
+    columns, keep = [TEXT], None
+    if cfg.min_int_score:
+        import pyarrow.compute as pc
+        columns.append("int_score")  # only in fineweb-edu: a fineweb file fails the column check, clearly
+
+        def keep(batch):
+            mask = pc.fill_null(pc.greater_equal(batch.column("int_score"), cfg.min_int_score), False)
+            return mask, {"int_score_below_min": batch.num_rows - pc.sum(mask).as_py() if batch.num_rows else 0}
+    return DatasetSpec(name=cfg.dataset, text_column=TEXT, columns=columns, keep=keep)
+
+
+def make_sources(cfg):
+    if cfg.data_files:
+        return local_sources(cfg.data_files), {}
+    repo = HUB_REPOS.get(cfg.dataset)
+    if repo is None:
+        raise DataError(f"--dataset must be one of {', '.join(HUB_REPOS)}, got {cfg.dataset!r}")
+    sources, commit = hub_sources(repo, hub_folder(cfg.subset), cfg.num_files, cfg.revision)
+    return sources, {"hub": {"repo": repo, "folder": hub_folder(cfg.subset), "revision": cfg.revision, "commit": commit}}
+
+
+def main():
+    try:
+        cfg = load_config(FinewebConfig, sys.argv[1:])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    cfg.out_dir = cfg.out_dir or f"data/{cfg.dataset}"
+    run(cfg, make_spec, make_sources)
+
+
+if __name__ == "__main__":
+    main()
