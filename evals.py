@@ -113,8 +113,11 @@ def parse_val_sets(specs, default_data_dir):
 
 
 def check_primary_val(primary_val, val_sets):
-    """primary_val (the set ckpt_best.pt follows) must be one of the parsed val_sets' names."""
+    """The name of the val set that ckpt_best.pt follows: primary_val, which must be one of
+    the parsed val_sets' names, or the first of them when primary_val is ''."""
     names = [name for name, _, _ in val_sets]
+    if not primary_val:
+        return names[0]
     if primary_val not in names:
         raise shards.DataError(f"primary_val={primary_val!r} is not one of val_sets {names}; set primary_val to one of them")
     return primary_val

@@ -1,0 +1,139 @@
+"""Evaluate a checkpoint (or OpenAI's GPT-2) on token shards, HellaSwag and HumanEval.
+
+    python eval.py --out_dir=out                                   # every val* split of the training data
+    python eval.py --out_dir=out --data_dir=data/code --split=val-python
+    python eval.py --init_from=gpt2 --data_dir=data/fineweb --hellaswag --hellaswag_path=hellaswag_val.jsonl
+    python eval.py --out_dir=out --humaneval --humaneval_path=HumanEval.jsonl.gz
+
+Losses are mean cross-entropy in nats per token; perplexity is exp(loss).
+"""
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass
+
+import evals
+import runtime
+import shards
+from config import ConfigError, load_config
+
+
+@dataclass
+class EvalConfig:
+    init_from: str = "resume"  # 'resume' (a checkpoint of out_dir) or 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
+    out_dir: str = "out"  # where ckpt_best.pt (preferred) or ckpt.pt is read from
+    ckpt: str = ""  # a checkpoint file to read instead of out_dir's
+    data_dir: str = ""  # shard directory; '': the data_dir the checkpoint was trained on
+    split: str = ""  # split(s) of data_dir to evaluate, comma-separated; '': every val* split there
+    eval_iters: int = 100  # batches per split (fewer if the split is smaller; it never wraps around)
+    batch_size: int = 8  # sequences per batch
+    block_size: int = 0  # tokens per sequence; 0: the model's context length
+    hellaswag: bool = False  # also run HellaSwag (acc and acc_norm)
+    hellaswag_path: str = ""  # HellaSwag jsonl; '': download the validation split from the Hugging Face hub
+    hellaswag_limit: int = 0  # only the first N HellaSwag items (0: all 10,042)
+    humaneval: bool = False  # also compute the loss of HumanEval's canonical solutions
+    humaneval_path: str = ""  # HumanEval.jsonl.gz (openai/human-eval); required with --humaneval
+    humaneval_limit: int = 0  # only the first N HumanEval problems (0: all 164)
+    json_out: str = ""  # also write the results to this JSON file
+    device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
+    dtype: str = "auto"  # 'auto', 'float32', 'bfloat16', 'float16'
+
+
+def load_model(cfg):
+    """(model, description, checkpoint training config or {})."""
+    if cfg.init_from == "resume":
+        path = cfg.ckpt or runtime.find_checkpoint(cfg.out_dir)
+        ckpt = runtime.load_checkpoint(path)
+        model = runtime.model_from_checkpoint(ckpt)
+        return model, f"{path} (iter {ckpt.get('iter_num', '?')})", ckpt.get("config", {})
+    if cfg.init_from.startswith("gpt2"):
+        from pretrained import PretrainedError, load_pretrained
+        try:
+            model = load_pretrained(cfg.init_from)
+        except PretrainedError as e:  # offline, unknown name: already a one-line message
+            raise runtime.CheckpointError(str(e)) from None
+        return model, f"OpenAI {cfg.init_from}", {}
+    raise ConfigError(f"init_from must be 'resume' or a GPT-2 name like 'gpt2', got {cfg.init_from!r}")
+
+
+def shard_splits(cfg, train_config):
+    """(data_dir, [split, ...]) to evaluate, checked to exist; (None, []) if there is nothing to do."""
+    data_dir = cfg.data_dir or train_config.get("data_dir", "")
+    if not data_dir:
+        if cfg.split:
+            raise ConfigError("--split needs --data_dir (the model has no training data_dir to default to)")
+        return None, []
+    if not os.path.isdir(data_dir):
+        raise shards.DataError(f"data_dir {data_dir!r} does not exist; pass --data_dir=DIR of token shards")
+    if cfg.split:
+        splits = [s for s in cfg.split.split(",") if s]
+        for s in splits:
+            if not shards.list_shards(data_dir, s):
+                have = ", ".join(shards.list_splits(data_dir)) or "none"
+                raise shards.DataError(f"no '{s}' shards in {data_dir} (splits there: {have}); fix --split")
+    else:
+        splits = evals.val_split_names(data_dir)
+        if not splits:
+            have = ", ".join(shards.list_splits(data_dir)) or "none"
+            raise shards.DataError(f"no val* splits in {data_dir} (splits there: {have}); pick one with --split")
+    return data_dir, splits
+
+
+def run(cfg):
+    if cfg.humaneval and not cfg.humaneval_path:
+        raise ConfigError("--humaneval needs --humaneval_path=.../HumanEval.jsonl.gz")
+    device = runtime.pick_device(cfg.device)
+    dtype = runtime.pick_dtype(device, cfg.dtype)
+    model, described, train_config = load_model(cfg)
+    data_dir, splits = shard_splits(cfg, train_config)
+    if not splits and not cfg.hellaswag and not cfg.humaneval:
+        raise ConfigError("nothing to evaluate: pass --data_dir, --hellaswag or --humaneval")
+    # read the eval sets before any long computation, so a bad path fails at once
+    hellaswag_items = evals.load_hellaswag(cfg.hellaswag_path or None) if cfg.hellaswag else None
+    if cfg.humaneval:
+        evals.load_humaneval(cfg.humaneval_path)
+    block_size = cfg.block_size or model.config.block_size
+    if block_size > model.config.block_size:
+        raise ConfigError(f"--block_size={block_size} exceeds the model's context of {model.config.block_size}; lower it")
+    model.to(device)
+    ctx = runtime.autocast(device, dtype)
+    print(f"model: {described}, {model.get_num_params() / 1e6:.2f}M parameters, on {device} in {dtype}")
+
+    results = {}
+    for split in splits:
+        total = sum(shards.shard_lengths(shards.list_shards(data_dir, split)))
+        n = evals.num_eval_batches(total, cfg.batch_size, block_size, cfg.eval_iters)
+        loss = evals.split_loss(model, data_dir, split, cfg.batch_size, block_size, cfg.eval_iters, device, ctx)
+        results[split] = {"loss": loss, "ppl": math.exp(loss), "tokens": n * cfg.batch_size * block_size}
+        print(f"{split:<16} loss {loss:.4f}  ppl {math.exp(loss):10.2f}  "
+              f"({n} batches of {cfg.batch_size}x{block_size} tokens from {data_dir})")
+    if cfg.hellaswag:
+        r = evals.hellaswag(model, device, ctx, items=hellaswag_items, limit=cfg.hellaswag_limit or None)
+        results["hellaswag"] = r
+        print(f"{'hellaswag':<16} acc {r['acc']:.4f}  acc_norm {r['acc_norm']:.4f}  ({r['n']} items)")
+    if cfg.humaneval:
+        r = evals.humaneval(model, device, ctx, cfg.humaneval_path, limit=cfg.humaneval_limit or None)
+        results["humaneval"] = r
+        print(f"{'humaneval':<16} loss {r['loss']:.4f}  ppl {r['ppl']:10.2f}  "
+              f"({r['n']} problems, {r['tokens']} solution tokens)")
+    if cfg.json_out:
+        shards.write_json_atomic(cfg.json_out, {"model": described, "config": asdict(cfg), "results": results})
+    return results
+
+
+def main(argv=None):
+    try:
+        cfg = load_config(EvalConfig, sys.argv[1:] if argv is None else argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        run(cfg)
+    except (ConfigError, shards.DataError, runtime.CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
