@@ -1,0 +1,151 @@
+"""GitHub code (codeparrot/github-code) -> GPT-2 token shards for train.py.
+
+    python prepare_github_code.py --source_dir=$(python -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])") \
+        --out_dir=data/stdlib --val_repo_fraction=0.05   # quickstart: no download
+    python prepare_github_code.py --num_files=2 --languages=Python,JavaScript          # download 2 of 1126 files
+    python prepare_github_code.py --dataset=codeparrot/github-code-clean --num_files=4 --licenses=mit,apache-2.0
+    python prepare_github_code.py --data_files='dir/*.parquet' --out_dir=data/github_code
+    python prepare_github_code.py --stats=data/github_code
+
+Validation is split BY REPOSITORY: a repository whose hash of repo_name falls below
+val_repo_fraction is held out (its files go to 'val' and to 'val-<language>' until those
+are full, never to 'train'), so no repository is on both sides. See prepare.py.
+"""
+import os
+import sys
+from dataclasses import dataclass, field
+
+from config import ConfigError, load_config
+from prepare import DatasetSpec, PrepareConfig, hub_sources, local_sources, run
+from shards import DataError
+
+HUB_DATASETS = ("codeparrot/github-code", "codeparrot/github-code-clean")
+HUB_FOLDER = "data"  # data/train-00000-of-01126.parquet, ...
+COLUMNS = ["code", "repo_name", "path", "language", "license", "size"]  # the github-code schema
+# github-code's 30 languages and the extensions it assigned them (the dataset card's table)
+EXTENSIONS = {
+    "Assembly": [".asm"], "Batchfile": [".bat", ".cmd"], "C": [".c", ".h"], "C#": [".cs"],
+    "C++": [".cpp", ".hpp", ".c++", ".h++", ".cc", ".hh", ".C", ".H"], "CMake": [".cmake"], "CSS": [".css"],
+    "Dockerfile": [".dockerfile", "Dockerfile"], "FORTRAN": [".f90", ".f", ".f03", ".f08", ".f77", ".f95", ".for", ".fpp"],
+    "GO": [".go"], "Haskell": [".hs"], "HTML": [".html"], "Java": [".java"], "JavaScript": [".js"], "Julia": [".jl"],
+    "Lua": [".lua"], "Makefile": ["Makefile"], "Markdown": [".md", ".markdown"], "PHP": [".php", ".php3", ".php4", ".php5", ".phps", ".phpt"],
+    "Perl": [".pl", ".pm", ".pod", ".perl"], "PowerShell": [".ps1", ".psd1", ".psm1"], "Python": [".py"], "Ruby": [".rb"],
+    "Rust": [".rs"], "SQL": [".sql"], "Scala": [".scala"], "Shell": [".sh", ".bash", ".command", ".zsh"],
+    "TypeScript": [".ts", ".tsx"], "TeX": [".tex"], "Visual Basic": [".vb", ".bas", ".frm", ".frx", ".vba", ".vbs"],
+}
+LANGUAGE_OF = {ext: lang for lang, exts in EXTENSIONS.items() for ext in exts}
+SOURCE_DIR_LICENSE = "unknown"  # --source_dir files carry no license metadata
+
+
+@dataclass
+class GithubCodeConfig(PrepareConfig):
+    dataset: str = "codeparrot/github-code"  # download mode: codeparrot/github-code or codeparrot/github-code-clean
+    source_dir: str = ""  # quickstart: tokenize the source files under this directory (e.g. the Python stdlib)
+    skip_dirs: list = field(default_factory=lambda: ["site-packages", "__pycache__", ".git"])  # --source_dir: directories not walked
+    languages: list = field(default_factory=list)  # keep only these languages, e.g. Python,JavaScript; empty: all
+    licenses: list = field(default_factory=list)  # keep only these licenses, e.g. mit,apache-2.0; empty: all
+    val_repo_fraction: float = 0.01  # fraction of repositories (by hash of repo_name) held out for validation
+    val_tokens_per_language: int = 1_000_000  # tokens of each per-language val set val-<language>
+
+
+def language_of(path):
+    name = os.path.basename(path)
+    return LANGUAGE_OF.get(name) or LANGUAGE_OF.get(os.path.splitext(name)[1]) or LANGUAGE_OF.get(os.path.splitext(name)[1].lower())
+
+
+class DirectorySource:
+    """Every file under a directory as one github-code row: repo_name is the first path
+    component, language comes from the extension (None: not code, dropped by the filter).
+    Files are listed in sorted order, so the dataset is deterministic."""
+
+    def __init__(self, root, skip_dirs=()):
+        if not os.path.isdir(root):
+            raise DataError(f"--source_dir {root!r} is not a directory")
+        self.root = os.path.abspath(root)
+        self.paths = []
+        for d, dirs, files in os.walk(self.root):
+            dirs[:] = sorted(x for x in dirs if x not in skip_dirs)
+            self.paths.extend(os.path.relpath(os.path.join(d, f), self.root) for f in sorted(files))
+        self.num_rows = len(self.paths)
+
+    def check(self, columns):
+        if not self.paths:
+            raise DataError(f"--source_dir {self.root} holds no files")
+
+    def batches(self, columns, start_row, batch_rows):
+        import pyarrow as pa
+        for lo in range(start_row, len(self.paths), batch_rows):
+            rows = {c: [] for c in COLUMNS}
+            for rel in self.paths[lo:lo + batch_rows]:
+                lang = language_of(rel)
+                code = None
+                if lang is not None:
+                    try:
+                        with open(os.path.join(self.root, rel), "rb") as f:
+                            code = f.read()
+                    except OSError:  # unreadable (permissions, broken link): a null document, counted
+                        pass
+                top = rel.split(os.sep, 1)[0]
+                rows["code"].append(code)
+                rows["repo_name"].append(f"{os.path.basename(self.root)}/{top}")
+                rows["path"].append(rel.replace(os.sep, "/"))
+                rows["language"].append(lang)
+                rows["license"].append(SOURCE_DIR_LICENSE)
+                rows["size"].append(len(code) if code is not None else 0)
+            schema = pa.schema([("code", pa.binary()), ("repo_name", pa.string()), ("path", pa.string()),
+                                ("language", pa.string()), ("license", pa.string()), ("size", pa.int64())])
+            yield pa.RecordBatch.from_pydict(rows, schema=schema).select(columns)
+
+    def identity(self):
+        return {"name": self.root, "files": self.num_rows}
+
+
+def make_spec(cfg):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    known = {lang.lower(): lang for lang in EXTENSIONS}
+    for lang in cfg.languages:
+        if lang.lower() not in known:
+            raise DataError(f"--languages: unknown language {lang!r}; github-code has {', '.join(EXTENSIONS)}")
+    languages = pa.array(sorted({lang.lower() for lang in cfg.languages}), pa.string())
+    licenses = pa.array(sorted({lic.lower() for lic in cfg.licenses}), pa.string())
+
+    def keep(batch):
+        mask = pc.is_valid(batch.column("language"))  # --source_dir: files that are not code
+        dropped = {"not_code": batch.num_rows - pc.sum(mask).as_py()} if batch.num_rows else {}
+        for name, col, allowed in (("language", "language", languages), ("license", "license", licenses)):
+            if len(allowed):
+                ok = pc.fill_null(pc.is_in(pc.utf8_lower(batch.column(col)), value_set=allowed), False)
+                dropped[f"{name}_filtered"] = pc.sum(pc.and_(mask, pc.invert(ok))).as_py() or 0
+                mask = pc.and_(mask, ok)
+        return mask, dropped
+
+    return DatasetSpec(name=cfg.dataset if not cfg.source_dir else "source_dir", text_column="code",
+                       columns=["code", "repo_name", "language", "license"], keep=keep,
+                       split_column="repo_name", val_fraction=cfg.val_repo_fraction,
+                       language_column="language", language_val_tokens=cfg.val_tokens_per_language)
+
+
+def make_sources(cfg):
+    if cfg.source_dir:
+        return [DirectorySource(cfg.source_dir, cfg.skip_dirs)], {}
+    if cfg.data_files:
+        return local_sources(cfg.data_files), {}
+    if cfg.dataset not in HUB_DATASETS:
+        raise DataError(f"--dataset must be one of {', '.join(HUB_DATASETS)}, got {cfg.dataset!r}")
+    sources, commit = hub_sources(cfg.dataset, HUB_FOLDER, cfg.num_files, cfg.revision)
+    return sources, {"hub": {"repo": cfg.dataset, "folder": HUB_FOLDER, "revision": cfg.revision, "commit": commit}}
+
+
+def main():
+    try:
+        cfg = load_config(GithubCodeConfig, sys.argv[1:])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    cfg.out_dir = cfg.out_dir or ("data/stdlib" if cfg.source_dir else "data/github_code")
+    run(cfg, make_spec, make_sources)
+
+
+if __name__ == "__main__":
+    main()
