@@ -9,6 +9,7 @@ and loss are exactly OpenAI's. Padding to 50304 would add output logits that GPT
 to suppress (its real logits are large and negative, a zero row would outrank them).
 """
 import json
+import logging
 
 import torch
 
@@ -73,12 +74,17 @@ def state_dict_to_hf(model):
 
 def _download(repo, filename, hub_kwargs):
     from huggingface_hub import hf_hub_download
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry warnings would repeat the one-line error below
     try:
         return hf_hub_download(repo, filename, **hub_kwargs)
     except Exception as e:  # offline, not cached, HTTP errors: every one needs the same advice
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise PretrainedError(f"cannot get {filename} of {repo} from the Hugging Face hub ({first}); "
-                              f"check the network, or pre-download it with `huggingface-cli download {repo}`") from None
+                              f"check the network, or pre-download it with `hf download {repo}`") from None
+    finally:
+        hub_log.setLevel(level)
 
 
 def load_pretrained(name, dropout=None, **hub_kwargs):
