@@ -5,6 +5,7 @@ Pure functions and small classes; nothing here reads script globals or runs on i
     lookup_peak_tflops / peak_flops           vendor peak tensor-core FLOP/s by GPU name
     mfu                                       model FLOPs utilisation
     plan_run / format_plan                    tokens, tokens/param, epochs and ETAs of a run
+    grad_accum_steps / suggest_batch_size     micro-batches and gradient accumulation for tokens/step
     MetricsLog                                append-only, resume-safe out_dir/metrics.jsonl
     make_tracker                              optional wandb / TensorBoard logging
 """
@@ -134,6 +135,24 @@ def peak_flops(device, dtype, gpu_name=None, override_tflops=None):
 
 
 # ----------------------------------------------------------------------------- run planner
+
+def grad_accum_steps(total_batch_size, batch_size, block_size, world_size=1):
+    """Micro-steps per optimizer step so that each step sees total_batch_size tokens; it must divide exactly."""
+    tokens_per_micro = batch_size * block_size * world_size
+    if total_batch_size % tokens_per_micro:
+        raise MonitorError(f"total_batch_size={total_batch_size} is not a multiple of batch_size*block_size*world_size "
+                           f"= {batch_size}*{block_size}*{world_size} = {tokens_per_micro}; change total_batch_size or batch_size")
+    return total_batch_size // tokens_per_micro
+
+
+def suggest_batch_size(max_batch_size, total_batch_size, block_size, world_size=1):
+    """(micro-batch, grad_accum): the largest micro-batch <= max_batch_size that divides total_batch_size
+    into whole micro-steps, or None when none does (total_batch_size not a multiple of block_size*world_size)."""
+    for b in range(max_batch_size, 0, -1):
+        if total_batch_size % (b * block_size * world_size) == 0:
+            return b, total_batch_size // (b * block_size * world_size)
+    return None
+
 
 def plan_run(n_params, n_params_non_embedding, tokens_per_step, max_iters, iter_num=0,
              train_tokens=None, tokens_per_sec=None):

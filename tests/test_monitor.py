@@ -257,3 +257,14 @@ def test_wandb_tracker_passes_logs_through(monkeypatch):
     t.log({"train/loss": 3.2}, step=7)
     t.close()
     assert calls == [("init", "gpt2", "r1", {"lr": 6e-4}), ("log", {"train/loss": 3.2}, 7), ("finish",)]
+
+
+def test_grad_accum_and_batch_suggestion():
+    assert monitor.grad_accum_steps(524_288, 8, 1024) == 64
+    assert monitor.grad_accum_steps(524_288, 16, 1024, world_size=4) == 8
+    with pytest.raises(MonitorError, match="not a multiple"):
+        monitor.grad_accum_steps(524_288, 12, 1024)
+    # 12 sequences fit on the card, but 12 does not divide 512 sequences per step: 8 does
+    assert monitor.suggest_batch_size(12, 524_288, 1024) == (8, 64)
+    assert monitor.suggest_batch_size(12, 6 * 1024, 1024) == (6, 1)
+    assert monitor.suggest_batch_size(4, 1000, 1024) is None

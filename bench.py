@@ -1,0 +1,304 @@
+"""Measure training throughput for a config: tokens/s, MFU, peak memory, ms per step.
+
+    python bench.py config/train_gpt2_124m_4070.py                      # table
+    python bench.py config/train_gpt2_124m_4070.py --json               # one JSON line
+    python bench.py config/train_gpt2_124m_4070.py --find_batch_size    # largest micro-batch that fits
+
+The model, optimizer, precision and torch.compile are set up as train.py sets them, from the same
+TrainConfig settings. One optimizer step of the config is grad_accum micro-steps (forward + backward
+of batch_size x block_size tokens) plus one optimizer step (clip + AdamW); both are timed, after
+warm-up (and compilation), with the device synchronised before every clock read, and combined into
+the time of a full step. Tokens are random (the speed does not depend on them) unless --use_data.
+"""
+import dataclasses
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+import monitor
+import runtime
+import shards
+from config import ConfigError, TrainConfig, load_config
+from model import GPT, GPTConfig
+
+DEFAULT_MAX_BATCH_CUDA = 1024  # --find_batch_size upper bound on a GPU (OOM ends the search earlier)
+DEFAULT_MAX_BATCH_CPU = 16  # on CPU there is no catchable OOM, so the search stops here
+GIB = 2 ** 30
+
+
+@dataclass
+class BenchConfig(TrainConfig):
+    iters: int = 20  # timed iterations (each: one micro-step and one optimizer step)
+    warmup_iters_bench: int = 5  # untimed iterations first: compilation, autotuning, allocator warm-up
+    json: bool = False  # print one JSON line instead of the table
+    find_batch_size: bool = False  # search the largest micro-batch that fits (training step and eval), then bench it
+    max_batch_size: int = 0  # upper bound of the search; 0: 1024 on GPU, 16 on CPU
+    use_data: bool = False  # read batches from data_dir's train shards instead of random tokens
+
+
+class OutOfMemory(Exception):
+    """A batch that does not fit in device memory."""
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def is_oom(e):
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def free_memory(device):
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+class Bench:
+    """The model, optimizer and batches of one config, and the timed pieces of a training step."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.device = runtime.pick_device(cfg.device)
+        self.device_type = self.device.split(":")[0]
+        self.dtype = runtime.pick_dtype(self.device, cfg.dtype)
+        torch.backends.cuda.matmul.allow_tf32 = True  # as train.py
+        torch.backends.cudnn.allow_tf32 = True
+        self.ctx = runtime.autocast(self.device, self.dtype)
+        torch.manual_seed(cfg.seed)
+        model_args = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(GPTConfig)}
+        self.raw_model = GPT(GPTConfig(**model_args)).to(self.device)
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=(self.dtype == "float16"))
+        self.optimizer = runtime.make_optimizer(self.raw_model, cfg.weight_decay, cfg.learning_rate,
+                                                (cfg.beta1, cfg.beta2), self.device)
+        self.model, self.compiled = self.raw_model, False
+        if cfg.compile:
+            ok, why = runtime.compile_available(self.device)
+            if ok:
+                self.model, self.compiled = torch.compile(self.raw_model), True
+            else:
+                print(f"compile switched off: {why}", file=sys.stderr)
+        self.loader = None
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+
+    def batch(self, B):
+        T = self.cfg.block_size
+        if self.cfg.use_data:
+            if self.loader is None or self.loader.B != B:
+                self.loader = shards.TokenLoader(self.cfg.data_dir, "train", B, T, seed=self.cfg.seed)
+            x, y = self.loader.next_batch()
+        else:
+            vocab = min(shards.VOCAB_SIZE, self.cfg.vocab_size)  # tiny test models may have a smaller vocabulary
+            buf = torch.randint(0, vocab, (B, T + 1), generator=self.gen)
+            x, y = buf[:, :-1].contiguous(), buf[:, 1:].contiguous()  # (B, T+1) -> inputs, next-token targets (B, T)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def micro_step(self, B, grad_accum):
+        x, y = self.batch(B)
+        with self.ctx:
+            _, loss = self.model(x, y)
+            loss = loss / grad_accum
+        self.scaler.scale(loss).backward()
+
+    def optimizer_step(self):
+        self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def eval_step(self, B):
+        self.model.eval()
+        try:
+            with torch.inference_mode(), self.ctx:
+                x, y = self.batch(B)
+                self.model(x, y)
+        finally:
+            self.model.train()
+
+    def clock(self):
+        runtime.synchronize(self.device)
+        return time.perf_counter()
+
+    def measure(self, B, grad_accum):
+        """Median ms of a micro-step and of an optimizer step, over cfg.iters timed iterations."""
+        cfg = self.cfg
+        for _ in range(cfg.warmup_iters_bench):
+            self.micro_step(B, grad_accum)
+            self.optimizer_step()
+        micro_ms, opt_ms = [], []
+        for _ in range(cfg.iters):
+            t0 = self.clock()
+            self.micro_step(B, grad_accum)
+            t1 = self.clock()
+            self.optimizer_step()
+            t2 = self.clock()
+            micro_ms.append(1000 * (t1 - t0))
+            opt_ms.append(1000 * (t2 - t1))
+        return statistics.median(micro_ms), statistics.median(opt_ms)
+
+    def fits(self, B):
+        """Whether a training step (fwd+bwd+optimizer) and an eval forward at micro-batch B fit in memory."""
+        try:
+            self.micro_step(B, 1)
+            self.optimizer_step()
+            self.eval_step(B)
+            runtime.synchronize(self.device)
+            return True
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+            if not is_oom(e):
+                raise
+            return False
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+            free_memory(self.device)
+
+
+def find_max_batch(bench, cap):
+    """Largest B <= cap with bench.fits(B): double from 1 until a failure or the cap, then binary search."""
+    if not bench.fits(1):
+        raise OutOfMemory(f"even batch_size=1 at block_size={bench.cfg.block_size} does not fit; "
+                          f"lower block_size or the model size, or use dtype=bfloat16/float16")
+    good = 1
+    while good < cap and bench.fits(min(2 * good, cap)):
+        good = min(2 * good, cap)
+    bad = min(2 * good, cap + 1)  # first size known (or assumed, past the cap) not to fit
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if bench.fits(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+def peak_memory_gib(device):
+    """(GiB, what it measures): allocator peak on CUDA, else the process's peak resident set."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / GIB, "torch.cuda.max_memory_allocated"
+    if device.startswith("mps"):
+        return None, "n/a on mps"
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
+    return kib * 1024 / GIB, "process peak RSS"
+
+
+def run_bench(cfg):
+    """The benchmark of cfg as a dict (the --json fields)."""
+    if cfg.iters < 1 or cfg.warmup_iters_bench < 0:
+        raise ConfigError("iters must be >= 1 and warmup_iters_bench >= 0")
+    if cfg.use_data and cfg.vocab_size < shards.VOCAB_SIZE:
+        raise ConfigError(f"use_data reads GPT-2 tokens (ids up to {shards.VOCAB_SIZE - 1}) but vocab_size={cfg.vocab_size}; "
+                          f"raise vocab_size or bench on random tokens")
+    bench = Bench(cfg)
+    result = {}
+    if cfg.find_batch_size:
+        default_cap = DEFAULT_MAX_BATCH_CUDA if bench.device_type == "cuda" else DEFAULT_MAX_BATCH_CPU
+        cap = cfg.max_batch_size or default_cap
+        max_fit = find_max_batch(bench, cap)
+        suggestion = monitor.suggest_batch_size(max_fit, cfg.total_batch_size, cfg.block_size)
+        if suggestion is None:
+            raise ConfigError(f"total_batch_size={cfg.total_batch_size} is not a multiple of block_size={cfg.block_size}; "
+                              f"no micro-batch divides it, so pick a total_batch_size that is")
+        cfg.batch_size = suggestion[0]
+        result.update(max_batch_size_fits=max_fit, batch_size_cap=cap, cap_reached=max_fit == cap)
+    if bench.device_type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    B, T = cfg.batch_size, cfg.block_size
+    grad_accum = monitor.grad_accum_steps(cfg.total_batch_size, B, T)
+    try:
+        micro_ms, opt_ms = bench.measure(B, grad_accum)
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+        if not is_oom(e):
+            raise
+        raise OutOfMemory(f"batch_size={B} at block_size={T} does not fit in {bench.device} memory; "
+                          f"lower --batch_size or run with --find_batch_size") from None
+    step_ms = grad_accum * micro_ms + opt_ms
+    tokens_per_sec = cfg.total_batch_size / (step_ms / 1000)
+    flops_per_token = monitor.model_flops_per_token(bench.raw_model, T)
+    gpu_name = torch.cuda.get_device_name(bench.device) if bench.device_type == "cuda" else None
+    peak, peak_note = monitor.peak_flops(bench.device_type, bench.dtype, gpu_name, cfg.peak_tflops or None)
+    mem, mem_kind = peak_memory_gib(bench.device)
+    result = {
+        "device": bench.device,
+        "gpu_name": gpu_name,
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "dtype": bench.dtype,
+        "compile": bench.compiled,
+        "data": f"shards in {cfg.data_dir}" if cfg.use_data else "random tokens",
+        "n_params": bench.raw_model.get_num_params(),
+        "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
+        "batch_size": B,
+        "block_size": T,
+        "grad_accum": grad_accum,
+        "tokens_per_iter": cfg.total_batch_size,
+        "micro_step_ms": micro_ms,
+        "optimizer_step_ms": opt_ms,
+        "ms_per_iter": step_ms,
+        "tokens_per_sec": tokens_per_sec,
+        "flops_per_token": flops_per_token,
+        "mfu": monitor.mfu(tokens_per_sec, flops_per_token, peak),
+        "peak_tflops": peak / 1e12 if peak else None,
+        "peak_note": peak_note,
+        "peak_mem_gb": mem,
+        "peak_mem_kind": mem_kind,
+        "iters": cfg.iters,
+        "warmup_iters": cfg.warmup_iters_bench,
+        **result,
+    }
+    return result
+
+
+def format_table(r):
+    mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+    mem = "n/a" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.2f} GiB ({r['peak_mem_kind']})"
+    machine = r["gpu_name"] or r["cpu"]
+    rows = [
+        ("machine", f"{machine}, {r['device']}, torch {r['torch']}"),
+        ("model", f"{monitor.human_count(r['n_params'])} params ({r['n_layer']} layers, {r['n_head']} heads, {r['n_embd']} wide)"),
+        ("precision", f"{r['dtype']}, compile {r['compile']}, {r['data']}"),
+        ("step", f"{r['grad_accum']} x micro-batch {r['batch_size']} x {r['block_size']} = {r['tokens_per_iter']:,} tokens"),
+        ("micro-step (fwd+bwd)", f"{r['micro_step_ms']:.1f} ms"),
+        ("optimizer step", f"{r['optimizer_step_ms']:.1f} ms"),
+        ("ms/iter", f"{r['ms_per_iter']:.1f} ms (median of {r['iters']} after {r['warmup_iters']} warm-up)"),
+        ("tokens/s", f"{r['tokens_per_sec']:,.0f}"),
+        ("MFU", f"{mfu}  [{r['peak_note']}]"),
+        ("peak memory", mem),
+    ]
+    if "max_batch_size_fits" in r:
+        cap = " (the cap: raise --max_batch_size to search further)" if r["cap_reached"] else ""
+        rows.append(("largest micro-batch", f"{r['max_batch_size_fits']}{cap}; training and eval both fit"))
+        rows.append(("suggested", f"--batch_size={r['batch_size']} with {r['grad_accum']} gradient accumulation "
+                                  f"steps for total_batch_size={r['tokens_per_iter']:,}"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def main(argv):
+    cfg = load_config(BenchConfig, argv)
+    result = run_bench(cfg)
+    print(json.dumps(result) if cfg.json else format_table(result))
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except (ConfigError, shards.DataError, monitor.MonitorError, OutOfMemory) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

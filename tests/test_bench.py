@@ -1,0 +1,143 @@
+"""bench.py on CPU with tiny models: --json fields and their arithmetic, the batch-size search (with a
+simulated out-of-memory), real shards via --use_data, and one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import bench
+import monitor
+import shards
+from config import load_config
+
+REPO = bench.__file__.rsplit("/", 1)[0]
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=64", "--vocab_size=512", "--compile=False",
+        "--device=cpu", "--dtype=float32", "--iters=3", "--warmup_iters_bench=1"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run ~10x faster on one thread than on two when the cores are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run_cli(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "bench.py", *args], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_json_line_fields_are_consistent():
+    r = run_cli(*TINY, "--batch_size=4", "--total_batch_size=512", "--peak_tflops=0.5", "--json")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 1
+    res = json.loads(lines[0])
+    for key in ("device", "gpu_name", "torch", "dtype", "compile", "batch_size", "block_size", "tokens_per_sec",
+                "ms_per_iter", "mfu", "peak_tflops", "peak_mem_gb", "n_params", "cpu"):
+        assert key in res
+    assert res["device"] == "cpu" and res["gpu_name"] is None and res["torch"] == torch.__version__
+    assert res["batch_size"] == 4 and res["block_size"] == 64 and res["grad_accum"] == 2  # 512 / (4*64)
+    assert res["micro_step_ms"] > 0 and res["optimizer_step_ms"] > 0 and res["tokens_per_sec"] > 0
+    # a step is grad_accum micro-steps plus one optimizer step, and tok/s follows from it
+    assert res["ms_per_iter"] == pytest.approx(2 * res["micro_step_ms"] + res["optimizer_step_ms"])
+    assert res["tokens_per_sec"] == pytest.approx(512 / (res["ms_per_iter"] / 1000))
+    # the same FLOPs count as the monitor, and MFU against the overridden peak
+    assert res["flops_per_token"] == monitor.flops_per_token(res["n_params"] - 512 * 32 - 64 * 32, 2, 32, 64, 512)
+    assert res["peak_tflops"] == 0.5
+    assert res["mfu"] == pytest.approx(res["tokens_per_sec"] * res["flops_per_token"] / 0.5e12)
+    assert 0 < res["peak_mem_gb"] < 24  # process RSS on CPU
+
+
+def test_find_batch_size_on_cpu_respects_cap_and_suggests_accumulation():
+    # cap 4; 384 tokens/step = 6 sequences of 64: the largest micro-batch <= 4 dividing 6 is 3, so 2 micro-steps
+    cfg = load_config(bench.BenchConfig, TINY + ["--find_batch_size", "--max_batch_size=4", "--total_batch_size=384"])
+    res = bench.run_bench(cfg)
+    assert res["max_batch_size_fits"] == 4 and res["cap_reached"]
+    assert res["batch_size"] == 3 and res["grad_accum"] == 2
+    assert res["tokens_per_sec"] > 0 and res["mfu"] is None and res["peak_tflops"] is None  # no MFU on CPU
+    table = bench.format_table(res)
+    assert "--batch_size=3 with 2 gradient accumulation" in table and res["cpu"] in table and "n/a" in table
+
+
+def test_batch_search_stops_at_out_of_memory_and_frees_between_tries():
+    """A real Bench whose micro-step runs out of memory above B=5 (what a GPU does) -> 5 is found."""
+    cfg = load_config(bench.BenchConfig, TINY)
+    b = bench.Bench(cfg)
+    real_micro_step, tried = b.micro_step, []
+
+    def micro_step(B, grad_accum):
+        tried.append(B)
+        if B > 5:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        real_micro_step(B, grad_accum)
+
+    b.micro_step = micro_step
+    assert bench.find_max_batch(b, cap=64) == 5
+    assert tried == [1, 2, 4, 8, 6, 5]  # doubling, then binary search between 4 and 8
+    assert all(p.grad is None for p in b.raw_model.parameters())  # nothing left allocated after a failed try
+
+
+def test_batch_search_arithmetic_large_cap():
+    class Fake:
+        def __init__(self, limit):
+            self.limit, self.calls = limit, 0
+            self.cfg = load_config(bench.BenchConfig, [])
+
+        def fits(self, B):
+            self.calls += 1
+            return B <= self.limit
+
+    for limit, cap, want in [(37, 1024, 37), (1024, 1024, 1024), (1, 8, 1), (300, 100, 100), (64, 1024, 64)]:
+        f = Fake(limit)
+        assert bench.find_max_batch(f, cap) == want
+        assert f.calls <= 2 * 11  # O(log cap) tries
+    with pytest.raises(bench.OutOfMemory, match="batch_size=1"):
+        bench.find_max_batch(Fake(0), 8)
+
+
+def test_non_oom_errors_are_not_swallowed_by_the_search():
+    b = bench.Bench(load_config(bench.BenchConfig, TINY))
+
+    def broken(B, grad_accum):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    b.micro_step = broken
+    with pytest.raises(RuntimeError, match="shapes"):
+        b.fits(2)
+
+
+def test_use_data_reads_real_shards(tmp_path, shared_data):
+    import tiktoken
+    text = (shared_data / "tinyshakespeare.txt").read_text()[:20_000]
+    toks = [shards.EOT] + tiktoken.get_encoding("gpt2").encode_ordinary(text)
+    shards.write_shard(str(tmp_path / shards.shard_name("train", 0)), np.array(toks, dtype=shards.DTYPE))
+    args = TINY + ["--vocab_size=50304", "--batch_size=2", "--block_size=32", "--total_batch_size=64",
+                   "--use_data", f"--data_dir={tmp_path}"]
+    res = bench.run_bench(load_config(bench.BenchConfig, args))
+    assert res["data"] == f"shards in {tmp_path}" and res["tokens_per_sec"] > 0
+    with pytest.raises(shards.DataError, match="does not exist"):
+        bench.run_bench(load_config(bench.BenchConfig, args[:-1] + [f"--data_dir={tmp_path / 'nope'}"]))
+
+
+def test_cli_error_is_one_line():
+    r = run_cli(*TINY, "--batch_size=3", "--total_batch_size=512")
+    assert r.returncode == 1
+    assert r.stderr.startswith("error:") and "not a multiple" in r.stderr
+    assert r.stderr.strip().count("\n") == 0, r.stderr
+
+
+def test_bad_settings_raise_the_errors_main_reports():
+    from config import ConfigError
+    with pytest.raises(ConfigError, match="did you mean 'iters'"):
+        bench.main(TINY + ["--itres=3"])
+    with pytest.raises(ConfigError, match="vocab_size"):
+        bench.main(TINY + ["--use_data", "--data_dir=/nonexistent"])
+    with pytest.raises(ConfigError, match="iters must be"):
+        bench.main(TINY + ["--iters=0"])
