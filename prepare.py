@@ -33,7 +33,8 @@ import numpy as np
 import shards
 from shards import DataError, EOT
 
-QUEUE_BATCHES = 2  # encoded record batches buffered between the reader thread and the writer
+QUEUE_BATCHES = 2  # encoded chunks buffered between the reader thread and the writer
+CHUNK_CHARS = 1 << 21  # characters of text encoded at once (~0.6M tokens, ~25 MB as Python lists)
 PARTIAL_DIR = "partial"  # out_dir/partial/ holds the writers' unwritten tokens at the last checkpoint
 HIST_PNG = "doc_lengths.png"  # --stats writes the document-length histogram here, inside the dataset dir
 STATS_CHUNK = 1 << 24  # tokens scanned at a time by --stats (bounded memory on 100M-token shards)
@@ -230,8 +231,11 @@ def pack(token_lists):
 
 
 def encoded_batches(spec, sources, start, batch_rows, enc, num_threads):
-    """Yield one dict per record batch from position start=(file, row): the documents kept,
-    their tokens, split keys and languages, the skip counts, and the position after it."""
+    """Yield the documents from position start=(file, row) as dicts of: `tokens`, a uint16
+    array of the kept documents each preceded by EOT, `ends` their end offsets in it, their
+    split keys and languages, skip counts, and `position`, the input position after it
+    (None inside a record batch: only batch boundaries are resumable). A record batch is
+    encoded CHUNK_CHARS of text at a time, so Python token lists (36 bytes a token) stay small."""
     cols = list(dict.fromkeys(spec.columns))
     for fi in range(start[0], len(sources)):
         row = start[1] if fi == start[0] else 0
@@ -248,14 +252,28 @@ def encoded_batches(spec, sources, start, batch_rows, enc, num_threads):
             keep = [i for i, t in enumerate(texts) if t is not None]
             keys = batch.column(spec.split_column).to_pylist() if spec.split_column else None
             langs = batch.column(spec.language_column).to_pylist() if spec.language_column else None
-            yield {
-                "tokens": enc.encode_ordinary_batch([texts[i] for i in keep], num_threads=num_threads),
-                "keys": [keys[i] for i in keep] if keys else None,
-                "langs": [langs[i] or "unknown" for i in keep] if langs else None,
-                "counts": counts, "rows": batch.num_rows, "position": (fi, row), "file_done": False,
-            }
-        yield {"tokens": [], "keys": None, "langs": None, "counts": {}, "rows": 0,
-               "position": (fi + 1, 0), "file_done": True}
+            lo = 0
+            while True:  # at least once, so every record batch reports its rows and counts
+                hi, size = lo, 0
+                while hi < len(keep) and (hi == lo or size < CHUNK_CHARS):
+                    size += len(texts[keep[hi]])
+                    hi += 1
+                idx = keep[lo:hi]
+                lists = enc.encode_ordinary_batch([texts[i] for i in idx], num_threads=num_threads)
+                last = hi >= len(keep)
+                yield {
+                    "tokens": pack(lists), "ends": np.cumsum([len(t) + 1 for t in lists], dtype=np.int64),
+                    "keys": [keys[i] for i in idx] if keys else None,
+                    "langs": [langs[i] or "unknown" for i in idx] if langs else None,
+                    "counts": counts if last else {}, "rows": batch.num_rows if last else 0,
+                    "position": (fi, row) if last else None, "file_done": False,
+                }
+                del lists
+                lo = hi
+                if last:
+                    break
+        yield {"tokens": pack([]), "ends": np.zeros(0, np.int64), "keys": None, "langs": None, "counts": {},
+               "rows": 0, "position": (fi + 1, 0), "file_done": True}
 
 
 def threaded(gen, maxsize=QUEUE_BATCHES):
@@ -450,11 +468,11 @@ def prepare(cfg, spec, sources, extra=None, enc=None):
     items = threaded(encoded_batches(spec, sources, position, cfg.batch_rows, enc, num_threads))
     try:
         for item in items:
-            pieces = {}  # split -> token lists of this batch, in document order
-            ntok = 0
-            for i, toks in enumerate(item["tokens"]):
-                n = len(toks) + 1  # with its EOT
-                ntok += n
+            pieces = {}  # split -> slices of this item's tokens, in document order
+            toks, ends = item["tokens"], item["ends"]
+            for i in range(len(ends)):
+                lo, hi = (ends[i - 1] if i else 0), ends[i]
+                n = int(hi - lo)  # the document's tokens and its EOT
                 lang = item["langs"][i] if item["langs"] else None
                 if spec.split_column:
                     held_out = key_fraction(item["keys"][i]) < spec.val_fraction
@@ -471,19 +489,20 @@ def prepare(cfg, spec, sources, extra=None, enc=None):
                 else:
                     dests.append("train")
                 for d in dests:
-                    pieces.setdefault(d, []).append(toks)
+                    pieces.setdefault(d, []).append(toks[lo:hi])
                     docs[d] = docs.get(d, 0) + 1
                     routed[d] = routed.get(d, 0) + n
                 if lang is not None and dests:
                     lang_tokens[lang] = lang_tokens.get(lang, 0) + n
-            for d, lists in pieces.items():
-                writer(d).add(pack(lists))
+            for d, parts in pieces.items():
+                writer(d).add(parts[0] if len(parts) == 1 else np.concatenate(parts))
             for k, v in item["counts"].items():
                 skipped[k] = skipped.get(k, 0) + v
-            position = item["position"]
-            progress.update(item["rows"], ntok, item["file_done"])
-            if state["flushed"] or item["file_done"]:
-                checkpoint()
+            progress.update(item["rows"], len(toks), item["file_done"])
+            if item["position"] is not None:
+                position = item["position"]
+                if state["flushed"] or item["file_done"]:
+                    checkpoint()
         checkpoint(final=True)
     finally:
         items.close()
