@@ -17,6 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+import shards
 from config import ConfigError, load_config
 
 MB = 1 << 20
@@ -104,7 +105,7 @@ def raw_encode(path, batch_rows, num_threads):
     return ntok, secs
 
 
-def run_pipeline(path, out_dir, batch_rows, num_threads):
+def run_pipeline(path, out_dir, batch_rows, num_threads, shard_tokens=shards.DEFAULT_SHARD_TOKENS):
     """Run prepare_github_code.py in a child process; returns (wall seconds, peak RSS bytes, stdout)."""
     here = os.path.dirname(os.path.abspath(__file__))
     # VmHWM, not ru_maxrss: ru_maxrss survives exec and would count this (parent) process's memory
@@ -112,7 +113,7 @@ def run_pipeline(path, out_dir, batch_rows, num_threads):
             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
             "finally:\n    print('peak_rss_kb', [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])\n")
     cmd = [sys.executable, "-c", code, os.path.join(here, "prepare_github_code.py"), f"--data_files={path}",
-           f"--out_dir={out_dir}", f"--batch_rows={batch_rows}", f"--num_threads={num_threads}", "--overwrite"]
+           f"--out_dir={out_dir}", f"--batch_rows={batch_rows}", f"--num_threads={num_threads}", "--overwrite", f"--shard_tokens={shard_tokens}"]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0

@@ -1,0 +1,238 @@
+"""prepare.py pipeline through the two scripts' specs: token streams checked against tiktoken directly."""
+import glob
+import os
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import tiktoken
+
+import prepare
+import prepare_fineweb
+import prepare_github_code
+import shards
+from shards import EOT
+
+SHARD = 50_000
+ENC = tiktoken.get_encoding("gpt2")
+FINEWEB_SCHEMA = pa.schema([("text", pa.string()), ("id", pa.string()), ("dump", pa.string()), ("url", pa.string()),
+                            ("date", pa.string()), ("file_path", pa.string()), ("language", pa.string()),
+                            ("language_score", pa.float64()), ("token_count", pa.int64())])
+EDU_SCHEMA = pa.schema([f for f in FINEWEB_SCHEMA if f.name != "date"] + [("score", pa.float64()), ("int_score", pa.int64())])
+CODE_SCHEMA = pa.schema([("code", pa.string()), ("repo_name", pa.string()), ("path", pa.string()),
+                         ("language", pa.string()), ("license", pa.string()), ("size", pa.int64())])
+
+
+def fineweb_rows(texts, edu=False):
+    n = len(texts)
+    rows = {"text": texts, "id": [f"<urn:uuid:{i}>" for i in range(n)], "dump": ["CC-MAIN-2024-10"] * n,
+            "url": [f"https://example.com/{i}" for i in range(n)], "file_path": ["s3://x.warc.gz"] * n,
+            "language": ["en"] * n, "language_score": [0.9] * n,
+            "token_count": [len(ENC.encode_ordinary(t or "")) for t in texts]}
+    if edu:
+        rows["score"] = [float(i % 6) for i in range(n)]
+        rows["int_score"] = [i % 6 for i in range(n)]
+        return pa.table(rows, schema=EDU_SCHEMA)
+    rows["date"] = ["2024-03-01T00:00:00Z"] * n
+    return pa.table(rows, schema=FINEWEB_SCHEMA)
+
+
+def write_fineweb(path, texts, edu=False, row_group=200):
+    pq.write_table(fineweb_rows(texts, edu), path, row_group_size=row_group)
+    return str(path)
+
+
+def sample_texts(shared_data, n=400):
+    return pq.read_table(shared_data / "fineweb_sample.parquet", columns=["text"]).column(0).to_pylist()[:n]
+
+
+def code_rows(max_files=300):
+    """Real source files of the stdlib in the github-code schema, several 'repositories' and languages."""
+    import sysconfig
+    root = sysconfig.get_paths()["stdlib"]
+    rows = {c: [] for c in CODE_SCHEMA.names}
+    for sub, lang in (("json", "Python"), ("email", "Python"), ("asyncio", "Python"), ("http", "Python"),
+                      ("xml", "Python"), ("unittest", "Python"), ("logging", "Python"), ("concurrent", "Python")):
+        for f in sorted(glob.glob(os.path.join(root, sub, "**", "*.py"), recursive=True)):
+            code = open(f, encoding="utf-8").read()
+            if not code:
+                continue
+            repo = f"org{len(rows['code']) % 7}/{sub}"
+            for language, text in ((lang, code), ("JavaScript", "// " + code[:300].replace("\n", "\n// "))):
+                rows["code"].append(text)
+                rows["repo_name"].append(repo)
+                rows["path"].append(os.path.relpath(f, root))
+                rows["language"].append(language)
+                rows["license"].append("mit" if len(rows["code"]) % 3 else "apache-2.0")
+                rows["size"].append(len(text))
+    return {k: v[:max_files] for k, v in rows.items()}
+
+
+def write_code(path, rows, row_group=100):
+    pq.write_table(pa.table(rows, schema=CODE_SCHEMA), path, row_group_size=row_group)
+    return str(path)
+
+
+def fw_cfg(tmp_path, files, **kw):
+    kw = {"out_dir": str(tmp_path / "out"), "data_files": files, "shard_tokens": SHARD, "val_tokens": 20_000,
+          "progress_interval": 1e9, **kw}
+    return prepare_fineweb.FinewebConfig(**kw)
+
+
+def run_fw(cfg):
+    return prepare.prepare(cfg, prepare_fineweb.make_spec(cfg), *prepare_fineweb.make_sources(cfg))
+
+
+def run_code(cfg):
+    return prepare.prepare(cfg, prepare_github_code.make_spec(cfg), *prepare_github_code.make_sources(cfg))
+
+
+def stream(out_dir, split):
+    paths = shards.list_shards(out_dir, split)
+    return np.concatenate([np.load(p) for p in paths]) if paths else np.zeros(0, np.uint16)
+
+
+def docs_tokens(texts):
+    return [np.array([EOT] + ENC.encode_ordinary(t), dtype=np.uint16) for t in texts]
+
+
+def test_round_trip_matches_tiktoken_and_eot_convention(tmp_path, shared_data):
+    texts = sample_texts(shared_data)
+    texts[5] = "A literal <|endoftext|> inside a document is plain text. " + texts[5]
+    cfg = fw_cfg(tmp_path, write_fineweb(tmp_path / "a.parquet", texts))
+    m = run_fw(cfg)
+    expect = docs_tokens(texts)
+    nval, tok = 0, 0
+    while tok < cfg.val_tokens:  # the first whole documents fill val
+        tok += len(expect[nval])
+        nval += 1
+    val, train = stream(cfg.out_dir, "val"), stream(cfg.out_dir, "train")
+    assert np.array_equal(val, np.concatenate(expect[:nval]))
+    assert np.array_equal(train, np.concatenate(expect[nval:]))
+    # EOT before every document and nowhere else: the literal string was not turned into EOT
+    assert train[0] == EOT and val[0] == EOT and (train == EOT).sum() == len(texts) - nval
+    assert m["docs"] == {"val": nval, "train": len(texts) - nval}
+    # several exactly-full shards, counts recorded in the manifest as on disk
+    paths = shards.list_shards(cfg.out_dir, "train")
+    assert len(paths) >= 3 and all(len(np.load(p)) == SHARD for p in paths[:-1])
+    assert m["shards"] == {os.path.basename(p): len(np.load(p)) for p in glob.glob(cfg.out_dir + "/*.npy")}
+    assert m["sources"][0]["name"].endswith("a.parquet") and m["args"]["val_tokens"] == 20_000
+    assert not os.path.exists(os.path.join(cfg.out_dir, prepare.PARTIAL_DIR))
+    # the training loader reads it
+    x, y = shards.TokenLoader(cfg.out_dir, "train", 2, 16).next_batch()
+    assert x.shape == (2, 16) and (x[:, 1:] == y[:, :-1]).all()
+
+
+def test_deterministic_and_document_larger_than_a_shard(tmp_path, shared_data):
+    texts = sample_texts(shared_data, 60)
+    texts[30] = " ".join(texts[:40])  # > 1 shard of tokens
+    f = write_fineweb(tmp_path / "a.parquet", texts, row_group=7)
+    a = fw_cfg(tmp_path, f, shard_tokens=20_000, val_tokens=5_000, out_dir=str(tmp_path / "a"))
+    b = replace(a, out_dir=str(tmp_path / "b"), batch_rows=3, num_threads=1)  # batching does not change the output
+    run_fw(a), run_fw(b)
+    names = sorted(os.listdir(a.out_dir))
+    assert names == sorted(os.listdir(b.out_dir))
+    for n in names:
+        if n.endswith(".npy"):
+            assert open(os.path.join(a.out_dir, n), "rb").read() == open(os.path.join(b.out_dir, n), "rb").read()
+    assert len(docs_tokens([texts[30]])[0]) > 20_000
+    both = np.concatenate([stream(a.out_dir, "val"), stream(a.out_dir, "train")])
+    assert np.array_equal(both, np.concatenate(docs_tokens(texts)))
+
+
+def test_fineweb_edu_min_int_score(tmp_path, shared_data):
+    texts = sample_texts(shared_data, 120)
+    cfg = fw_cfg(tmp_path, write_fineweb(tmp_path / "edu.parquet", texts, edu=True), dataset="fineweb-edu",
+                 min_int_score=3, val_tokens=0)
+    m = run_fw(cfg)
+    kept = [t for i, t in enumerate(texts) if i % 6 >= 3]
+    assert np.array_equal(stream(cfg.out_dir, "train"), np.concatenate(docs_tokens(kept)))
+    assert m["skipped"]["int_score_below_min"] == len(texts) - len(kept)
+    # FineWeb has no int_score: a clear error, not an empty dataset
+    fw = fw_cfg(tmp_path, write_fineweb(tmp_path / "fw.parquet", texts), min_int_score=3, out_dir=str(tmp_path / "x"))
+    with pytest.raises(shards.DataError, match="no column 'int_score'"):
+        run_fw(fw)
+
+
+def code_cfg(tmp_path, files, **kw):
+    kw = {"out_dir": str(tmp_path / "code"), "data_files": files, "shard_tokens": SHARD, "val_tokens": 10**9,
+          "val_repo_fraction": 0.3, "val_tokens_per_language": 10**9, "progress_interval": 1e9, **kw}
+    return prepare_github_code.GithubCodeConfig(**kw)
+
+
+def test_github_code_split_by_repository_and_per_language_val(tmp_path):
+    rows = code_rows()
+    cfg = code_cfg(tmp_path, write_code(tmp_path / "c.parquet", rows))
+    m = run_code(cfg)
+    held = [prepare.key_fraction(r) < cfg.val_repo_fraction for r in rows["repo_name"]]
+    assert any(held) and not all(held)
+    toks = docs_tokens(rows["code"])
+    train = [t for t, h in zip(toks, held) if not h]
+    val = [t for t, h in zip(toks, held) if h]
+    assert np.array_equal(stream(cfg.out_dir, "train"), np.concatenate(train))
+    assert np.array_equal(stream(cfg.out_dir, "val"), np.concatenate(val))
+    for lang in ("Python", "JavaScript"):
+        want = [t for t, h, lg in zip(toks, held, rows["language"]) if h and lg == lang]
+        assert np.array_equal(stream(cfg.out_dir, prepare.language_split(lang)), np.concatenate(want))
+    assert set(shards.list_splits(cfg.out_dir)) == {"train", "val", "val-python", "val-javascript"}
+    assert sum(m["tokens_by_language"].values()) == sum(map(len, toks))
+    assert prepare.language_split("C++") == "val-cpp" and prepare.language_split("Visual Basic") == "val-visual-basic"
+
+
+def test_github_code_val_budget_never_leaks_held_out_repos_into_train(tmp_path):
+    rows = code_rows(300)
+    cfg = code_cfg(tmp_path, write_code(tmp_path / "c.parquet", rows), val_tokens=3_000, val_tokens_per_language=2_000)
+    m = run_code(cfg)
+    held = [prepare.key_fraction(r) < cfg.val_repo_fraction for r in rows["repo_name"]]
+    toks = docs_tokens(rows["code"])
+    assert np.array_equal(stream(cfg.out_dir, "train"), np.concatenate([t for t, h in zip(toks, held) if not h]))
+    assert m["skipped"]["held_out_overflow"] > 0
+    assert 3_000 <= len(stream(cfg.out_dir, "val")) < 3_000 + max(map(len, toks))
+
+
+def test_github_code_filters(tmp_path):
+    rows = code_rows(300)
+    f = write_code(tmp_path / "c.parquet", rows)
+    cfg = code_cfg(tmp_path, f, languages=["python"], licenses=["MIT"], val_repo_fraction=0.0)
+    m = run_code(cfg)
+    kept = [c for c, lg, li in zip(rows["code"], rows["language"], rows["license"]) if lg == "Python" and li == "mit"]
+    assert 0 < len(kept) < len(rows["code"])
+    assert np.array_equal(stream(cfg.out_dir, "train"), np.concatenate(docs_tokens(kept)))
+    assert m["skipped"]["language_filtered"] + m["skipped"]["license_filtered"] == len(rows["code"]) - len(kept)
+    with pytest.raises(shards.DataError, match="unknown language 'Pyhton'"):
+        prepare_github_code.make_spec(replace(cfg, languages=["Pyhton"]))
+
+
+def test_source_dir_quickstart(tmp_path):
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "a.py").write_text("def f():\n    return 1\n")
+    (src / "pkg" / "b.c").write_text("int main(void) { return 0; }\n")
+    (src / "top.py").write_text("print('<|endoftext|>')\n")
+    (src / "notes.bin").write_bytes(b"\x00\x01")
+    (src / "bad.py").write_bytes(b"x = '\xff\xfe'\n")
+    (src / "site-packages").mkdir()
+    (src / "site-packages" / "skip.py").write_text("skipped = True\n")
+    cfg = code_cfg(tmp_path, "", source_dir=str(src), val_repo_fraction=0.0)
+    m = run_code(cfg)
+    expect = docs_tokens(["print('<|endoftext|>')\n", "def f():\n    return 1\n", "int main(void) { return 0; }\n"])
+    train = stream(cfg.out_dir, "train")
+    assert sorted(map(bytes, np.split(train, np.flatnonzero(train == EOT)[1:]))) == sorted(map(bytes, expect))
+    assert m["skipped"] == {"not_code": 1, "invalid_utf8": 1} and m["tokens_by_language"].keys() == {"Python", "C"}
+
+
+def test_stats_percentiles_and_png(tmp_path, shared_data, capsys):
+    texts = sample_texts(shared_data, 200)
+    cfg = fw_cfg(tmp_path, write_fineweb(tmp_path / "a.parquet", texts))
+    run_fw(cfg)
+    lengths = prepare.print_stats(cfg.out_dir)
+    out = capsys.readouterr().out
+    want = sorted(len(t) for t in docs_tokens(texts))
+    assert sorted(np.concatenate(list(lengths.values())).tolist()) == want
+    assert "p50=" in out and "val" in out and "train" in out
+    png = os.path.join(cfg.out_dir, prepare.HIST_PNG)
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert shards.list_splits(cfg.out_dir) == ["train", "val"]  # the PNG is not taken for a shard
