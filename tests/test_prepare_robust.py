@@ -1,0 +1,142 @@
+"""Resumability (kill -9), no clobbering, refusals and bad inputs of the prepare pipeline."""
+import errno
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import prepare
+import shards
+from test_prepare import fw_cfg, run_fw, sample_texts, stream, write_fineweb
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "prepare_fineweb.py"), *args],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO})
+
+
+def files_bytes(d):
+    return {n: open(os.path.join(d, n), "rb").read() for n in sorted(os.listdir(d)) if n.endswith(".npy")}
+
+
+def test_kill_9_then_rerun_is_byte_identical(tmp_path, shared_data):
+    src = str(shared_data / "fineweb_sample.parquet")
+    args = [f"--data_files={src}", "--shard_tokens=50000", "--val_tokens=100000", "--batch_rows=64"]
+    ref = tmp_path / "ref"
+    assert cli(*args, f"--out_dir={ref}").returncode == 0
+    out = tmp_path / "killed"
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(3):
+        p = subprocess.Popen([sys.executable, os.path.join(REPO, "prepare_fineweb.py"), *args, f"--out_dir={out}"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": REPO})
+        time.sleep(rng.uniform(0.8, 2.5))
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+            kills += 1
+        p.wait()
+    r = cli(*args, f"--out_dir={out}")
+    assert r.returncode == 0, r.stderr
+    assert kills >= 1
+    assert files_bytes(out) == files_bytes(ref)
+    assert shards.read_manifest(out)["shards"] == shards.read_manifest(ref)["shards"]
+
+
+def test_no_clobbering_refusals_and_overwrite(tmp_path, shared_data):
+    f = write_fineweb(tmp_path / "a.parquet", sample_texts(shared_data, 80))
+    out = tmp_path / "out"
+    assert cli(f"--data_files={f}", f"--out_dir={out}", "--shard_tokens=50000", "--val_tokens=5000").returncode == 0
+    before = files_bytes(out)
+    again = cli(f"--data_files={f}", f"--out_dir={out}", "--shard_tokens=50000", "--val_tokens=5000")
+    assert again.returncode == 0 and "already complete" in again.stderr
+    r = cli(f"--data_files={f}", f"--out_dir={out}", "--shard_tokens=50000", "--val_tokens=9000")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "val_tokens=5000" in r.stderr and "--overwrite" in r.stderr
+    assert files_bytes(out) == before
+    # a different tokenizer in the manifest
+    m = shards.read_manifest(out)
+    shards.write_manifest(out, {**m, "tokenizer": "cl100k_base"})
+    r = cli(f"--data_files={f}", f"--out_dir={out}", "--shard_tokens=50000", "--val_tokens=5000")
+    assert r.returncode == 1 and "tokenizer" in r.stderr and "Traceback" not in r.stderr
+    assert files_bytes(out) == before
+    # --overwrite replaces it
+    r = cli(f"--data_files={f}", f"--out_dir={out}", "--shard_tokens=50000", "--val_tokens=9000", "--overwrite")
+    assert r.returncode == 0 and shards.read_manifest(out)["args"]["val_tokens"] == 9000
+    # shards with no manifest are not ours
+    other = tmp_path / "other"
+    other.mkdir()
+    shards.write_shard(str(other / "train_000000.npy"), np.zeros(10, np.uint16))
+    r = cli(f"--data_files={f}", f"--out_dir={other}")
+    assert r.returncode == 1 and "no manifest.json" in r.stderr
+
+
+def test_corrupt_truncated_and_missing_column(tmp_path, shared_data):
+    f = write_fineweb(tmp_path / "a.parquet", sample_texts(shared_data, 80))
+    data = open(f, "rb").read()
+    bad = tmp_path / "trunc.parquet"
+    bad.write_bytes(data[: len(data) // 2])
+    r = cli(f"--data_files={bad}", f"--out_dir={tmp_path / 'o1'}")
+    assert r.returncode == 1 and "not a readable parquet file" in r.stderr and "Traceback" not in r.stderr
+    nocol = tmp_path / "nocol.parquet"
+    pq.write_table(pa.table({"content": ["x"]}), nocol)
+    r = cli(f"--data_files={nocol}", f"--out_dir={tmp_path / 'o2'}")
+    assert r.returncode == 1 and "no column 'text'" in r.stderr
+    r = cli(f"--data_files={tmp_path / 'missing*.parquet'}", f"--out_dir={tmp_path / 'o3'}")
+    assert r.returncode == 1 and "nothing matches" in r.stderr
+    # corrupt page data inside a valid footer: detected while reading
+    corrupt = bytearray(data)
+    for i in range(100, len(data) // 2, 7):
+        corrupt[i] ^= 0x5A
+    (tmp_path / "corrupt.parquet").write_bytes(corrupt)
+    r = cli(f"--data_files={tmp_path / 'corrupt.parquet'}", f"--out_dir={tmp_path / 'o4'}")
+    assert r.returncode == 1 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_null_empty_and_invalid_utf8_are_skipped_and_counted(tmp_path, shared_data):
+    good = sample_texts(shared_data, 3)
+    texts = [good[0], None, "", good[1], good[2]]
+    f = write_fineweb(tmp_path / "a.parquet", texts)
+    cfg = fw_cfg(tmp_path, f, val_tokens=0)
+    m = run_fw(cfg)
+    assert m["skipped"] == {"null_text": 1, "empty_text": 1} and m["docs"] == {"train": 3}
+    # invalid UTF-8 in a string column, and in a binary column
+    bad = pa.array([good[0].encode(), b"bad \xff\xfe bytes", good[1].encode()], pa.binary())
+    for i, col in enumerate((bad.view(pa.string()), bad)):
+        p = tmp_path / f"bad{i}.parquet"
+        pq.write_table(pa.table({"text": col}), p)
+        m = run_fw(fw_cfg(tmp_path, str(p), val_tokens=0, out_dir=str(tmp_path / f"b{i}")))
+        assert m["skipped"] == {"invalid_utf8": 1} and m["docs"] == {"train": 2}
+
+
+def test_disk_full_leaves_no_partial_shard_and_resumes(tmp_path, shared_data, monkeypatch):
+    f = write_fineweb(tmp_path / "a.parquet", sample_texts(shared_data, 150))
+    ref = fw_cfg(tmp_path, f, out_dir=str(tmp_path / "ref"))
+    run_fw(ref)
+    cfg = fw_cfg(tmp_path, f)
+    real_save, calls = np.save, [0]
+
+    def full_disk(file, arr, **kw):
+        calls[0] += 1
+        if calls[0] == 4:
+            file.write(b"\x93NUMPY partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(file, arr, **kw)
+
+    monkeypatch.setattr(shards.np, "save", full_disk)
+    with pytest.raises(shards.DataError, match="disk full"):
+        run_fw(cfg)
+    monkeypatch.setattr(shards.np, "save", real_save)
+    leftovers = [n for root, _, names in os.walk(cfg.out_dir) for n in names if n.endswith(".tmp")]
+    assert leftovers == []
+    for p in shards.list_shards(cfg.out_dir, "train"):
+        shards.open_shard(p)  # every shard on disk is complete
+    run_fw(cfg)  # resumes
+    assert files_bytes(cfg.out_dir) == files_bytes(ref.out_dir)
