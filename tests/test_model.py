@@ -218,6 +218,22 @@ def test_stop_at_eot_and_streaming():
     assert out.shape == (1, 23)
 
 
+def test_batch_rows_that_finish_early_are_padded_with_eot():
+    model = make(seed=5, tie_weights=False)
+    force_token(model, EOT)
+    with torch.no_grad():
+        model.lm_head.weight[7] = model.lm_head.weight[EOT]  # EOT and token 7 equally likely at each step
+    torch.manual_seed(0)
+    out = model.generate(torch.zeros(8, 1, dtype=torch.long), 40, temperature=1.0, eot_token=EOT)
+    new = out[:, 1:]
+    assert (new == EOT).any(dim=1).all()  # it stopped because every row finished
+    first_eot = (new == EOT).int().argmax(dim=1)
+    assert len(set(first_eot.tolist())) > 1  # rows finished at different steps
+    for row, k in zip(new, first_eot):
+        assert (row[k:] == EOT).all() and (row[:k] == 7).all()
+    assert new.size(1) == int(first_eot.max()) + 1
+
+
 def test_streaming_reports_every_token_in_order():
     model = make(seed=4)
     seen = []
@@ -236,9 +252,9 @@ def test_bad_sampling_settings_are_refused():
 
 
 @pytest.mark.slow
-def test_kv_cache_speedup_gpt2_small_shape():
+def test_kv_cache_speedup():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024)).eval()
+    model = GPT(GPTConfig(n_layer=6, n_head=6, n_embd=384)).eval()  # 30M parameters
     prompt = torch.randint(0, VOCAB_SIZE, (1, 8))
     t0 = time.perf_counter()
     a = model.generate(prompt, 200, temperature=0, use_cache=True)
