@@ -35,6 +35,7 @@ class TrainConfig:
     keep_last_n: int = 0  # also keep this many numbered step checkpoints ckpt_NNNNNNN.pt (0: none)
     plan: bool = False  # print the run plan (tokens, Chinchilla ratio, epochs, wall time) and exit
     tokens_per_sec: float = 0.0  # throughput for the plan's wall-time estimates (from bench.py); 0: measure as the run goes
+    peak_tflops: float = 0.0  # the GPU's dense bf16/fp16 peak for MFU; 0: look it up in monitor.PEAK_TFLOPS
     # evaluation
     eval_interval: int = 250  # evaluate every this many iterations
     eval_iters: int = 20  # batches per validation set per evaluation (the same batches every time)
@@ -205,12 +206,17 @@ def config_help(cls):
 
 
 def load_config(cls, argv):
-    """An instance of dataclass `cls` from config files and --key=value overrides, in order."""
+    """An instance of dataclass `cls` from config files and --key=value (or --key value) overrides, in order."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for f in fields.values():
         values[f.name] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    for arg in argv:
+    hints = typing.get_type_hints(cls)
+    argv = list(argv)
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
         if arg in ("-h", "--help"):
             print(f"usage: {sys.argv[0]} [config/file.py ...] [--key=value ...]\n\nsettings (default, meaning):")
             print(config_help(cls))
@@ -219,18 +225,20 @@ def load_config(cls, argv):
             key, eq, text = arg[2:].partition("=")
             if key not in fields:
                 raise ConfigError(f"unknown setting '{key}'{_closest(key, list(fields))} (--help lists them)")
-            if not eq:
-                if typing.get_type_hints(cls)[key] is not bool:
-                    raise ConfigError(f"--{key} needs a value: --{key}=...")
+            if not eq and hints[key] is bool:  # a bare flag: --compile
                 text = "True"
-            values[key] = _check_type(key, parse_override(text), typing.get_type_hints(cls)[key])
+            elif not eq:  # the space form: --out_dir data/fineweb
+                if i >= len(argv) or argv[i].startswith("--"):
+                    raise ConfigError(f"--{key} needs a value: --{key}=...")
+                text, i = argv[i], i + 1
+            values[key] = _check_type(key, parse_override(text), hints[key])
         elif arg.startswith("-"):
             raise ConfigError(f"cannot parse argument {arg!r}: settings are given as --key=value")
         else:
             for key, value in read_config_file(arg, values).items():
                 if key not in fields:
                     raise ConfigError(f"{arg}: unknown setting '{key}'{_closest(key, list(fields))}")
-                values[key] = _check_type(key, value, typing.get_type_hints(cls)[key])
+                values[key] = _check_type(key, value, hints[key])
     return cls(**values)
 
 
