@@ -254,9 +254,9 @@ class GPT(nn.Module):
             logits = logits.masked_fill(logits < kth, float("-inf"))
         if top_p is not None and top_p < 1.0:
             sorted_logits, order = torch.sort(logits, descending=True)
-            cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+            sorted_probs = sorted_logits.softmax(dim=-1)
             # drop a token when the tokens before it already reach top_p; the first token always stays
-            drop_sorted = (cum - sorted_logits.softmax(dim=-1)) >= top_p
+            drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
             drop = drop_sorted.scatter(1, order, drop_sorted)
             logits = logits.masked_fill(drop, float("-inf"))
         probs = F.softmax(logits, dim=-1)
