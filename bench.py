@@ -260,6 +260,8 @@ def run_bench(cfg):
         "peak_mem_kind": mem_kind,
         "iters": cfg.iters,
         "warmup_iters": cfg.warmup_iters_bench,
+        "max_iters": cfg.max_iters,
+        "run_hours": cfg.max_iters * step_ms / 1000 / 3600,  # the config's whole run at this speed
         **result,
     }
     return result
@@ -276,10 +278,15 @@ def format_table(r):
         ("step", f"{r['grad_accum']} x micro-batch {r['batch_size']} x {r['block_size']} = {r['tokens_per_iter']:,} tokens"),
         ("micro-step (fwd+bwd)", f"{r['micro_step_ms']:.1f} ms"),
         ("optimizer step", f"{r['optimizer_step_ms']:.1f} ms"),
-        ("ms/iter", f"{r['ms_per_iter']:.1f} ms (median of {r['iters']} after {r['warmup_iters']} warm-up)"),
+        ("ms/iter", f"{r['ms_per_iter']:.1f} ms ({r['grad_accum']} micro-steps + 1 optimizer step; medians of "
+                    f"{r['iters']} timed after {r['warmup_iters']} warm-up)"),
         ("tokens/s", f"{r['tokens_per_sec']:,.0f}"),
         ("MFU", f"{mfu}  [{r['peak_note']}]"),
         ("peak memory", mem),
+        ("whole run", f"{r['max_iters']:,} iters x {r['tokens_per_iter']:,} tokens = "
+                      f"{monitor.human_count(r['max_iters'] * r['tokens_per_iter'])} tokens in "
+                      f"{monitor.human_time(r['run_hours'] * 3600)}; pass --tokens_per_sec={r['tokens_per_sec']:.0f} "
+                      f"to train.py --plan"),
     ]
     if "max_batch_size_fits" in r:
         cap = " (the cap: raise --max_batch_size to search further)" if r["cap_reached"] else ""

@@ -125,11 +125,11 @@ def peak_flops(device, dtype, gpu_name=None, override_tflops=None):
         if override_tflops < 0:
             raise MonitorError(f"peak_tflops must be positive, got {override_tflops}; use e.g. --peak_tflops=58.3")
         return override_tflops * 1e12, f"peak {override_tflops:g} TFLOPS from --peak_tflops"
-    if device != "cuda":
+    if not device.startswith("cuda"):
         return None, f"MFU not reported on {device} (no tensor-core peak); set --peak_tflops to compare"
     if gpu_name is None:
         import torch
-        gpu_name = torch.cuda.get_device_name()
+        gpu_name = torch.cuda.get_device_name(device)
     tflops, note = lookup_peak_tflops(gpu_name, dtype)
     return (tflops * 1e12 if tflops else None), note
 
@@ -326,7 +326,8 @@ class MetricsLog:
 
     def log_eval(self, iter, tokens, val_losses, train_loss=None, best=False, **extra):
         """An evaluation. val_losses maps a split name to its loss, e.g. {'val': 3.2, 'val-python': 2.9};
-        stored as "val/<split>" fields. extra holds anything else, e.g. hellaswag=0.29."""
+        stored as "val/<split>" fields. extra holds anything else, e.g. primary='val' (the set the best
+        checkpoint follows, which plot.py marks) or **{'hellaswag/acc_norm': 0.29}."""
         fields = {f"val/{name}": loss for name, loss in val_losses.items()}
         return self.log("eval", iter, tokens=tokens, train_loss=train_loss, best=bool(best), **fields, **extra)
 

@@ -15,7 +15,7 @@ import sys
 from monitor import METRICS_FILE, MonitorError, human_count, read_metrics
 
 DEFAULT_POINTS = 200  # train-loss points per run; each is the mean of the steps in its interval
-PRIMARY_VAL = "val/val"  # the validation set the best marker follows when present, else the first one logged
+PRIMARY_VAL = "val/val"  # the best marker's val set when eval records name no "primary" set
 
 
 def load_run(out_dir):
@@ -57,11 +57,19 @@ def val_curves(evals):
     return curves
 
 
-def best_point(curves):
-    """(set name, tokens, loss) of the lowest primary validation loss, or None without evals."""
-    if not curves:
+def primary_key(evals, curves):
+    """The val set train.py's best checkpoint follows: the records' "primary" field, else val/val, else the first."""
+    named = next((r["primary"] for r in reversed(evals) if r.get("primary")), None)
+    if named is not None and f"val/{named}" in curves:
+        return f"val/{named}"
+    return PRIMARY_VAL if PRIMARY_VAL in curves else next(iter(curves), None)
+
+
+def best_point(curves, key=None):
+    """(set name, tokens, loss) of the lowest loss of val set `key` (default: val/val, else the first), or None."""
+    key = key or (PRIMARY_VAL if PRIMARY_VAL in curves else next(iter(curves), None))
+    if key is None:
         return None
-    key = PRIMARY_VAL if PRIMARY_VAL in curves else next(iter(curves))
     xs, ys = curves[key]
     i = min(range(len(ys)), key=ys.__getitem__)
     return key, xs[i], ys[i]
@@ -85,7 +93,7 @@ def plot_runs(out_dirs, out_path, points=DEFAULT_POINTS):
         curves = val_curves(evals)
         for j, (key, (xs, ys)) in enumerate(curves.items()):
             ax.plot(xs, ys, styles[j % len(styles)], color=color, lw=1.6, marker=".", label=f"{name} {key}")
-        best = best_point(curves)
+        best = best_point(curves, primary_key(evals, curves))
         if best:
             key, x, y = best
             ax.plot([x], [y], "*", color=color, markersize=14, markeredgecolor="black",

@@ -39,8 +39,12 @@ def test_best_point_follows_primary_val_set():
     evals = [{"tokens": 0, "val/val": 5.0, "val/val-python": 1.0},
              {"tokens": 100, "val/val": 3.0, "val/val-python": 2.0},
              {"tokens": 200, "val/val": 3.5, "val/val-python": 0.5}]
-    assert plot.best_point(plot.val_curves(evals)) == ("val/val", 100, 3.0)
+    curves = plot.val_curves(evals)
+    assert plot.best_point(curves, plot.primary_key(evals, curves)) == ("val/val", 100, 3.0)
     assert plot.best_point({}) is None
+    # train.py's primary_val may name another set; the records say which
+    evals[-1]["primary"] = "val-python"
+    assert plot.best_point(curves, plot.primary_key(evals, curves)) == ("val/val-python", 200, 0.5)
 
 
 def test_plot_writes_a_readable_png_comparing_runs(tmp_path):
