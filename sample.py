@@ -15,9 +15,9 @@ import torch
 from config import ConfigError, load_config
 from runtime import (CheckpointError, autocast, find_checkpoint, load_checkpoint, model_from_checkpoint,
                      pick_device, pick_dtype)
+from pretrained import HUB_REPOS, PretrainedError, load_pretrained
 from shards import EOT, TOKENIZER
 
-PRETRAINED_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 FILE_PREFIX = "FILE:"  # --start=FILE:path reads the prompt from a file
 SEPARATOR = "\n---------------\n"  # printed after each sample
 
@@ -81,11 +81,10 @@ def read_prompt(start):
 
 
 def load_model(cfg):
-    if cfg.init_from in PRETRAINED_NAMES:
-        from pretrained import load_pretrained
+    if cfg.init_from in HUB_REPOS:
         return load_pretrained(cfg.init_from)
     if cfg.init_from != "resume":
-        raise ConfigError(f"init_from={cfg.init_from!r}: use 'resume' or one of {', '.join(PRETRAINED_NAMES)}")
+        raise ConfigError(f"init_from={cfg.init_from!r}: use 'resume' or one of {', '.join(HUB_REPOS)}")
     if not os.path.isdir(cfg.out_dir):
         raise CheckpointError(f"out_dir {cfg.out_dir!r} does not exist; pass the --out_dir of a training run, "
                               f"or --init_from=gpt2 for OpenAI's model")
@@ -128,7 +127,6 @@ def main(argv, out=sys.stdout):
 
 
 if __name__ == "__main__":
-    from pretrained import PretrainedError
     try:
         main(sys.argv[1:])
     except ConfigError as e:
