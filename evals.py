@@ -13,13 +13,16 @@ import torch.nn.functional as F
 import shards
 
 
-def _ddp_active():
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
+def _distributed(world_size):
+    """Whether results are combined across ranks: only when the caller says world_size > 1,
+    so that one evaluating on rank 0 alone under DDP (world_size=1) never waits for the others.
+    Without torch.distributed each rank's own result is returned."""
+    return world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def _all_reduce_sum(values, device):
-    """Sum a list of floats across ranks (no-op without torch.distributed)."""
-    if not _ddp_active():
+def _all_reduce_sum(values, device, world_size):
+    """Sum a list of numbers across ranks (see _distributed)."""
+    if not _distributed(world_size):
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
@@ -55,24 +58,25 @@ def split_loss(model, data_dir, split, batch_size, block_size, eval_iters, devic
     """Mean cross-entropy over the first eval_iters batches of a split.
 
     The batches are the same at every call (read in order from the start of the split,
-    no shuffling), so successive evals during training are comparable. Under DDP each
-    rank reads its own slice of each batch and the result is averaged over ranks.
+    no shuffling), so successive evals during training are comparable. Under DDP (call it
+    on every rank with rank, world_size) each rank reads its own slice of each batch and
+    the result is averaged over ranks.
     """
     loader = shards.TokenLoader(data_dir, split, batch_size, block_size, rank=rank,
                                 world_size=world_size, shuffle=False)
     n = num_eval_batches(loader.total_tokens, batch_size, block_size, eval_iters, world_size)
-    total = 0.0
+    total = torch.zeros((), device=device)  # summed on the device: no GPU sync per batch
     with _eval_mode(model):
         for _ in range(n):
             x, y = loader.next_batch()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast_ctx:
                 _, loss = model(x, y)
-            total += loss.float().item()
-    loss = total / n
-    if _ddp_active():  # every rank read n batches, so the mean over ranks is the mean over all
-        (loss,) = _all_reduce_sum([loss], device)
-        loss /= torch.distributed.get_world_size()
+            total += loss.float()
+    loss = total.item() / n
+    if _distributed(world_size):  # every rank read n batches of the same size: the mean of means is the mean
+        (loss,) = _all_reduce_sum([loss], device, world_size)
+        loss /= world_size
     return loss
 
 
@@ -283,7 +287,7 @@ def hellaswag(model, device, autocast_ctx, path=None, limit=None, batch_items=8,
             correct += int((pred == labels).sum())
             correct_norm += int((pred_norm == labels).sum())
     n = len(mine)
-    n, correct, correct_norm = (int(v) for v in _all_reduce_sum([n, correct, correct_norm], device))
+    n, correct, correct_norm = (int(v) for v in _all_reduce_sum([n, correct, correct_norm], device, world_size))
     return {"acc": correct / max(n, 1), "acc_norm": correct_norm / max(n, 1), "n": n}
 
 
@@ -324,6 +328,6 @@ def humaneval(model, device, autocast_ctx, path, limit=None, batch_rows=4, rank=
         rows += _strided_windows(enc.encode(item["prompt"]), enc.encode(item["canonical_solution"]), T)
     with _eval_mode(model):
         sums, counts = _row_losses(model, rows, device, autocast_ctx, batch_rows)
-    total, tokens, n = _all_reduce_sum([sum(sums), sum(counts), len(mine)], device)
+    total, tokens, n = _all_reduce_sum([sum(sums), sum(counts), len(mine)], device, world_size)
     loss = total / max(tokens, 1)
     return {"loss": loss, "ppl": math.exp(loss), "n": int(n), "tokens": int(tokens)}

@@ -310,3 +310,31 @@ def test_eval_script_clear_errors(checkpoint, tmp_path, capsys):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     code, err = _run_main([f"--ckpt={tmp_path / 'bad.pt'}", f"--data_dir={d}"], capsys)
     assert code == 1 and "corrupt" in err
+
+
+# ----------------------------------------------------------------------------- DDP
+
+def _ddp_worker(rank, world, init_file, data_dir, hellaswag_path, humaneval_path, out_file):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    model = tiny_model()
+    r = {"val": evals.split_loss(model, data_dir, "val", 2, 32, 3, "cpu", NO_AUTOCAST, rank=rank, world_size=world),
+         "hellaswag": evals.hellaswag(model, "cpu", NO_AUTOCAST, path=hellaswag_path, limit=7, rank=rank, world_size=world)}
+    if rank == 0:  # on one rank only, as train.py does: world_size=1 must not wait for the others
+        r["humaneval"] = evals.humaneval(model, "cpu", NO_AUTOCAST, humaneval_path, limit=2)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    with open(f"{out_file}.{rank}", "w") as f:
+        json.dump(r, f)
+
+
+@pytest.mark.slow
+def test_results_under_ddp_match_one_process(shard_dir, shared_data, tmp_path):
+    d, _ = shard_dir
+    hs, he = str(shared_data / "hellaswag_val.jsonl"), str(shared_data / "HumanEval.jsonl.gz")
+    out = tmp_path / "r"
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(d), hs, he, str(out)), nprocs=2)
+    r0, r1 = (json.loads((tmp_path / f"r.{k}").read_text()) for k in range(2))
+    model = tiny_model()
+    assert r0["val"] == r1["val"] == pytest.approx(evals.split_loss(model, str(d), "val", 4, 32, 3, "cpu", NO_AUTOCAST), rel=1e-5)
+    assert r0["hellaswag"] == r1["hellaswag"] == evals.hellaswag(model, "cpu", NO_AUTOCAST, path=hs, limit=7)
+    assert r0["humaneval"] == pytest.approx(evals.humaneval(model, "cpu", NO_AUTOCAST, he, limit=2))
