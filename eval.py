@@ -47,14 +47,14 @@ def load_model(cfg):
         ckpt = runtime.load_checkpoint(path)
         model = runtime.model_from_checkpoint(ckpt)
         return model, f"{path} (iter {ckpt.get('iter_num', '?')})", ckpt.get("config", {})
-    if cfg.init_from.startswith("gpt2"):
-        from pretrained import PretrainedError, load_pretrained
-        try:
-            model = load_pretrained(cfg.init_from)
-        except PretrainedError as e:  # offline, unknown name: already a one-line message
-            raise runtime.CheckpointError(str(e)) from None
-        return model, f"OpenAI {cfg.init_from}", {}
-    raise ConfigError(f"init_from must be 'resume' or a GPT-2 name like 'gpt2', got {cfg.init_from!r}")
+    from pretrained import HUB_REPOS, PretrainedError, load_pretrained
+    if cfg.init_from not in HUB_REPOS:
+        raise ConfigError(f"init_from must be 'resume' or one of {', '.join(HUB_REPOS)}, got {cfg.init_from!r}")
+    try:
+        model = load_pretrained(cfg.init_from)
+    except PretrainedError as e:  # offline: already a one-line message
+        raise runtime.CheckpointError(str(e)) from None
+    return model, f"OpenAI {cfg.init_from}", {}
 
 
 def shard_splits(cfg, train_config):

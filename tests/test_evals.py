@@ -307,6 +307,8 @@ def test_eval_script_clear_errors(checkpoint, tmp_path, capsys):
     assert code == 1 and "exceeds the model's context" in err
     code, err = _run_main([f"--out_dir={out}", "--humaneval"], capsys)
     assert code == 1 and "--humaneval_path" in err
+    code, err = _run_main(["--init_from=gpt3"], capsys)
+    assert code == 1 and "init_from must be 'resume' or one of gpt2" in err
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     code, err = _run_main([f"--ckpt={tmp_path / 'bad.pt'}", f"--data_dir={d}"], capsys)
     assert code == 1 and "corrupt" in err
