@@ -13,7 +13,6 @@ the time of a full step. Tokens are random (the speed does not depend on them) u
 import dataclasses
 import gc
 import json
-import os
 import platform
 import resource
 import statistics
