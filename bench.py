@@ -291,7 +291,8 @@ def format_table(r):
         cap = " (the cap: raise --max_batch_size to search further)" if r["cap_reached"] else ""
         rows.append(("largest micro-batch", f"{r['max_batch_size_fits']}{cap}; training and eval both fit"))
         rows.append(("suggested", f"--batch_size={r['batch_size']} with {r['grad_accum']} gradient accumulation "
-                                  f"steps for total_batch_size={r['tokens_per_iter']:,}"))
+                                  f"steps for total_batch_size={r['tokens_per_iter']:,} (one GPU; on N GPUs "
+                                  f"under torchrun, train.py divides the accumulation by N)"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 

@@ -268,3 +268,10 @@ def test_grad_accum_and_batch_suggestion():
     assert monitor.suggest_batch_size(12, 524_288, 1024) == (8, 64)
     assert monitor.suggest_batch_size(12, 6 * 1024, 1024) == (6, 1)
     assert monitor.suggest_batch_size(4, 1000, 1024) is None
+
+
+def test_gpt2_124m_model_matches_the_hand_count():
+    from model import GPT, GPTConfig
+    model = GPT(GPTConfig())  # the real 124M shape: 124,475,904 parameters
+    assert model.get_num_params(non_embedding=True) == GPT2_NON_EMB
+    assert monitor.model_flops_per_token(model) == GPT2_FLOPS
