@@ -68,18 +68,18 @@ def mfu(tokens_per_sec, flops_per_token, peak_flops):
 # Datasheets that only quote "with sparsity" figures are halved. Each row: (pattern matched in full
 # against the normalised device name, display name, bf16, fp16, source). None = no such tensor-core mode.
 PEAK_TFLOPS = [
-    # Ampere GA102 whitepaper v2.0, Table 9: "Peak FP16/BF16 Tensor TFLOPS with FP32 Accumulate" 71/142 (dense/sparse)
-    (r"rtx 3090", "RTX 3090", 71.0, 71.0, "NVIDIA Ampere GA102 GPU Architecture whitepaper, Table 9"),
+    # Ampere GA102 whitepaper (v2.0), RTX 3090 spec table: "Peak FP16/BF16 Tensor TFLOPS with FP32 Accumulate" 71/142 (dense/sparse)
+    (r"rtx 3090", "RTX 3090", 71.0, 71.0, "NVIDIA Ampere GA102 GPU Architecture whitepaper"),
     # RTX 40-series rows: NVIDIA's product pages give "AI TOPS" = FP8, sparse, FP16 accumulate; dense bf16/fp16
     # with FP32 accumulate is that / 2 (sparsity) / 2 (FP8 -> 16-bit) / 2 (FP32 accumulate on GeForce). Checked
-    # against the Ada whitepaper v2.1 Table 2, which lists 4090 = 165.2 and 4080 = 97.5 for this mode.
+    # against the Ada whitepaper's spec tables, which list 4090 = 165.2 and 4080 = 97.5 for this mode.
     (r"rtx 4070", "RTX 4070", 58.3, 58.3, "nvidia.com RTX 4070 specs: 466 AI TOPS / 8"),
     (r"rtx 4070 super", "RTX 4070 SUPER", 71.0, 71.0, "nvidia.com RTX 4070 SUPER specs: 568 AI TOPS / 8"),
     (r"rtx 4070 ti", "RTX 4070 Ti", 80.2, 80.2, "nvidia.com RTX 4070 Ti specs: 641 AI TOPS / 8"),
     (r"rtx 4070 ti super", "RTX 4070 Ti SUPER", 88.3, 88.3, "nvidia.com RTX 4070 Ti SUPER specs: 706 AI TOPS / 8"),
-    (r"rtx 4080", "RTX 4080", 97.5, 97.5, "NVIDIA Ada Lovelace GPU Architecture whitepaper v2.1, Table 2"),
+    (r"rtx 4080", "RTX 4080", 97.5, 97.5, "NVIDIA Ada Lovelace GPU Architecture whitepaper"),
     (r"rtx 4080 super", "RTX 4080 SUPER", 104.5, 104.5, "nvidia.com RTX 4080 SUPER specs: 836 AI TOPS / 8"),
-    (r"rtx 4090", "RTX 4090", 165.2, 165.2, "NVIDIA Ada Lovelace GPU Architecture whitepaper v2.1, Table 2"),
+    (r"rtx 4090", "RTX 4090", 165.2, 165.2, "NVIDIA Ada Lovelace GPU Architecture whitepaper"),
     # A100 datasheet (2021): BF16/FP16 Tensor Core 312 TFLOPS dense, same for SXM4 and PCIe, 40 GB and 80 GB
     (r"a100( sxm4?| pcie)?", "A100", 312.0, 312.0, "NVIDIA A100 Tensor Core GPU datasheet"),
     # H100 datasheet: SXM 1,979 and PCIe 1,513 TFLOPS BF16/FP16 "with sparsity"; halved for dense.
