@@ -86,11 +86,7 @@ def main(argv):
     torch.backends.cudnn.allow_tf32 = True
     ctx = runtime.autocast(device, dtype)
 
-    tokens_per_micro = cfg.batch_size * cfg.block_size * world
-    if cfg.total_batch_size % tokens_per_micro:
-        raise ConfigError(f"total_batch_size={cfg.total_batch_size} is not a multiple of batch_size*block_size*world_size "
-                          f"= {cfg.batch_size}*{cfg.block_size}*{world} = {tokens_per_micro}; change total_batch_size or batch_size")
-    grad_accum = cfg.total_batch_size // tokens_per_micro
+    grad_accum = monitor.grad_accum_steps(cfg.total_batch_size, cfg.batch_size, cfg.block_size, world)  # asserts it divides
     eval_batch_size = cfg.eval_batch_size or cfg.batch_size
     if eval_batch_size > cfg.batch_size:
         raise ConfigError(f"eval_batch_size={eval_batch_size} is larger than batch_size={cfg.batch_size}; eval must fit "
@@ -123,6 +119,9 @@ def main(argv):
     train_loader = shards.TokenLoader(cfg.data_dir, "train", cfg.batch_size, cfg.block_size, rank, world, seed=cfg.seed)
     val_sets = evals.parse_val_sets(cfg.val_sets, cfg.data_dir)
     primary_val = evals.check_primary_val(cfg.primary_val, val_sets)
+    hellaswag_items = evals.load_hellaswag(cfg.hellaswag_path or None) if cfg.hellaswag_interval else None  # fail now, not hours in
+    if cfg.humaneval_interval:
+        evals.load_humaneval(cfg.humaneval_path)
 
     # ------------------------------------------------------------------ model
     torch.manual_seed(cfg.seed)
@@ -182,7 +181,7 @@ def main(argv):
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
     # ------------------------------------------------------------------ plan
-    flops_per_token = monitor.flops_per_token(n_params_body, raw_model.config.n_layer, raw_model.config.n_embd, cfg.block_size)
+    flops_per_token = monitor.model_flops_per_token(raw_model, cfg.block_size)
     peak_flops, peak_note = monitor.peak_flops(device_type, dtype, override_tflops=cfg.peak_tflops)
     plan = monitor.plan_run(n_params=n_params, n_params_non_embedding=n_params_body, tokens_per_step=cfg.total_batch_size,
                             max_iters=cfg.max_iters, iter_num=iter_num,
@@ -235,8 +234,8 @@ def main(argv):
                 bad_evals += 1
             record = {f"val/{k}": v for k, v in losses.items()}
             if cfg.hellaswag_interval and iter_num % cfg.hellaswag_interval == 0:
-                hs = evals.hellaswag(raw_model, device, ctx, path=cfg.hellaswag_path or None,
-                                     limit=cfg.hellaswag_limit or None, rank=rank, world_size=world)
+                hs = evals.hellaswag(raw_model, device, ctx, items=hellaswag_items, limit=cfg.hellaswag_limit or None,
+                                     rank=rank, world_size=world)
                 record["hellaswag/acc_norm"] = hs["acc_norm"]
             if cfg.humaneval_interval and iter_num % cfg.humaneval_interval == 0 and master:
                 record["humaneval/loss"] = evals.humaneval(raw_model, device, ctx, cfg.humaneval_path)["loss"]
@@ -244,7 +243,7 @@ def main(argv):
                 + (" | new best" if improved else f" | best {best_val:.4f}"))
             if master:
                 extra = {k: v for k, v in record.items() if not k.startswith("val/")}
-                metrics.log_eval(iter_num, iter_num * cfg.total_batch_size, losses, train_loss=loss_ema, best=improved, **extra)
+                metrics.log_eval(iter_num, iter_num * cfg.total_batch_size, losses, train_loss=loss_ema, best=improved, primary=primary_val, **extra)
                 tracker.log(record, iter_num)
             if improved:
                 save(best_path, iter_num)

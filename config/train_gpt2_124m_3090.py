@@ -1,0 +1,24 @@
+"""GPT-2 small (124M) on FineWeb on one 24 GB RTX 3090 (also fits a 4090).
+
+tokens/step: 16 x 1024 x 32 accumulation steps = 524,288 (2**19, GPT-3 Small's 0.5M batch)
+total: 19,073 steps x 524,288 = 10.0B tokens = 80 tokens/param = 4.0x Chinchilla's 20
+micro-batch 16: twice the 4070 config's activations and logits (~5 GB of logits and loss at bf16/fp32)
+beside ~2 GB of weights, grads and AdamW state; expect roughly 17-20 GB in use (not yet measured on a
+3090: confirm with `python bench.py config/train_gpt2_124m_3090.py --find_batch_size`).
+Multi-GPU: torchrun --standalone --nproc_per_node=N train.py config/train_gpt2_124m_3090.py
+(accumulation drops to 32/N; total_batch_size stays 524,288).
+"""
+out_dir = "out-gpt2-124m"
+data_dir = "data/fineweb"
+batch_size = 16
+block_size = 1024
+total_batch_size = 524288
+max_iters = 19073
+warmup_iters = 715
+learning_rate = 6e-4
+min_lr = 6e-5
+eval_interval = 250
+eval_iters = 20
+ckpt_interval = 1000
+keep_last_n = 2
+compile = True

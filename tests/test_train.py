@@ -1,0 +1,164 @@
+"""train.py end to end on a tiny model and real text: loss falls, exact resume, best
+checkpoint, early stopping, extension, and clear errors for bad configs."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import tiktoken
+import torch
+
+import runtime
+import shards
+import train
+from conftest import REPO
+
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4",
+        "--total_batch_size=256", "--compile=False", "--device=cpu", "--eval_iters=2", "--log_interval=1",
+        "--warmup_iters=2", "--learning_rate=3e-3", "--min_lr=3e-4"]
+
+
+def make_dataset(path, text, val_docs=40, shard_tokens=20_000):
+    """Shards of real text: paragraphs as documents, EOT before each."""
+    enc = tiktoken.get_encoding("gpt2")
+    docs = [d for d in text.split("\n\n") if d.strip()]
+    manifest = shards.new_manifest({"test": True})
+    for split, part in (("val", docs[:val_docs]), ("train", docs[val_docs:])):
+        w = shards.ShardWriter(str(path), split, shard_tokens=shard_tokens)
+        for d in part:
+            w.add([shards.EOT] + enc.encode_ordinary(d))
+        manifest["shards"].update(w.close())
+    shards.write_manifest(str(path), manifest)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def shakespeare(tmp_path_factory, request):
+    from conftest import SHARED_DATA
+    text = (SHARED_DATA / "tinyshakespeare.txt").read_text()[:300_000]
+    return make_dataset(tmp_path_factory.mktemp("shk"), text)
+
+
+def run_train(data_dir, out_dir, *extra):
+    rc = train.run(TINY + [f"--data_dir={data_dir}", f"--out_dir={out_dir}", *extra])
+    return rc
+
+
+def metrics(out_dir, kind="train"):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["kind"] == kind]
+
+
+def test_loss_falls(shakespeare, tmp_path):
+    assert run_train(shakespeare, tmp_path, "--max_iters=40", "--eval_interval=20") == 0
+    losses = [r["loss"] for r in metrics(tmp_path)]
+    assert len(losses) == 40
+    assert abs(losses[0] - torch.log(torch.tensor(50257.0)).item()) < 1.0  # ~ln(vocab) at init
+    assert sum(losses[-5:]) / 5 < losses[0] - 2.0
+    evals = metrics(tmp_path, "eval")
+    assert [e["iter"] for e in evals] == [0, 20, 40]
+    assert evals[-1]["val/val"] < evals[0]["val/val"] - 2.0
+    log = (tmp_path / "log.txt").read_text()
+    assert "iter      40 | loss" in log and "tok/s" in log and "eta" in log
+    ckpt = runtime.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert ckpt["iter_num"] == 40 and json.load(open(tmp_path / "config.json"))["max_iters"] == 40
+
+
+def test_exact_resume(shakespeare, tmp_path):
+    """N iterations straight == k iterations, stop, resume to N: identical losses (fp32 CPU), with dropout
+    on so the RNG state matters, across an epoch boundary of the loader."""
+    common = ["--dropout=0.1", "--lr_decay_iters=24", "--eval_interval=4", "--total_batch_size=512"]
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    assert run_train(shakespeare, straight, "--max_iters=24", *common) == 0
+    assert run_train(shakespeare, resumed, "--max_iters=10", *common) == 0
+    assert run_train(shakespeare, resumed, "--max_iters=24", "--init_from=resume", *common) == 0
+    a, b = metrics(straight), metrics(resumed)
+    assert [r["iter"] for r in b] == list(range(1, 25))  # no duplicate or missing iterations
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    evals_a = {r["iter"]: r["val/val"] for r in metrics(straight, "eval")}
+    evals_b = {r["iter"]: r["val/val"] for r in metrics(resumed, "eval")}
+    assert evals_b.pop(10) and evals_a == evals_b  # the stopped run also evaluated at its last iteration, 10
+    wa = runtime.load_checkpoint(str(straight / "ckpt.pt"))["model"]
+    wb = runtime.load_checkpoint(str(resumed / "ckpt.pt"))["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_extend_run_recomputes_schedule(shakespeare, tmp_path):
+    assert run_train(shakespeare, tmp_path, "--max_iters=6", "--eval_interval=3") == 0
+    assert train.get_lr(6, train.load_config(train.TrainConfig, TINY + ["--max_iters=6"])) == pytest.approx(3e-4)
+    assert run_train(shakespeare, tmp_path, "--max_iters=12", "--eval_interval=3", "--init_from=resume") == 0
+    lrs = [r["lr"] for r in metrics(tmp_path)]
+    assert len(lrs) == 12 and lrs[6] > lrs[11] > 3e-4 * 0.999  # decays again over the longer run
+    assert runtime.load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] == 12
+
+
+def test_best_checkpoint_tracks_min_val(shakespeare, tmp_path):
+    # a learning rate this high makes val loss go up and down, so best != last
+    assert run_train(shakespeare, tmp_path, "--max_iters=30", "--eval_interval=3", "--learning_rate=0.05",
+                     "--min_lr=0.05", "--grad_clip=0") == 0
+    evals = metrics(tmp_path, "eval")
+    best = min(evals, key=lambda r: r["val/val"])
+    ckpt = runtime.load_checkpoint(str(tmp_path / "ckpt_best.pt"))
+    assert ckpt["iter_num"] == best["iter"]
+    assert ckpt["best_val_loss"] == pytest.approx(best["val/val"])
+    assert [r["iter"] for r in evals if r["best"]][-1] == best["iter"]
+
+
+def test_early_stopping(shakespeare, tmp_path):
+    # lr 0 after warmup: val loss can never improve again, so patience 2 stops at the 3rd eval after the best
+    assert run_train(shakespeare, tmp_path, "--max_iters=100", "--eval_interval=2", "--early_stop_patience=2",
+                     "--learning_rate=1e-9", "--min_lr=1e-9", "--warmup_iters=0") == 0
+    evals = metrics(tmp_path, "eval")
+    assert len(evals) < 10 and runtime.load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] < 20
+    assert "early stop" in (tmp_path / "log.txt").read_text()
+    assert os.path.exists(tmp_path / "ckpt_best.pt")
+
+
+def test_refuses_to_clobber_a_run(shakespeare, tmp_path, capsys):
+    assert run_train(shakespeare, tmp_path, "--max_iters=2", "--eval_interval=2") == 0
+    before = (tmp_path / "ckpt.pt").read_bytes()
+    assert run_train(shakespeare, tmp_path, "--max_iters=2") == 2
+    assert "--init_from=resume" in capsys.readouterr().err
+    assert (tmp_path / "ckpt.pt").read_bytes() == before
+
+
+def cli(*args, cwd=REPO):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch_sise=4"], "unknown setting 'batch_sise'; did you mean 'batch_size'?"),
+    (["--batch_size=abc"], "batch_size must be int, got 'abc'"),
+    (["--compile=maybe"], "compile must be bool"),
+    (["--learning_rate=__import__('os').system('echo pwned')"], "learning_rate must be float"),
+])
+def test_config_errors(args, message):
+    r = cli(*args)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"error: {r.stderr.strip()[7:]}"]  # one line
+    assert message in r.stderr and "pwned" not in r.stdout + r.stderr
+
+
+def test_config_file_errors(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("batch_size = 8\nlearning_rat = 1e-3\n")
+    r = cli(str(bad))
+    assert r.returncode == 2 and "unknown setting 'learning_rat'; did you mean 'learning_rate'?" in r.stderr
+    bad.write_text("import os\n")
+    r = cli(str(bad))
+    assert r.returncode == 2 and "only hold `name = value` lines" in r.stderr
+    good = tmp_path / "good.py"
+    good.write_text("batch_size = 4\nblock_size = 64\ntotal_batch_size = batch_size * block_size * 2\n")
+    cfg = train.load_config(train.TrainConfig, [str(good), "--batch_size=2"])
+    assert (cfg.batch_size, cfg.total_batch_size) == (2, 512)  # files and overrides apply in order
+
+
+def test_shipped_configs_parse_and_divide():
+    """Every shipped config loads, and its total batch divides evenly on 1 GPU."""
+    configs = sorted((REPO / "config").glob("*.py"))
+    assert len(configs) >= 5
+    for path in configs:
+        cfg = train.load_config(train.TrainConfig, [str(path)])
+        assert cfg.total_batch_size % (cfg.batch_size * cfg.block_size) == 0, path.name
