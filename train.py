@@ -51,8 +51,14 @@ def fmt_duration(seconds):
     return f"{d}d{h:02d}h{m:02d}m" if d else (f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s")
 
 
+class Diverged(Exception):
+    """Too many skipped (NaN/inf or spiking) updates in a row."""
+
+
 class StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, writes a checkpoint and exits."""
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, writes a checkpoint and exits.
+    Under torchrun the agent forwards the signal to every worker and SIGKILLs them after its
+    --shutdown_timeout (30 s by default), so the step plus the checkpoint must fit in that."""
 
     def __init__(self):
         self.signal = None
@@ -85,6 +91,7 @@ def main(argv):
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: ~free speed, fine for training
     torch.backends.cudnn.allow_tf32 = True
     ctx = runtime.autocast(device, dtype)
+    cuda = device_type == "cuda"
 
     grad_accum = monitor.grad_accum_steps(cfg.total_batch_size, cfg.batch_size, cfg.block_size, world)  # asserts it divides
     eval_batch_size = cfg.eval_batch_size or cfg.batch_size
@@ -115,8 +122,8 @@ def main(argv):
         f"= {cfg.total_batch_size:,} tokens/step")
 
     # ------------------------------------------------------------------ data
-    manifest = shards.read_manifest(cfg.data_dir)
     train_loader = shards.TokenLoader(cfg.data_dir, "train", cfg.batch_size, cfg.block_size, rank, world, seed=cfg.seed)
+    manifest = shards.read_manifest(cfg.data_dir)
     val_sets = evals.parse_val_sets(cfg.val_sets, cfg.data_dir)
     primary_val = evals.check_primary_val(cfg.primary_val, val_sets)
     hellaswag_items = evals.load_hellaswag(cfg.hellaswag_path or None) if cfg.hellaswag_interval else None  # fail now, not hours in
@@ -204,20 +211,22 @@ def main(argv):
                                    dataclasses.asdict(cfg), os.path.join(cfg.out_dir, "tb")) if master else None
 
     def save(path, it):
-        """Checkpoint on rank 0; a NaN model is never saved."""
+        """Checkpoint on rank 0; a NaN model is never saved. True if the file was written."""
         if not master:
-            return
+            return False
         if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
             log(f"not saving {path}: the model holds NaN/inf values")
-            return
+            return False
         runtime.save_checkpoint(path, {
             "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "model_args": dataclasses.asdict(raw_model.config), "config": dataclasses.asdict(cfg),
             "iter_num": it, "best_val_loss": best_val, "bad_evals": bad_evals, "last_eval_iter": last_eval_iter,
             "loss_ema": loss_ema, "loader": train_loader.state_dict(), "rng": runtime.rng_state(), "world_size": world})
+        return True
 
     # ------------------------------------------------------------------ training loop
     stop = StopRequest()
+    stopping = None  # the signal this process acts on; under DDP only the all-reduced flag sets it, so all ranks agree
     stop_reason, bad_steps, dt_ema, t0 = None, 0, None, time.time()
     while True:
         last = iter_num >= cfg.max_iters
@@ -251,11 +260,13 @@ def main(argv):
                 stop_reason = (f"early stop: no new best {primary_val} loss in {bad_evals} evals; "
                                f"use {best_path} (val loss {best_val:.4f})")
 
-        if stop_reason is None and stop.signal is not None:
-            stop_reason = f"stopped by {stop.signal}; resume with --init_from=resume"
+        if not ddp:
+            stopping = stop.signal
+        if stop_reason is None and stopping is not None:
+            stop_reason = f"stopped by {stopping} after iter {iter_num}; resume with --init_from=resume"
         if last or stop_reason or (iter_num % cfg.ckpt_interval == 0 and iter_num > start_iter):
-            save(ckpt_path, iter_num)
-            if cfg.keep_last_n and master and iter_num % cfg.ckpt_interval == 0 and os.path.exists(ckpt_path):
+            saved = save(ckpt_path, iter_num)
+            if cfg.keep_last_n and saved and iter_num % cfg.ckpt_interval == 0:
                 step_path = os.path.join(cfg.out_dir, f"ckpt_{iter_num:07d}.pt")
                 if not os.path.exists(step_path):
                     os.link(ckpt_path, step_path)  # a hard link: no copy, survives ckpt.pt being replaced
@@ -272,7 +283,7 @@ def main(argv):
         loss_sum = torch.zeros((), device=device)
         for micro in range(grad_accum):
             x, y = train_loader.next_batch()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = x.to(device, non_blocking=cuda), y.to(device, non_blocking=cuda)  # async only where it is safe: CUDA
             sync = nullcontext() if (not ddp or micro == grad_accum - 1) else model.no_sync()  # all-reduce grads once per step
             with sync:
                 with ctx:
@@ -296,9 +307,10 @@ def main(argv):
             scaler.update()
             log(f"iter {iter_num}: skipped the update (loss {loss_val:.4f}, grad norm {norm_val:.4f}); {bad_steps} in a row")
             if bad_steps >= cfg.max_bad_steps:
-                log(f"stopping: {bad_steps} bad steps in a row at iter {iter_num}; the last good checkpoint is {ckpt_path}. "
-                    f"Lower learning_rate or raise warmup_iters, then resume.")
-                return 3
+                msg = (f"{bad_steps} bad steps in a row at iter {iter_num}; the last good checkpoint is {ckpt_path}: "
+                       f"lower learning_rate or raise warmup_iters, then resume")
+                log(f"stopping: {msg}")
+                raise Diverged(msg)
         else:
             bad_steps = 0
             scaler.step(optimizer)
@@ -306,11 +318,11 @@ def main(argv):
             optimizer.zero_grad(set_to_none=True)
             loss_ema = loss_val if loss_ema is None else 0.95 * loss_ema + 0.05 * loss_val
         iter_num += 1
-        if ddp:  # every rank stops at the same step when any of them was signalled
+        if ddp:  # every rank stops after the same step when any of them was signalled
             flag = torch.tensor([stop.signal is not None], dtype=torch.int32, device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            if flag.item() and stop.signal is None:
-                stop.signal = "a signal on another rank"
+            if flag.item():
+                stopping = stop.signal or "a signal on another rank"
 
         # log
         runtime.synchronize(device)
@@ -341,10 +353,17 @@ def run(argv):
     except (ConfigError, shards.DataError, CheckpointError, monitor.MonitorError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
+    except Diverged as e:
+        print(f"error: training diverged: {e}", file=sys.stderr)
+        return 3
     except torch.cuda.OutOfMemoryError:
         print("error: out of GPU memory; lower batch_size (gradient accumulation keeps total_batch_size); "
               "bench.py --find_batch_size finds the largest that fits", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C: no new checkpoint (save_checkpoint is atomic, the last one is intact)
+        print("error: interrupted without writing a new checkpoint (the last one is intact); resume with "
+              "--init_from=resume", file=sys.stderr)
+        return 130
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
