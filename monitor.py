@@ -222,7 +222,7 @@ def format_plan(plan):
     lines = [
         f"model: {human_count(p['n_params'])} params ({human_count(p['n_params_non_embedding'])} non-embedding)",
         f"tokens/step: {p['tokens_per_step']:,}  x  max_iters: {p['max_iters']:,}  =  {human_count(p['total_tokens'])} tokens",
-        f"tokens/param: {p['tokens_per_param']:.1f} = {p['chinchilla_multiple']:.2f}x Chinchilla's "
+        f"tokens/param: {p['tokens_per_param']:.3g} = {p['chinchilla_multiple']:.3g}x Chinchilla's "
         f"{CHINCHILLA_TOKENS_PER_PARAM} ({human_count(p['chinchilla_tokens'])} tokens, {p['chinchilla_iters']:,} iters)",
     ]
     if p["train_tokens"]:

@@ -162,3 +162,12 @@ def test_shipped_configs_parse_and_divide():
     for path in configs:
         cfg = train.load_config(train.TrainConfig, [str(path)])
         assert cfg.total_batch_size % (cfg.batch_size * cfg.block_size) == 0, path.name
+
+
+def test_plan_prints_and_exits_without_training(shakespeare, tmp_path, capsys):
+    assert run_train(shakespeare, tmp_path, "--max_iters=500", "--plan", "--tokens_per_sec=1000") == 0
+    out = capsys.readouterr().out
+    # 256 tokens/step x 500 = 128K tokens; epochs over the manifest's train tokens; 128 s at 1000 tok/s
+    assert "256  x  max_iters: 500  =  128K tokens" in out
+    assert "Chinchilla" in out and "epochs" in out and "this run 2.1 min" in out
+    assert not (tmp_path / "ckpt.pt").exists() and not (tmp_path / "metrics.jsonl").exists()
