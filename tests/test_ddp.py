@@ -1,0 +1,89 @@
+"""train.py under torchrun on CPU (gloo): 2 ranks == 1 process with twice the gradient
+accumulation, and a 2-rank checkpoint resumes on 1 rank on the right data."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import runtime
+import train
+from conftest import REPO, SHARED_DATA
+from test_faults import ITER_LINE, last_logged_iter
+from test_train import TINY, make_dataset, metrics
+
+# B=4, T=32, 512 tokens/step: 4 micro-steps in one process, 2 per rank with 2 ranks
+COMMON = ["--total_batch_size=512", "--eval_interval=3", "--ckpt_interval=3", "--lr_decay_iters=6"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    text = (SHARED_DATA / "tinyshakespeare.txt").read_text()[:80_000]
+    return make_dataset(tmp_path_factory.mktemp("ddp"), text, val_docs=20)
+
+
+def torchrun(nproc, argv, wait=True):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "train.py", *argv]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def losses(out_dir):
+    return [(r["iter"], r["loss"]) for r in metrics(out_dir)]
+
+
+def assert_close(a, b, rel=1e-4):
+    assert [i for i, _ in a] == [i for i, _ in b]
+    for (i, x), (_, y) in zip(a, b):
+        assert abs(x - y) <= rel * abs(y), f"iter {i}: {x} vs {y}"
+
+
+def test_two_ranks_match_one_process_and_resume_on_one(data, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert train.run(TINY + COMMON + [f"--data_dir={data}", f"--out_dir={one}", "--max_iters=6"]) == 0
+
+    # 2 ranks, stopped at iter 3 (a checkpoint written by rank 0 alone), then resumed on 1 rank to iter 6
+    r = torchrun(2, TINY + COMMON + [f"--data_dir={data}", f"--out_dir={two}", "--max_iters=3"])
+    assert r.stdout.count("world size 2") == 1  # only rank 0 prints
+    assert "gradient accumulation 2 x 4 x 32" in r.stdout
+    ckpt = runtime.load_checkpoint(str(two / "ckpt.pt"))
+    assert ckpt["world_size"] == 2 and ckpt["iter_num"] == 3
+    assert ckpt["loader"]["offset"] == 3 * 512  # one global stream position, whatever the world size
+    assert_close(losses(two), losses(one)[:3])  # 2 ranks x 2 micro-steps == 1 process x 4 micro-steps
+
+    assert train.run(TINY + COMMON + [f"--data_dir={data}", f"--out_dir={two}", "--max_iters=6", "--init_from=resume"]) == 0
+    assert_close(losses(two), losses(one))  # the 1-rank continuation read the same tokens as the uninterrupted run
+    evals_one = {r["iter"]: r["val/val"] for r in metrics(one, "eval")}
+    evals_two = {r["iter"]: r["val/val"] for r in metrics(two, "eval")}
+    assert evals_one.keys() == evals_two.keys()
+
+
+@pytest.mark.slow
+def test_one_rank_checkpoint_resumes_on_two(data, tmp_path):
+    one, mixed = tmp_path / "one", tmp_path / "mixed"
+    assert train.run(TINY + COMMON + [f"--data_dir={data}", f"--out_dir={one}", "--max_iters=6"]) == 0
+    assert train.run(TINY + COMMON + [f"--data_dir={data}", f"--out_dir={mixed}", "--max_iters=3"]) == 0
+    torchrun(2, TINY + COMMON + [f"--data_dir={data}", f"--out_dir={mixed}", "--max_iters=6", "--init_from=resume"])
+    assert_close(losses(mixed), losses(one))
+
+
+def test_sigterm_under_torchrun_checkpoints(data, tmp_path):
+    """SIGTERM to the torchrun agent (as a scheduler does): it forwards the signal, both ranks finish the same
+    step, rank 0 writes the checkpoint, and the run resumes."""
+    proc = torchrun(2, TINY + COMMON + [f"--data_dir={data}", f"--out_dir={tmp_path}", "--max_iters=100000",
+                                        "--ckpt_interval=100000", "--eval_interval=100000"], wait=False)
+    deadline = time.time() + 120
+    while last_logged_iter(tmp_path) < 2:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert "stopped by SIGTERM" in out
+    ckpt = runtime.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert ckpt["iter_num"] == int(ITER_LINE.findall((tmp_path / "log.txt").read_text())[-1]) >= 2
