@@ -1,31 +1,36 @@
 """The data pipeline shared by prepare_fineweb.py and prepare_github_code.py.
 
-    parquet files --(pyarrow record batches)--> texts --(tiktoken, threaded)--> token lists
+    parquet files --(pyarrow record batches)--> texts --(tiktoken, threaded)--> token arrays
       --(EOT before each document)--> ShardWriter per split --> train_*.npy, val_*.npy, ...
 
 Memory stays flat whatever the data size: files are read one record batch at a time, at
 most QUEUE_BATCHES encoded batches wait between the reader thread and the writer, and each
-split owns one preallocated shard buffer (shards.ShardWriter).
+split streams its tokens straight into its shard's .tmp file (shards.ShardWriter), so no
+shard is ever held in memory.
 
 Resumable: after every batch in which a shard was written (and after every input file) the
-writers' unwritten buffers are saved under out_dir/partial/ and the manifest records the
-input position, counters and writer states. A re-run after a crash (even kill -9) restarts
-from there and produces byte-identical shards, because every decision (split, filters) is
-a deterministic function of the documents in input order.
+writers' .tmp files are fsynced and the manifest records the input position, counters and
+writer states (shard index, tokens in its .tmp). A re-run after a crash (even kill -9) cuts
+the .tmp files back to that point and restarts from there, producing byte-identical shards,
+because every decision (split, filters) is a deterministic function of the documents in
+input order.
 
 The scripts supply a DatasetSpec (columns, filters, how val documents are chosen) and a
 list of sources; everything else lives here once.
 """
+import contextlib
 import dataclasses
+import errno
 import glob
+import functools
 import hashlib
-import itertools
 import os
 import queue
 import re
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,8 +39,7 @@ import shards
 from shards import DataError, EOT
 
 QUEUE_BATCHES = 2  # encoded chunks buffered between the reader thread and the writer
-CHUNK_CHARS = 1 << 21  # characters of text encoded at once (~0.6M tokens, ~25 MB as Python lists)
-PARTIAL_DIR = "partial"  # out_dir/partial/ holds the writers' unwritten tokens at the last checkpoint
+CHUNK_CHARS = 1 << 21  # characters of text encoded at once (~0.6-1M tokens, a few MB as uint32 arrays)
 HIST_PNG = "doc_lengths.png"  # --stats writes the document-length histogram here, inside the dataset dir
 STATS_CHUNK = 1 << 24  # tokens scanned at a time by --stats (bounded memory on 100M-token shards)
 PERCENTILES = (10, 50, 90, 99)  # document-length percentiles printed by --stats
@@ -220,14 +224,23 @@ def key_fraction(key):
     return int.from_bytes(hashlib.blake2b(str(key).encode("utf-8"), digest_size=8).digest(), "little") / 2.0 ** 64
 
 
-def pack(token_lists):
-    """uint16 array of the documents, each preceded by EOT."""
-    n = sum(map(len, token_lists)) + len(token_lists)
-    seq = []
-    for t in token_lists:
-        seq.append((EOT,))
-        seq.append(t)
-    return np.fromiter(itertools.chain.from_iterable(seq), dtype=shards.DTYPE, count=n)
+def pack(docs):
+    """uint16 array of the documents (token arrays), each preceded by EOT."""
+    out = np.empty(sum(map(len, docs)) + len(docs), dtype=shards.DTYPE)
+    pos = 0
+    for t in docs:
+        out[pos] = EOT
+        out[pos + 1:pos + 1 + len(t)] = t  # ids < VOCAB_SIZE fit in uint16
+        pos += 1 + len(t)
+    return out
+
+
+def encode_ordinary(enc, text):
+    """enc.encode_ordinary(text) as a uint32 array: the same tokens (no special token is
+    recognised, so a literal "<|endoftext|>" is plain text), but 4 bytes a token instead of
+    ~40 as a Python list of ints, which is what kept peak memory high. Releases the GIL,
+    so a thread pool encodes documents in parallel as encode_ordinary_batch does."""
+    return enc.encode_to_numpy(text, disallowed_special=())
 
 
 def encoded_batches(spec, sources, start, batch_rows, enc, num_threads):
@@ -235,7 +248,13 @@ def encoded_batches(spec, sources, start, batch_rows, enc, num_threads):
     array of the kept documents each preceded by EOT, `ends` their end offsets in it, their
     split keys and languages, skip counts, and `position`, the input position after it
     (None inside a record batch: only batch boundaries are resumable). A record batch is
-    encoded CHUNK_CHARS of text at a time, so Python token lists (36 bytes a token) stay small."""
+    encoded CHUNK_CHARS of text at a time, on num_threads threads."""
+    with ThreadPoolExecutor(num_threads) as pool:
+        yield from _encoded_batches(spec, sources, start, batch_rows, functools.partial(encode_ordinary, enc), pool)
+
+
+def _encoded_batches(spec, sources, start, batch_rows, encode, pool):
+    import pyarrow.compute as pc
     cols = list(dict.fromkeys(spec.columns))
     for fi in range(start[0], len(sources)):
         row = start[1] if fi == start[0] else 0
@@ -246,7 +265,7 @@ def encoded_batches(spec, sources, start, batch_rows, enc, num_threads):
                 mask, dropped = spec.keep(batch)
                 for k, v in dropped.items():
                     counts[k] = counts.get(k, 0) + v
-                if mask is not None:
+                if mask is not None and not pc.all(mask).as_py():  # a copy of the batch, only when something is dropped
                     batch = batch.filter(mask)
             texts = column_texts(batch.column(spec.text_column), counts)
             keep = [i for i, t in enumerate(texts) if t is not None]
@@ -259,16 +278,16 @@ def encoded_batches(spec, sources, start, batch_rows, enc, num_threads):
                     size += len(texts[keep[hi]])
                     hi += 1
                 idx = keep[lo:hi]
-                lists = enc.encode_ordinary_batch([texts[i] for i in idx], num_threads=num_threads)
+                docs = list(pool.map(encode, [texts[i] for i in idx]))
                 last = hi >= len(keep)
                 yield {
-                    "tokens": pack(lists), "ends": np.cumsum([len(t) + 1 for t in lists], dtype=np.int64),
+                    "tokens": pack(docs), "ends": np.cumsum([len(t) + 1 for t in docs], dtype=np.int64),
                     "keys": [keys[i] for i in idx] if keys else None,
                     "langs": [langs[i] or "unknown" for i in idx] if langs else None,
                     "counts": counts if last else {}, "rows": batch.num_rows if last else 0,
                     "position": (fi, row) if last else None, "file_done": False,
                 }
-                del lists
+                del docs
                 lo = hi
                 if last:
                     break
@@ -353,19 +372,15 @@ def dataset_args(cfg):
 
 
 def _our_files(out_dir):
-    """Files of a prepared dataset in out_dir (shards, manifest, saved partial buffers)."""
-    names = [n for n in os.listdir(out_dir) if shards._SHARD_RE.match(n) or n in (shards.MANIFEST, HIST_PNG)]
+    """Files of a prepared dataset in out_dir (shards, their .tmp files, manifest, histogram)."""
+    names = [n for n in os.listdir(out_dir)
+             if shards._SHARD_RE.match(n.removesuffix(".tmp")) or n in (shards.MANIFEST, HIST_PNG)]
     return [os.path.join(out_dir, n) for n in names]
 
 
 def _remove_dataset(out_dir):
     for p in _our_files(out_dir):
         os.remove(p)
-    pdir = os.path.join(out_dir, PARTIAL_DIR)
-    if os.path.isdir(pdir):
-        for n in os.listdir(pdir):
-            os.remove(os.path.join(pdir, n))
-        os.rmdir(pdir)
 
 
 def _existing(out_dir, args, sources, overwrite):
@@ -395,6 +410,19 @@ def _existing(out_dir, args, sources, overwrite):
     return m
 
 
+def save_manifest(out_dir, m):
+    """shards.write_manifest, with a full disk reported as a DataError (the old manifest stays intact)."""
+    try:
+        shards.write_manifest(out_dir, m)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(out_dir, shards.MANIFEST + ".tmp"))
+        raise DataError(f"disk full while writing {os.path.join(out_dir, shards.MANIFEST)} (the previous one is "
+                        f"intact); free some space, then re-run: it resumes") from None
+
+
 def prepare(cfg, spec, sources, extra=None, enc=None):
     """Tokenize `sources` into cfg.out_dir; resume an interrupted run; return the manifest."""
     import tiktoken
@@ -411,14 +439,14 @@ def prepare(cfg, spec, sources, extra=None, enc=None):
         print(f"{out_dir} is already complete ({sum(m['shards'].values()):,} tokens); nothing to do "
               f"(--overwrite re-creates it)", file=sys.stderr)
         return m
-    os.makedirs(os.path.join(out_dir, PARTIAL_DIR), exist_ok=True)
+    os.makedirs(out_dir, exist_ok=True)
     enc = enc or tiktoken.get_encoding(shards.TOKENIZER)
     if m is None:
         m = shards.new_manifest(args, [s.identity() for s in sources])
         m.update({"dataset": spec.name, "docs": {}, "tokens": {}, "skipped": {}, "tokens_by_language": {},
-                  "progress": {"complete": False, "position": [0, 0], "checkpoint": 0, "writers": {}}})
+                  "progress": {"complete": False, "position": [0, 0], "writers": {}}})
         m.update(extra or {})
-        shards.write_manifest(out_dir, m)  # before any shard: shards without a manifest are never ours
+        save_manifest(out_dir, m)  # before any shard: shards without a manifest are never ours
     prog = m["progress"]
 
     writers = {}
@@ -432,31 +460,18 @@ def prepare(cfg, spec, sources, extra=None, enc=None):
             writers[split] = shards.ShardWriter(out_dir, split, cfg.shard_tokens, on_shard=on_shard)
         return writers[split]
 
-    for split, st in prog["writers"].items():  # resume: restore each writer's buffer
-        ppath = os.path.join(out_dir, PARTIAL_DIR, f"{prog['checkpoint']:06d}-{split}.npy")
-        partial = np.load(ppath) if st["fill"] else np.empty(0, shards.DTYPE)
-        writer(split).load_state_dict(st, partial)
-    state = {"flushed": False}
+    for split, st in prog["writers"].items():  # resume: reopen each writer's .tmp at the checkpoint
+        writer(split).load_state_dict(st)
+    state = {"flushed": False, "saved": dict(prog["writers"])}  # saved: the writer states in the manifest on disk
 
     def checkpoint(final=False):
-        seq = prog["checkpoint"] + 1
         if final:
             for w in writers.values():
                 w.close()
-        else:
-            for split, w in writers.items():
-                if w.fill:
-                    shards.write_shard(os.path.join(out_dir, PARTIAL_DIR, f"{seq:06d}-{split}.npy"), w.partial())
-        prog.update(checkpoint=seq, position=list(position), complete=final,
-                    writers={s: w.state_dict() for s, w in writers.items()})
-        shards.write_manifest(out_dir, m)
-        pdir = os.path.join(out_dir, PARTIAL_DIR)
-        for n in os.listdir(pdir):  # older checkpoints' buffers
-            if final or not n.startswith(f"{seq:06d}-"):
-                os.remove(os.path.join(pdir, n))
-        if final:
-            os.rmdir(pdir)
-        state["flushed"] = False
+        # the .tmp files are made durable before the manifest says how much of them to keep
+        prog.update(position=list(position), complete=final, writers={s: w.sync() for s, w in writers.items()})
+        save_manifest(out_dir, m)
+        state["flushed"], state["saved"] = False, dict(prog["writers"])
 
     position = tuple(prog["position"])
     docs, skipped, lang_tokens, routed = m["docs"], m["skipped"], m["tokens_by_language"], m["tokens"]
@@ -504,6 +519,10 @@ def prepare(cfg, spec, sources, extra=None, enc=None):
                 if state["flushed"] or item["file_done"]:
                     checkpoint()
         checkpoint(final=True)
+    except BaseException:
+        for split, w in writers.items():  # give back the space written since the last saved checkpoint
+            w.abort(state["saved"].get(split))
+        raise
     finally:
         items.close()
         progress.close()

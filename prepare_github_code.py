@@ -121,7 +121,7 @@ def make_spec(cfg):
         return mask, dropped
 
     return DatasetSpec(name=cfg.dataset if not cfg.source_dir else "source_dir", text_column="code",
-                       columns=["code", "repo_name", "language", "license"], keep=keep,
+                       columns=["code", "repo_name", "language"] + (["license"] if cfg.licenses else []), keep=keep,
                        split_column="repo_name", val_fraction=cfg.val_repo_fraction,
                        language_column="language", language_val_tokens=cfg.val_tokens_per_language)
 

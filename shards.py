@@ -13,6 +13,7 @@ Shards hold `shard_tokens` tokens (default 100M); the last one of a split may be
 Readers memory-map shards and keep at most one open, so memory stays flat
 whatever the number of shards.
 """
+import contextlib
 import errno
 import json
 import os
@@ -135,69 +136,150 @@ def write_shard(path, tokens):
         raise
 
 
-class ShardWriter:
-    """Packs token arrays into fixed-size shards through one preallocated uint16 buffer.
+def npy_header(ntokens):
+    """The .npy header of a 1-D shard of ntokens tokens. numpy pads the length field to
+    21 digits (GROWTH_AXIS_MAX_DIGITS), so the header has the same size (NPY_HEADER_BYTES)
+    whatever ntokens is: a shard can be streamed behind a placeholder and its header
+    rewritten in place at the end. Byte-identical to what np.save writes."""
+    import io
+    from numpy.lib import format as npy
+    buf = io.BytesIO()
+    npy.write_array_header_1_0(buf, {"descr": npy.dtype_to_descr(np.dtype(DTYPE)), "fortran_order": False,
+                                     "shape": (int(ntokens),)})
+    return buf.getvalue()
 
-    Memory is the buffer (2 bytes x shard_tokens) whatever the dataset size. A document
-    longer than the space left is split across shards, so shards are exactly full.
-    `on_shard(name, ntokens)` is called after each shard is safely on disk.
-    state_dict()/load_state_dict() with partial() let a writer be checkpointed and
-    resumed exactly where it stopped (the unwritten tail of the buffer is saved aside).
+
+NPY_HEADER_BYTES = len(npy_header(0))  # 128; the same for any shard length
+WRITE_BUFFER = 1 << 20  # bytes buffered in memory before each write to the .tmp file
+
+
+class ShardWriter:
+    """Packs token arrays into fixed-size shards, streaming them to disk.
+
+    The shard being filled is `<name>.tmp`: a placeholder .npy header, then the tokens as
+    they are added. When it is full (or at close()) the header is rewritten with the real
+    length, the file is fsynced and renamed, so a file named like a shard is always complete.
+    Memory is a WRITE_BUFFER whatever the shard size. A document longer than the space left
+    is split across shards, so shards are exactly full. `on_shard(name, ntokens)` is called
+    after each shard is safely on disk.
+
+    Resumable: sync() makes the .tmp durable and returns a state; load_state_dict(state)
+    after a crash truncates the .tmp back to that state (tokens added after it are dropped,
+    the caller re-adds them) and continues appending.
     """
 
     def __init__(self, out_dir, split, shard_tokens=DEFAULT_SHARD_TOKENS, start_index=0, on_shard=None):
         assert shard_tokens > 0
         self.out_dir, self.split, self.shard_tokens = out_dir, split, shard_tokens
         self.index = start_index  # index of the shard being filled
-        self.buf = np.empty(shard_tokens, dtype=DTYPE)
-        self.fill = 0
+        self.fill = 0  # tokens in the shard being filled
+        self.file = None  # the open .tmp file, once a token was added
         self.on_shard = on_shard
         self.written = {}  # shard file name -> token count
         self.total_tokens = 0
+
+    def _paths(self):
+        path = os.path.join(self.out_dir, shard_name(self.split, self.index))
+        return path, path + ".tmp"
 
     def add(self, tokens):
         """Append tokens (any integer array-like, all < VOCAB_SIZE)."""
         tokens = np.asarray(tokens)
         pos = 0
-        while pos < len(tokens):
-            n = min(len(tokens) - pos, self.shard_tokens - self.fill)
-            self.buf[self.fill:self.fill + n] = tokens[pos:pos + n]
-            self.fill += n
-            pos += n
-            if self.fill == self.shard_tokens:
-                self._flush()
+        with self._disk_full_is_data_error():
+            while pos < len(tokens):
+                if self.file is None:
+                    self.file = open(self._paths()[1], "wb", buffering=WRITE_BUFFER)
+                    self.file.write(npy_header(0))  # placeholder, rewritten by _finish
+                n = min(len(tokens) - pos, self.shard_tokens - self.fill)
+                self.file.write(memoryview(np.ascontiguousarray(tokens[pos:pos + n], dtype=DTYPE)))
+                self.fill += n
+                pos += n
+                if self.fill == self.shard_tokens:
+                    self._finish()
         self.total_tokens += len(tokens)
 
-    def _flush(self):
-        if self.fill == 0:
+    def _finish(self):
+        """Give the .tmp its real header, make it durable, rename it to the shard's name."""
+        if self.file is None:
             return
-        name = shard_name(self.split, self.index)
-        write_shard(os.path.join(self.out_dir, name), self.buf[:self.fill])
+        path, tmp = self._paths()
+        self.file.seek(0)
+        self.file.write(npy_header(self.fill))
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        self.file = None
+        os.replace(tmp, path)
+        name = os.path.basename(path)
         self.written[name] = int(self.fill)
         if self.on_shard is not None:
             self.on_shard(name, int(self.fill))
         self.index += 1
         self.fill = 0
 
-    def partial(self):
-        """The tokens added but not yet written to a shard (a view of the buffer)."""
-        return self.buf[:self.fill]
+    @contextlib.contextmanager
+    def _disk_full_is_data_error(self):
+        try:
+            yield
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            if self.file is not None:  # what it holds is the caller's to keep or cut: abort(state)
+                f, self.file = self.file, None
+                with contextlib.suppress(OSError):  # its buffered tail cannot be written either
+                    f.close()
+            raise DataError(f"disk full while writing {self._paths()[1]} (no partial shard was left); free some "
+                            f"space or choose another out_dir, then re-run: it resumes") from None
+
+    def abort(self, state=None):
+        """After a failure: close the .tmp and cut it back to `state` (from a sync() whose
+        result the caller saved; a resume re-adds the rest), or remove it if `state` needs
+        nothing of it, giving the space back."""
+        if self.file is not None:
+            f, self.file = self.file, None
+            with contextlib.suppress(OSError):  # the buffered tail may not be writable either; cut below
+                f.close()
+        tmp = self._paths()[1]
+        keep = state["fill"] if state and state["index"] == self.index else 0
+        with contextlib.suppress(OSError):
+            if keep:
+                os.truncate(tmp, NPY_HEADER_BYTES + keep * np.dtype(DTYPE).itemsize)
+            elif os.path.exists(tmp):
+                os.remove(tmp)
+
+    def sync(self):
+        """Make every token added so far durable; returns the state to resume from."""
+        if self.file is not None:
+            with self._disk_full_is_data_error():
+                self.file.flush()
+                os.fsync(self.file.fileno())
+        return self.state_dict()
 
     def state_dict(self):
         return {"index": self.index, "fill": self.fill, "total_tokens": self.total_tokens}
 
-    def load_state_dict(self, state, partial):
-        """Continue from a checkpoint: state_dict() and the partial() tokens saved with it."""
-        partial = np.asarray(partial, dtype=DTYPE)
-        if len(partial) != state["fill"] or state["fill"] >= self.shard_tokens:
-            raise DataError(f"saved state of split '{self.split}' holds {len(partial)} tokens, expected "
-                            f"{state['fill']} (< {self.shard_tokens}); re-run with --overwrite")
+    def load_state_dict(self, state):
+        """Continue from a state returned by sync() before a crash: the shard being filled
+        then is reopened and cut back to the tokens it held at that point."""
         self.index, self.fill, self.total_tokens = state["index"], state["fill"], state["total_tokens"]
-        self.buf[:self.fill] = partial
+        if self.fill == 0:
+            return
+        path, tmp = self._paths()
+        if not os.path.exists(tmp) and os.path.exists(path):
+            os.replace(path, tmp)  # it was completed after the sync; its first `fill` tokens are the same
+        want = NPY_HEADER_BYTES + self.fill * np.dtype(DTYPE).itemsize
+        if not os.path.exists(tmp) or os.path.getsize(tmp) < want or self.fill >= self.shard_tokens:
+            raise DataError(f"{tmp} should hold the first {self.fill:,} tokens of shard '{self.split}' "
+                            f"{self.index} and does not; re-run with --overwrite")
+        self.file = open(tmp, "r+b", buffering=WRITE_BUFFER)
+        self.file.truncate(want)
+        self.file.seek(want)
 
     def close(self):
         """Write the last, possibly shorter, shard."""
-        self._flush()
+        with self._disk_full_is_data_error():
+            self._finish()
         return self.written
 
 

@@ -1,5 +1,6 @@
 """prepare.py pipeline through the two scripts' specs: token streams checked against tiktoken directly."""
 import glob
+import io
 import os
 import sys
 from dataclasses import replace
@@ -120,7 +121,13 @@ def test_round_trip_matches_tiktoken_and_eot_convention(tmp_path, shared_data):
     assert len(paths) >= 3 and all(len(np.load(p)) == SHARD for p in paths[:-1])
     assert m["shards"] == {os.path.basename(p): len(np.load(p)) for p in glob.glob(cfg.out_dir + "/*.npy")}
     assert m["sources"][0]["name"].endswith("a.parquet") and m["args"]["val_tokens"] == 20_000
-    assert not os.path.exists(os.path.join(cfg.out_dir, prepare.PARTIAL_DIR))
+    assert sorted(os.listdir(cfg.out_dir)) == sorted([*m["shards"], shards.MANIFEST])  # no .tmp left behind
+    # streamed shards are standard .npy files, byte for byte what np.save writes
+    for p in paths:
+        arr = shards.open_shard(p)
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(arr))
+        assert open(p, "rb").read() == buf.getvalue()
     # the training loader reads it
     x, y = shards.TokenLoader(cfg.out_dir, "train", 2, 16).next_batch()
     assert x.shape == (2, 16) and (x[:, 1:] == y[:, :-1]).all()

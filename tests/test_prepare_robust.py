@@ -30,16 +30,25 @@ def files_bytes(d):
 
 def test_kill_9_then_rerun_is_byte_identical(tmp_path, shared_data):
     src = str(shared_data / "fineweb_sample.parquet")
-    args = [f"--data_files={src}", "--shard_tokens=50000", "--val_tokens=100000", "--batch_rows=64"]
+    args = [f"--data_files={src}", "--shard_tokens=50000", "--val_tokens=100000", "--batch_rows=16"]
     ref = tmp_path / "ref"
-    assert cli(*args, f"--out_dir={ref}").returncode == 0
+    # time the reference run: start-up (until it writes its manifest), then the work, so that kills land
+    # inside the work however fast the machine is
+    t0 = time.perf_counter()
+    p = subprocess.Popen([sys.executable, os.path.join(REPO, "prepare_fineweb.py"), *args, f"--out_dir={ref}"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": REPO})
+    while not (ref / shards.MANIFEST).exists() and p.poll() is None:
+        time.sleep(0.005)
+    startup = time.perf_counter() - t0
+    assert p.wait() == 0
+    work = time.perf_counter() - t0 - startup
     out = tmp_path / "killed"
     rng = random.Random(0)
     kills = 0
-    for _ in range(3):
+    for _ in range(4):
         p = subprocess.Popen([sys.executable, os.path.join(REPO, "prepare_fineweb.py"), *args, f"--out_dir={out}"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": REPO})
-        time.sleep(rng.uniform(0.8, 2.5))
+        time.sleep(startup + rng.uniform(0.05, 0.35) * work)
         if p.poll() is None:
             os.kill(p.pid, signal.SIGKILL)
             kills += 1
@@ -116,27 +125,77 @@ def test_null_empty_and_invalid_utf8_are_skipped_and_counted(tmp_path, shared_da
         assert m["skipped"] == {"invalid_utf8": 1} and m["docs"] == {"train": 2}
 
 
+class FullDisk:
+    """A file from the real open() whose writes fail with ENOSPC once `quota` bytes were written
+    (shared by every file opened through it), as on a nearly full disk."""
+
+    def __init__(self, f, quota):
+        self._f, self._quota = f, quota
+
+    def write(self, data):
+        n = len(data) if isinstance(data, str) else memoryview(data).nbytes
+        if n > self._quota[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._quota[0] -= n
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
 def test_disk_full_leaves_no_partial_shard_and_resumes(tmp_path, shared_data, monkeypatch):
     f = write_fineweb(tmp_path / "a.parquet", sample_texts(shared_data, 150))
-    ref = fw_cfg(tmp_path, f, out_dir=str(tmp_path / "ref"))
+    ref = fw_cfg(tmp_path, f, out_dir=str(tmp_path / "ref"), batch_rows=16)
     run_fw(ref)
-    cfg = fw_cfg(tmp_path, f)
-    real_save, calls = np.save, [0]
-
-    def full_disk(file, arr, **kw):
-        calls[0] += 1
-        if calls[0] == 4:
-            file.write(b"\x93NUMPY partial")
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(file, arr, **kw)
-
-    monkeypatch.setattr(shards.np, "save", full_disk)
-    with pytest.raises(shards.DataError, match="disk full"):
-        run_fw(cfg)
-    monkeypatch.setattr(shards.np, "save", real_save)
-    leftovers = [n for root, _, names in os.walk(cfg.out_dir) for n in names if n.endswith(".tmp")]
-    assert leftovers == []
-    for p in shards.list_shards(cfg.out_dir, "train"):
-        shards.open_shard(p)  # every shard on disk is complete
+    cfg = fw_cfg(tmp_path, f, batch_rows=16)
+    fulls = kept = 0
+    for quota in (20_000, 170_000, 170_000, 170_000):  # bytes the disk takes in each attempt
+        left = [quota]
+        monkeypatch.setattr(shards, "open", lambda *a, **kw: FullDisk(open(*a, **kw), left), raising=False)
+        try:
+            run_fw(cfg)
+        except shards.DataError as e:
+            assert "disk full" in str(e)
+            fulls += 1
+        monkeypatch.delattr(shards, "open")
+        names = os.listdir(cfg.out_dir)
+        assert shards.MANIFEST + ".tmp" not in names
+        m = shards.read_manifest(cfg.out_dir)
+        for n in names:
+            if n.endswith(".npy"):
+                assert len(shards.open_shard(os.path.join(cfg.out_dir, n))) == m["shards"].get(n, len(np.load(os.path.join(cfg.out_dir, n))))
+            elif n.endswith(".tmp"):  # only a shard being filled at the checkpoint, cut back to it
+                split = n.split("_")[0]
+                st = m["progress"]["writers"][split]
+                assert n == shards.shard_name(split, st["index"]) + ".tmp" and st["fill"] > 0
+                assert os.path.getsize(os.path.join(cfg.out_dir, n)) == shards.NPY_HEADER_BYTES + 2 * st["fill"]
+                kept += 1
+    assert fulls == 4 and kept >= 2
     run_fw(cfg)  # resumes
     assert files_bytes(cfg.out_dir) == files_bytes(ref.out_dir)
+
+
+def test_cli_space_form_as_in_the_issue(tmp_path, shared_data):
+    """`--key value` with a quoted glob, a relative out_dir, then `--stats DIR`, exactly as users type them."""
+    texts = sample_texts(shared_data, 60)
+    (tmp_path / "dir").mkdir()
+    write_fineweb(tmp_path / "dir" / "a.parquet", texts[:30])
+    write_fineweb(tmp_path / "dir" / "b.parquet", texts[30:])
+    run = lambda *a: subprocess.run([sys.executable, os.path.join(REPO, "prepare_fineweb.py"), *a], cwd=tmp_path,
+                                    capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO})
+    r = run("--data_files", "dir/*.parquet", "--out_dir", "data/fineweb", "--val_tokens", "5000")
+    assert r.returncode == 0, r.stderr
+    m = shards.read_manifest(tmp_path / "data" / "fineweb")
+    assert [os.path.basename(s["name"]) for s in m["sources"]] == ["a.parquet", "b.parquet"]
+    assert sum(m["docs"].values()) == 60 and m["args"]["val_tokens"] == 5000
+    r = run("--stats", "data/fineweb")
+    assert r.returncode == 0, r.stderr
+    assert "document length" in r.stdout and (tmp_path / "data" / "fineweb" / prepare.HIST_PNG).exists()
+    r = run("--out_dir")  # a missing value: a usage error, one line
+    assert r.returncode == 2 and r.stderr.startswith("error:") and r.stderr.count("\n") == 1
