@@ -115,6 +115,12 @@ def save_checkpoint(path, obj):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        if hasattr(os, "O_DIRECTORY"):  # POSIX: fsync the directory too, so the rename survives a power cut
+            fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
