@@ -356,7 +356,9 @@ def run(argv):
     except Diverged as e:
         print(f"error: training diverged: {e}", file=sys.stderr)
         return 3
-    except torch.cuda.OutOfMemoryError:
+    except RuntimeError as e:  # torch.cuda.OutOfMemoryError, or a plain RuntimeError on MPS
+        if "out of memory" not in str(e):
+            raise
         print("error: out of GPU memory; lower batch_size (gradient accumulation keeps total_batch_size); "
               "bench.py --find_batch_size finds the largest that fits", file=sys.stderr)
         return 1
