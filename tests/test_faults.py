@@ -214,13 +214,23 @@ def test_nan_model_is_never_saved(data, tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- OOM, keep_last_n, compile
 
-def test_oom_names_the_setting_to_lower(data, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("MPS backend out of memory (MPS allocated: 17.2 GB)")])
+def test_oom_names_the_setting_to_lower(data, tmp_path, monkeypatch, capsys, error):
     def oom(self, idx, targets=None):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise error
     monkeypatch.setattr(train.GPT, "forward", oom)
     assert train.run(args(data, tmp_path, "--max_iters=2")) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "lower batch_size" in err[0] and "bench.py --find_batch_size" in err[0]
+
+
+def test_other_runtime_errors_are_not_called_oom(data, tmp_path, monkeypatch):
+    def broken(self, idx, targets=None):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    monkeypatch.setattr(train.GPT, "forward", broken)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        train.run(args(data, tmp_path, "--max_iters=2"))
 
 
 def test_keep_last_n(data, tmp_path):
