@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import evals
 import monitor
+import pretrained
 import runtime
 import shards
 from config import ConfigError, TrainConfig, format_config, load_config
@@ -136,11 +137,12 @@ def main(argv):
     model_args = {k: getattr(cfg, k) for k in MODEL_KEYS}
     if cfg.init_from == "resume":
         ckpt = runtime.load_checkpoint(ckpt_path, map_location="cpu")
-        saved = ckpt["model_args"]
-        for k in SHAPE_KEYS:
-            if saved[k] != model_args[k]:
+        saved, saved_cfg = ckpt["model_args"], ckpt["config"]
+        for k in SHAPE_KEYS:  # a change from the run's own settings is refused (a GPT-2 fine-tune keeps vocab 50257)
+            if model_args[k] not in (saved[k], saved_cfg.get(k)):
                 raise CheckpointError(f"{ckpt_path} has {k}={saved[k]!r} but the config says {model_args[k]!r}; "
                                       f"resume with the checkpoint's model shape or start a new out_dir")
+        model_args.update({k: saved[k] for k in SHAPE_KEYS})
         if cfg.block_size > saved["block_size"]:
             raise CheckpointError(f"block_size={cfg.block_size} is larger than the checkpoint's {saved['block_size']}; "
                                   f"the position embeddings cannot grow: use block_size <= {saved['block_size']}")
@@ -149,7 +151,6 @@ def main(argv):
         if cfg.block_size < saved["block_size"]:
             model.crop_block_size(cfg.block_size)
     elif cfg.init_from.startswith("gpt2"):
-        import pretrained
         model = pretrained.load_pretrained(cfg.init_from, dropout=cfg.dropout)
         if cfg.block_size < model.config.block_size:
             model.crop_block_size(cfg.block_size)
@@ -350,7 +351,7 @@ def run(argv):
     """main() with one-line errors for the mistakes users make, and clean distributed shutdown."""
     try:
         return main(argv)
-    except (ConfigError, shards.DataError, CheckpointError, monitor.MonitorError) as e:
+    except (ConfigError, shards.DataError, CheckpointError, monitor.MonitorError, pretrained.PretrainedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
     except Diverged as e:

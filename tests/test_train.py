@@ -171,3 +171,28 @@ def test_plan_prints_and_exits_without_training(shakespeare, tmp_path, capsys):
     assert "256  x  max_iters: 500  =  128K tokens" in out
     assert "Chinchilla" in out and "epochs" in out and "this run 2.1 min" in out
     assert not (tmp_path / "ckpt.pt").exists() and not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_finetune_from_gpt2_then_resume(shakespeare, tmp_path):
+    """init_from='gpt2' through the real huggingface_hub path (offline cache), then resume that run: the
+    checkpoint keeps GPT-2's 50257 vocabulary, which resuming with the default config must accept."""
+    from test_pretrained import TINY_HF, openai_layout, put_in_hub_cache, safetensors_bytes
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    source = GPT(GPTConfig(block_size=64, vocab_size=50257, n_layer=2, n_head=2, n_embd=32))
+    cache = tmp_path / "hub"
+    put_in_hub_cache(cache, "openai-community/gpt2", {
+        "config.json": json.dumps(TINY_HF).encode(),
+        "model.safetensors": safetensors_bytes(openai_layout(source), tmp_path)})
+    env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    out = tmp_path / "ft"
+    args = TINY + [f"--data_dir={shakespeare}", f"--out_dir={out}", "--eval_interval=3"]
+    for extra in (["--init_from=gpt2", "--max_iters=3"], ["--init_from=resume", "--max_iters=6"]):
+        r = subprocess.run([sys.executable, "train.py", *args, *extra], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    ckpt = runtime.load_checkpoint(str(out / "ckpt.pt"))
+    assert ckpt["iter_num"] == 6 and ckpt["model_args"]["vocab_size"] == 50257
+    assert ckpt["model_args"]["block_size"] == 32  # cropped from GPT-2's 64 to the run's block_size
+    losses = [r["loss"] for r in metrics(out)]
+    assert len(losses) == 6 and losses[0] < 11.5
