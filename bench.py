@@ -25,7 +25,7 @@ import torch
 import monitor
 import runtime
 import shards
-from config import ConfigError, TrainConfig, load_config
+from config import ConfigError, TrainConfig, load_config, run_script
 from model import GPT, GPTConfig
 
 DEFAULT_MAX_BATCH_CUDA = 1024  # --find_batch_size upper bound on a GPU (OOM ends the search earlier)
@@ -304,8 +304,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (ConfigError, shards.DataError, monitor.MonitorError, OutOfMemory) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_script(main, sys.argv[1:], (shards.DataError, monitor.MonitorError, OutOfMemory))

@@ -244,3 +244,16 @@ def load_config(cls, argv):
 
 def format_config(cfg):
     return "\n".join(f"  {k} = {v!r}" for k, v in dataclasses.asdict(cfg).items())
+
+
+def run_script(main, argv, errors=()):
+    """Run a script's main(argv) so that mistakes end in one 'error: ...' line, not a traceback:
+    a ConfigError exits 2 (usage), any of `errors` exits 1."""
+    try:
+        return main(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except tuple(errors) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from config import ConfigError, load_config
+from config import ConfigError, load_config, run_script
 from pretrained import state_dict_to_hf
 from runtime import CheckpointError, find_checkpoint, load_checkpoint, model_from_checkpoint
 from shards import EOT, VOCAB_SIZE
@@ -139,11 +139,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except (CheckpointError, ExportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_script(main, sys.argv[1:], (CheckpointError, ExportError))

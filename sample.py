@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from config import ConfigError, load_config
+from config import ConfigError, load_config, run_script
 from runtime import (CheckpointError, autocast, find_checkpoint, load_checkpoint, model_from_checkpoint,
                      pick_device, pick_dtype)
 from pretrained import HUB_REPOS, PretrainedError, load_pretrained
@@ -127,11 +127,4 @@ def main(argv, out=sys.stdout):
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except (CheckpointError, PretrainedError, SampleError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_script(main, sys.argv[1:], (CheckpointError, PretrainedError, SampleError))
