@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import shards
 from config import ConfigError, load_config
+from prepare import PrepareConfig
 
 MB = 1 << 20
 GITHUB_CODE_SCHEMA = [("code", "string"), ("repo_name", "string"), ("path", "string"),
@@ -31,7 +32,7 @@ class BenchConfig:
     row_group_mb: int = 64  # MB of text per parquet row group (real hub files hold tens to hundreds of MB)
     src_dir: str = ""  # where to read .py files; '': site-packages
     num_threads: int = 0  # tokenizer threads for both measurements; 0: all CPU cores
-    batch_rows: int = 1024  # documents per record batch, as prepare.py's setting
+    batch_rows: int = PrepareConfig.batch_rows  # documents per record batch, as prepare.py's setting
     work_dir: str = ""  # where the parquet file and shards go; '': a temporary directory
 
 
@@ -105,7 +106,7 @@ def raw_encode(path, batch_rows, num_threads):
     return ntok, secs
 
 
-def run_pipeline(path, out_dir, batch_rows, num_threads, shard_tokens=shards.DEFAULT_SHARD_TOKENS):
+def run_pipeline(path, out_dir, batch_rows=PrepareConfig.batch_rows, num_threads=0, shard_tokens=shards.DEFAULT_SHARD_TOKENS):
     """Run prepare_github_code.py in a child process; returns (wall seconds, peak RSS bytes, stdout)."""
     here = os.path.dirname(os.path.abspath(__file__))
     # VmHWM, not ru_maxrss: ru_maxrss survives exec and would count this (parent) process's memory

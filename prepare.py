@@ -38,6 +38,7 @@ import numpy as np
 import shards
 from shards import DataError, EOT
 
+READ_BUFFER = 1 << 20  # bytes read from a parquet file at a time
 QUEUE_BATCHES = 2  # encoded chunks buffered between the reader thread and the writer
 CHUNK_CHARS = 1 << 21  # characters of text encoded at once (~0.6-1M tokens, a few MB as uint32 arrays)
 HIST_PNG = "doc_lengths.png"  # --stats writes the document-length histogram here, inside the dataset dir
@@ -53,7 +54,7 @@ class PrepareConfig:
     revision: str = "main"  # download mode: hub branch, tag or commit; the resolved commit goes in manifest.json
     shard_tokens: int = shards.DEFAULT_SHARD_TOKENS  # tokens per shard (2 bytes each)
     val_tokens: int = 10_000_000  # tokens (whole documents) sent to the 'val' split
-    batch_rows: int = 1024  # documents per parquet record batch; memory holds a few batches
+    batch_rows: int = 256  # documents per parquet record batch; peak memory grows with it (x document size)
     num_threads: int = 0  # tokenizer threads; 0: all CPU cores
     overwrite: bool = False  # replace a dataset already in out_dir (never done without it)
     stats: str = ""  # print the statistics of this prepared directory, write its doc_lengths.png, and exit
@@ -90,7 +91,9 @@ class ParquetSource:
     def _file(self):
         import pyarrow.parquet as pq
         try:
-            return pq.ParquetFile(self.path)
+            # pre_buffer=False and a read buffer: column chunks are streamed, not cached whole for the
+            # file's life (pyarrow's default pre_buffer=True held ~170 MB more on a 400 MB-of-text file)
+            return pq.ParquetFile(self.path, pre_buffer=False, buffer_size=READ_BUFFER)
         except Exception as e:  # pyarrow raises ArrowInvalid/OSError with long messages
             raise DataError(f"{self.path} is not a readable parquet file ({_first_line(e)}); "
                             f"re-download it or remove it from the inputs") from None
@@ -259,7 +262,8 @@ def _encoded_batches(spec, sources, start, batch_rows, encode, pool):
     for fi in range(start[0], len(sources)):
         row = start[1] if fi == start[0] else 0
         for batch in sources[fi].batches(cols, row, batch_rows):
-            row += batch.num_rows
+            nrows = batch.num_rows  # read, before the filters
+            row += nrows
             counts = {}
             if spec.keep is not None:
                 mask, dropped = spec.keep(batch)
@@ -284,7 +288,7 @@ def _encoded_batches(spec, sources, start, batch_rows, encode, pool):
                     "tokens": pack(docs), "ends": np.cumsum([len(t) + 1 for t in docs], dtype=np.int64),
                     "keys": [keys[i] for i in idx] if keys else None,
                     "langs": [langs[i] or "unknown" for i in idx] if langs else None,
-                    "counts": counts if last else {}, "rows": batch.num_rows if last else 0,
+                    "counts": counts if last else {}, "rows": nrows if last else 0,
                     "position": (fi, row) if last else None, "file_done": False,
                 }
                 del docs
