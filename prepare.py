@@ -152,18 +152,23 @@ def local_sources(data_files):
 
 def hub_sources(repo_id, folder, num_files, revision):
     """Download (or find in the HF cache) the first num_files parquet files under `folder`
-    of a hub dataset at `revision`. Returns (sources, commit). A complete cached file is not
-    fetched again; with HF_HUB_OFFLINE=1 only the cache is used."""
+    of a hub dataset at `revision`. Returns (sources, commit). The revision (e.g. the branch
+    'main', which moves) is resolved to a commit first and every file is fetched at that commit,
+    which is recorded. A complete cached file is not fetched again; with HF_HUB_OFFLINE=1 only
+    the cache is used."""
     from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
     if num_files < 1:
         raise DataError(f"--num_files must be at least 1, got {num_files}")
     try:
         if constants.HF_HUB_OFFLINE:
             root = snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True)
+            commit = os.path.basename(os.path.normpath(root))  # the cache's .../snapshots/<commit>
             names = sorted(os.path.relpath(p, root).replace(os.sep, "/")
                            for p in glob.glob(os.path.join(root, folder, "*.parquet")))
         else:
-            tree = HfApi().list_repo_tree(repo_id, path_in_repo=folder, repo_type="dataset", revision=revision)
+            api = HfApi()
+            commit = api.dataset_info(repo_id, revision=revision).sha
+            tree = api.list_repo_tree(repo_id, path_in_repo=folder, repo_type="dataset", revision=commit)
             names = sorted(f.path for f in tree if f.path.endswith(".parquet"))
     except Exception as e:  # network, unknown repo/revision, nothing cached offline
         raise DataError(f"cannot list {repo_id}/{folder} at revision {revision!r} ({_first_line(e)}); check the "
@@ -171,14 +176,12 @@ def hub_sources(repo_id, folder, num_files, revision):
     if len(names) < num_files:
         where = "in the local HF cache (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else "on the hub"
         raise DataError(f"{repo_id}/{folder} has {len(names)} parquet files {where}, --num_files asks for {num_files}")
-    sources, commit = [], None
+    sources = []
     for name in names[:num_files]:
         try:
-            path = hf_hub_download(repo_id, name, repo_type="dataset", revision=revision)
+            path = hf_hub_download(repo_id, name, repo_type="dataset", revision=commit)
         except Exception as e:
             raise DataError(f"download of {repo_id}/{name} failed ({_first_line(e)}); re-run to retry") from None
-        parts = os.path.normpath(path).split(os.sep)
-        commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else revision  # .../snapshots/<commit>/...
         sources.append(ParquetSource(path, name=f"hf://datasets/{repo_id}@{commit}/{name}"))
     return sources, commit
 
@@ -614,7 +617,7 @@ def run(cfg, make_spec, make_sources):
         t0 = time.time()
         m = prepare(cfg, spec, sources, extra)
         print(summary(m))
-        print(f"done in {time.time() - t0:.1f}s -> {cfg.out_dir}")
+        print(f"done in {time.time() - t0:.2f}s -> {cfg.out_dir}")
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -2,11 +2,14 @@
 
     python prepare_fineweb.py --num_files=1                           # download 1 file of sample-10BT (~2 GB)
     python prepare_fineweb.py --dataset=fineweb-edu --subset=sample-10BT --num_files=14 --min_int_score=3
-    python prepare_fineweb.py --data_files='dir/*.parquet' --out_dir=data/fineweb   # local files, no network
-    python prepare_fineweb.py --stats=data/fineweb                    # token/document statistics + histogram
+    python prepare_fineweb.py --data_files 'dir/*.parquet' --out_dir data/fineweb   # local files, no network
+    python prepare_fineweb.py --stats data/fineweb                    # token/document statistics + histogram
 
 The first val_tokens tokens (whole documents, in file order) go to 'val', the rest to
-'train'. Re-running the same command resumes an interrupted run. See prepare.py.
+'train'. Re-running the same command resumes an interrupted run. Settings take --key=value
+or --key value. Downloads resolve --revision (default: the branch 'main') to a commit and
+record it in manifest.json; pass that commit as --revision to fetch the same files again.
+See prepare.py.
 """
 import sys
 from dataclasses import dataclass
