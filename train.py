@@ -166,6 +166,7 @@ def main(argv):
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))  # fp16 needs loss scaling, bf16 does not
     optimizer = runtime.make_optimizer(model, cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device)
     iter_num, best_val, bad_evals, last_eval_iter, loss_ema = 0, float("inf"), 0, -1, None
+    train_loss_sum, train_loss_n = 0.0, 0  # train loss since the last eval, for the eval line
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -173,6 +174,7 @@ def main(argv):
         runtime.set_rng_state(ckpt["rng"])
         iter_num, best_val = ckpt["iter_num"], ckpt["best_val_loss"]
         bad_evals, last_eval_iter, loss_ema = ckpt["bad_evals"], ckpt["last_eval_iter"], ckpt["loss_ema"]
+        train_loss_sum, train_loss_n = ckpt["train_loss_sum"], ckpt["train_loss_n"]
         log(f"resumed from {ckpt_path} at iter {iter_num} (epoch {train_loader.epoch}, best {primary_val} loss {best_val:.4f})")
     start_iter = iter_num
     del ckpt  # free the host copy of the weights and optimizer state
@@ -222,7 +224,7 @@ def main(argv):
             "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "model_args": dataclasses.asdict(raw_model.config), "config": dataclasses.asdict(cfg),
             "iter_num": it, "best_val_loss": best_val, "bad_evals": bad_evals, "last_eval_iter": last_eval_iter,
-            "loss_ema": loss_ema, "loader": train_loader.state_dict(), "rng": runtime.rng_state(), "world_size": world})
+            "loss_ema": loss_ema, "train_loss_sum": train_loss_sum, "train_loss_n": train_loss_n, "loader": train_loader.state_dict(), "rng": runtime.rng_state(), "world_size": world})
         return True
 
     # ------------------------------------------------------------------ training loop
@@ -242,6 +244,8 @@ def main(argv):
                 best_val, bad_evals = losses[primary_val], 0
             else:
                 bad_evals += 1
+            train_loss = train_loss_sum / train_loss_n if train_loss_n else None  # mean over the interval, not one step
+            train_loss_sum, train_loss_n = 0.0, 0
             record = {f"val/{k}": v for k, v in losses.items()}
             if cfg.hellaswag_interval and iter_num % cfg.hellaswag_interval == 0:
                 hs = evals.hellaswag(raw_model, device, ctx, items=hellaswag_items, limit=cfg.hellaswag_limit or None,
@@ -249,11 +253,11 @@ def main(argv):
                 record["hellaswag/acc_norm"] = hs["acc_norm"]
             if cfg.humaneval_interval and iter_num % cfg.humaneval_interval == 0 and master:
                 record["humaneval/loss"] = evals.humaneval(raw_model, device, ctx, cfg.humaneval_path)["loss"]
-            log(f"eval {iter_num:7d} | " + " | ".join(f"{k} {v:.4f}" for k, v in record.items())
+            log(f"eval {iter_num:7d} | train {'   n/a' if train_loss is None else f'{train_loss:.4f}'} | " + " | ".join(f"{k} {v:.4f}" for k, v in record.items())
                 + (" | new best" if improved else f" | best {best_val:.4f}"))
             if master:
                 extra = {k: v for k, v in record.items() if not k.startswith("val/")}
-                metrics.log_eval(iter_num, iter_num * cfg.total_batch_size, losses, train_loss=loss_ema, best=improved, primary=primary_val, **extra)
+                metrics.log_eval(iter_num, iter_num * cfg.total_batch_size, losses, train_loss=train_loss, best=improved, primary=primary_val, **extra)
                 tracker.log(record, iter_num)
             if improved:
                 save(best_path, iter_num)
@@ -318,6 +322,7 @@ def main(argv):
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             loss_ema = loss_val if loss_ema is None else 0.95 * loss_ema + 0.05 * loss_val
+            train_loss_sum, train_loss_n = train_loss_sum + loss_val, train_loss_n + 1
         iter_num += 1
         if ddp:  # every rank stops after the same step when any of them was signalled
             flag = torch.tensor([stop.signal is not None], dtype=torch.int32, device=device)

@@ -59,6 +59,7 @@ def test_loss_falls(shakespeare, tmp_path):
     evals = metrics(tmp_path, "eval")
     assert [e["iter"] for e in evals] == [0, 20, 40]
     assert evals[-1]["val/val"] < evals[0]["val/val"] - 2.0
+    assert evals[0]["train_loss"] is None and evals[1]["train_loss"] == pytest.approx(sum(losses[:20]) / 20)
     log = (tmp_path / "log.txt").read_text()
     assert "iter      40 | loss" in log and "tok/s" in log and "eta" in log
     ckpt = runtime.load_checkpoint(str(tmp_path / "ckpt.pt"))
@@ -79,6 +80,9 @@ def test_exact_resume(shakespeare, tmp_path):
     evals_a = {r["iter"]: r["val/val"] for r in metrics(straight, "eval")}
     evals_b = {r["iter"]: r["val/val"] for r in metrics(resumed, "eval")}
     assert evals_b.pop(10) and evals_a == evals_b  # the stopped run also evaluated at its last iteration, 10
+    # the eval-line train loss is the mean since the previous eval (so 11-12 after the extra eval at 10)
+    train_a = {r["iter"]: r["train_loss"] for r in metrics(straight, "eval") if r["iter"] > 12}
+    assert train_a == {r["iter"]: r["train_loss"] for r in metrics(resumed, "eval") if r["iter"] > 12}
     wa = runtime.load_checkpoint(str(straight / "ckpt.pt"))["model"]
     wb = runtime.load_checkpoint(str(resumed / "ckpt.pt"))["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
