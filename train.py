@@ -103,7 +103,7 @@ def main(argv):
     # ------------------------------------------------------------------ output dir and logging
     ckpt_path = os.path.join(cfg.out_dir, runtime.CKPT_NAME)
     best_path = os.path.join(cfg.out_dir, runtime.BEST_NAME)
-    if cfg.init_from != "resume" and os.path.exists(ckpt_path) and not cfg.overwrite:
+    if cfg.init_from != "resume" and os.path.exists(ckpt_path) and not (cfg.overwrite or cfg.plan):
         raise ConfigError(f"{cfg.out_dir} already holds a run ({ckpt_path}); continue it with --init_from=resume, "
                           f"pick another out_dir, or pass --overwrite=True to replace it")
     log_file = None
@@ -125,6 +125,10 @@ def main(argv):
     # ------------------------------------------------------------------ data
     train_loader = shards.TokenLoader(cfg.data_dir, "train", cfg.batch_size, cfg.block_size, rank, world, seed=cfg.seed)
     manifest = shards.read_manifest(cfg.data_dir)
+    manifest_train_tokens = sum(n for name, n in manifest["shards"].items() if name.startswith("train_"))
+    if manifest_train_tokens != train_loader.total_tokens:
+        log(f"warning: manifest.json lists {manifest_train_tokens:,} train tokens but the shards hold "
+            f"{train_loader.total_tokens:,}; is a prepare run still writing to {cfg.data_dir}?")
     val_sets = evals.parse_val_sets(cfg.val_sets, cfg.data_dir)
     primary_val = evals.check_primary_val(cfg.primary_val, val_sets)
     hellaswag_items = evals.load_hellaswag(cfg.hellaswag_path or None) if cfg.hellaswag_interval else None  # fail now, not hours in
@@ -195,7 +199,7 @@ def main(argv):
     peak_flops, peak_note = monitor.peak_flops(device_type, dtype, override_tflops=cfg.peak_tflops)
     plan = monitor.plan_run(n_params=n_params, n_params_non_embedding=n_params_body, tokens_per_step=cfg.total_batch_size,
                             max_iters=cfg.max_iters, iter_num=iter_num,
-                            train_tokens=sum(manifest["shards"].get(os.path.basename(p), 0) for p in train_loader.paths) or train_loader.total_tokens,
+                            train_tokens=manifest_train_tokens or train_loader.total_tokens,
                             tokens_per_sec=cfg.tokens_per_sec or None)
     for line in monitor.format_plan(plan):
         log(line)
@@ -224,7 +228,8 @@ def main(argv):
             "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "model_args": dataclasses.asdict(raw_model.config), "config": dataclasses.asdict(cfg),
             "iter_num": it, "best_val_loss": best_val, "bad_evals": bad_evals, "last_eval_iter": last_eval_iter,
-            "loss_ema": loss_ema, "train_loss_sum": train_loss_sum, "train_loss_n": train_loss_n, "loader": train_loader.state_dict(), "rng": runtime.rng_state(), "world_size": world})
+            "loss_ema": loss_ema, "train_loss_sum": train_loss_sum, "train_loss_n": train_loss_n,
+            "loader": train_loader.state_dict(), "rng": runtime.rng_state(), "world_size": world})
         return True
 
     # ------------------------------------------------------------------ training loop
