@@ -617,6 +617,9 @@ def run(cfg, make_spec, make_sources):
         t0 = time.time()
         m = prepare(cfg, spec, sources, extra)
         print(summary(m))
+        if not any(name.startswith("train_") for name in m["shards"]):
+            raise DataError(f"{cfg.out_dir} got no train tokens: the input is smaller than what the val split takes "
+                            f"(val_tokens={cfg.val_tokens:,}); re-run with a smaller --val_tokens and --overwrite")
         print(f"done in {time.time() - t0:.2f}s -> {cfg.out_dir}")
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -243,3 +243,15 @@ def test_stats_percentiles_and_png(tmp_path, shared_data, capsys):
     png = os.path.join(cfg.out_dir, prepare.HIST_PNG)
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert shards.list_splits(cfg.out_dir) == ["train", "val"]  # the PNG is not taken for a shard
+
+
+def test_input_smaller_than_the_val_split_is_an_error(tmp_path, shared_data, capsys):
+    """Everything going to val would leave nothing to train on: a one-line error, not a quiet success."""
+    path = tmp_path / "small.parquet"
+    write_fineweb(path, sample_texts(shared_data, n=50))
+    cfg = fw_cfg(tmp_path, str(path), val_tokens=10_000_000)
+    with pytest.raises(SystemExit) as e:
+        prepare.run(cfg, prepare_fineweb.make_spec, prepare_fineweb.make_sources)
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines
+    assert err.startswith("error:") and "no train tokens" in err and "--val_tokens" in err
