@@ -236,6 +236,7 @@ def main(argv):
     stop = StopRequest()
     stopping = None  # the signal this process acts on; under DDP only the all-reduced flag sets it, so all ranks agree
     stop_reason, bad_steps, dt_ema, t0 = None, 0, None, time.time()
+    log_losses = []  # step losses since the last log line: with log_interval > 1 the line shows their mean
     while True:
         last = iter_num >= cfg.max_iters
 
@@ -328,6 +329,8 @@ def main(argv):
             optimizer.zero_grad(set_to_none=True)
             loss_ema = loss_val if loss_ema is None else 0.95 * loss_ema + 0.05 * loss_val
             train_loss_sum, train_loss_n = train_loss_sum + loss_val, train_loss_n + 1
+            if master:
+                log_losses.append(loss_val)
         iter_num += 1
         if ddp:  # every rank stops after the same step when any of them was signalled
             flag = torch.tensor([stop.signal is not None], dtype=torch.int32, device=device)
@@ -342,14 +345,16 @@ def main(argv):
         if iter_num - start_iter > 1:  # the first iteration includes compilation
             dt_ema = dt if dt_ema is None else 0.9 * dt_ema + 0.1 * dt
         if iter_num % cfg.log_interval == 0 and master:
+            loss_log = sum(log_losses) / len(log_losses) if log_losses else loss_val
+            log_losses.clear()
             tok_s = cfg.total_batch_size / dt
             mfu = monitor.mfu(tok_s, flops_per_token, peak_flops)
             eta = (cfg.max_iters - iter_num) * (dt_ema or dt)
-            log(f"iter {iter_num:7d} | loss {loss_val:.4f} | lr {lr:.2e} | norm {norm_val:7.4f} | {dt * 1000:8.1f} ms | "
+            log(f"iter {iter_num:7d} | loss {loss_log:.4f} | lr {lr:.2e} | norm {norm_val:7.4f} | {dt * 1000:8.1f} ms | "
                 f"{tok_s:9,.0f} tok/s | mfu {'   n/a' if mfu is None else f'{100 * mfu:5.1f}%'} | eta {fmt_duration(eta)}")
-            metrics.log_step(iter_num, iter_num * cfg.total_batch_size, loss_val, lr, norm_val, dt * 1000, tok_s, mfu,
+            metrics.log_step(iter_num, iter_num * cfg.total_batch_size, loss_log, lr, norm_val, dt * 1000, tok_s, mfu,
                              epoch=train_loader.epoch)
-            tracker.log({"train/loss": loss_val, "lr": lr, "grad_norm": norm_val, "tok_per_sec": tok_s}, iter_num)
+            tracker.log({"train/loss": loss_log, "lr": lr, "grad_norm": norm_val, "tok_per_sec": tok_s}, iter_num)
 
     log(stop_reason or f"done: {iter_num} iterations, best {primary_val} loss {best_val:.4f} ({best_path})")
     if tracker is not None:

@@ -200,3 +200,14 @@ def test_finetune_from_gpt2_then_resume(shakespeare, tmp_path):
     assert ckpt["model_args"]["block_size"] == 32  # cropped from GPT-2's 64 to the run's block_size
     losses = [r["loss"] for r in metrics(out)]
     assert len(losses) == 6 and losses[0] < 11.5
+
+
+def test_log_interval_averages_the_steps_it_covers(shakespeare, tmp_path):
+    """With log_interval=5 a logged loss is the mean of its 5 steps, not the last step's (spiky) loss."""
+    every, fifth = tmp_path / "every", tmp_path / "fifth"
+    assert run_train(shakespeare, every, "--max_iters=10", "--eval_interval=10") == 0
+    assert run_train(shakespeare, fifth, "--max_iters=10", "--eval_interval=10", "--log_interval=5") == 0
+    steps = [r["loss"] for r in metrics(every)]
+    logged = metrics(fifth)
+    assert [r["iter"] for r in logged] == [5, 10]
+    assert [r["loss"] for r in logged] == pytest.approx([sum(steps[:5]) / 5, sum(steps[5:]) / 5], rel=1e-12)
