@@ -96,8 +96,7 @@ def machine():
 def raw_encode(path, num_threads, batch_rows=RAW_BATCH_ROWS):
     """Tokens/s of encode_ordinary_batch alone, on the file's documents read beforehand batch by batch."""
     import pyarrow.parquet as pq
-    import tiktoken
-    enc = tiktoken.get_encoding("gpt2")
+    enc = shards.gpt2_encoding()
     ntok, secs = 0, 0.0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["code"]):
         texts = batch.column(0).to_pylist()

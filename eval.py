@@ -7,7 +7,6 @@
 
 Losses are mean cross-entropy in nats per token; perplexity is exp(loss).
 """
-import json
 import math
 import os
 import sys

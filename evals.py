@@ -136,11 +136,6 @@ def eval_val_sets(model, val_sets, batch_size, block_size, eval_iters, device, a
 
 # ----------------------------------------------------------------------------- scoring token spans
 
-def _gpt2_encoding():
-    import tiktoken
-    return tiktoken.get_encoding("gpt2")
-
-
 def _window(context, continuation, block_size):
     """One row scoring `continuation` given `context`, cut to fit the model.
 
@@ -269,7 +264,7 @@ def hellaswag(model, device, autocast_ctx, path=None, limit=None, batch_items=8,
         items = load_hellaswag(path)
     items = items[:limit] if limit is not None else items
     mine = items[rank::world_size]
-    enc = _gpt2_encoding()
+    enc = shards.gpt2_encoding()
     T = _block_size(model, block_size)
     correct = correct_norm = 0
     with _eval_mode(model):
@@ -321,7 +316,7 @@ def humaneval(model, device, autocast_ctx, path, limit=None, batch_rows=4, rank=
     items = load_humaneval(path)
     items = items[:limit] if limit is not None else items
     mine = items[rank::world_size]
-    enc = _gpt2_encoding()
+    enc = shards.gpt2_encoding()
     T = _block_size(model, block_size)
     rows = []
     for item in mine:

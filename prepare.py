@@ -432,7 +432,6 @@ def save_manifest(out_dir, m):
 
 def prepare(cfg, spec, sources, extra=None, enc=None):
     """Tokenize `sources` into cfg.out_dir; resume an interrupted run; return the manifest."""
-    import tiktoken
     out_dir = cfg.out_dir
     if cfg.shard_tokens < 1 or cfg.val_tokens < 0:
         raise DataError(f"shard_tokens must be >= 1 and val_tokens >= 0 (got {cfg.shard_tokens}, {cfg.val_tokens})")
@@ -447,7 +446,7 @@ def prepare(cfg, spec, sources, extra=None, enc=None):
               f"(--overwrite re-creates it)", file=sys.stderr)
         return m
     os.makedirs(out_dir, exist_ok=True)
-    enc = enc or tiktoken.get_encoding(shards.TOKENIZER)
+    enc = enc or shards.gpt2_encoding()
     if m is None:
         m = shards.new_manifest(args, [s.identity() for s in sources])
         m.update({"dataset": spec.name, "docs": {}, "tokens": {}, "skipped": {}, "tokens_by_language": {},

@@ -16,7 +16,7 @@ from config import ConfigError, load_config, run_script
 from runtime import (CheckpointError, autocast, find_checkpoint, load_checkpoint, model_from_checkpoint,
                      pick_device, pick_dtype)
 from pretrained import HUB_REPOS, PretrainedError, load_pretrained
-from shards import EOT, TOKENIZER
+from shards import EOT, DataError, gpt2_encoding
 
 FILE_PREFIX = "FILE:"  # --start=FILE:path reads the prompt from a file
 SEPARATOR = "\n---------------\n"  # printed after each sample
@@ -39,10 +39,6 @@ class SampleConfig:
     dtype: str = "auto"  # 'auto' (bf16/fp16 on GPU, fp32 on CPU), 'float32', 'bfloat16', 'float16'
 
 
-class SampleError(Exception):
-    """Something sampling needs that is unavailable, with what to do about it."""
-
-
 class StreamDecoder:
     """Turns token ids into text as they arrive. A character can span tokens (BPE works on bytes),
     so bytes are decoded incrementally and an incomplete UTF-8 sequence waits for the next token."""
@@ -58,15 +54,6 @@ class StreamDecoder:
     def finish(self):
         self.out.write(self.utf8.decode(b"", final=True))
         self.utf8.reset()
-
-
-def gpt2_encoding():
-    import tiktoken
-    try:
-        return tiktoken.get_encoding(TOKENIZER)
-    except Exception as e:  # tiktoken downloads its files on first use: offline, this fails with network errors
-        raise SampleError(f"cannot load the GPT-2 tokenizer ({type(e).__name__}); connect once so tiktoken can "
-                              f"cache it, or set TIKTOKEN_CACHE_DIR to a folder that holds its files") from None
 
 
 def read_prompt(start):
@@ -127,4 +114,4 @@ def main(argv, out=sys.stdout):
 
 
 if __name__ == "__main__":
-    run_script(main, sys.argv[1:], (CheckpointError, PretrainedError, SampleError))
+    run_script(main, sys.argv[1:], (CheckpointError, DataError, PretrainedError))

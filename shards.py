@@ -61,6 +61,16 @@ def list_splits(data_dir):
     return sorted(found)
 
 
+def gpt2_encoding():
+    """tiktoken's GPT-2 BPE, the tokenizer of every shard."""
+    import tiktoken
+    try:
+        return tiktoken.get_encoding(TOKENIZER)
+    except Exception as e:  # tiktoken downloads its files on first use: offline, this fails with network errors
+        raise DataError(f"cannot load the GPT-2 tokenizer ({type(e).__name__}); connect once so tiktoken can cache "
+                        f"it, or set TIKTOKEN_CACHE_DIR to a folder that holds its files") from None
+
+
 # ----------------------------------------------------------------------------- manifest
 
 def new_manifest(args=None, sources=None):

@@ -1,14 +1,12 @@
 """The download path runs huggingface_hub's real code offline, against a cache laid out as the hub lays it out."""
 import hashlib
-import json
 import os
 import subprocess
 import sys
 
-import numpy as np
 
 import shards
-from test_prepare import CODE_SCHEMA, code_rows, sample_texts, write_code, write_fineweb
+from test_prepare import code_rows, sample_texts, write_code, write_fineweb
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -10,11 +10,10 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 import prepare
 import shards
-from test_prepare import fw_cfg, run_fw, sample_texts, stream, write_fineweb
+from test_prepare import fw_cfg, run_fw, sample_texts, write_fineweb
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
