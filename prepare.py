@@ -150,6 +150,17 @@ def local_sources(data_files):
     return [ParquetSource(p) for p in paths]
 
 
+def pinned_revision(cfg, repo_id):
+    """The commit out_dir's dataset was started from, when it was made from this repo at this --revision:
+    a re-run (to resume after a crash, or to check a finished dataset) then fetches the very same files even
+    if the branch has moved on since. Otherwise (a new dataset, or --overwrite) cfg.revision itself."""
+    m = None if cfg.overwrite else shards.read_manifest(cfg.out_dir, required=False)
+    hub = (m or {}).get("hub") or {}
+    if hub.get("repo") == repo_id and hub.get("revision") == cfg.revision and hub.get("commit"):
+        return hub["commit"]
+    return cfg.revision
+
+
 def hub_sources(repo_id, folder, num_files, revision):
     """Download (or find in the HF cache) the first num_files parquet files under `folder`
     of a hub dataset at `revision`. Returns (sources, commit). The revision (e.g. the branch

@@ -7,15 +7,16 @@
 
 The first val_tokens tokens (whole documents, in file order) go to 'val', the rest to
 'train'. Re-running the same command resumes an interrupted run. Settings take --key=value
-or --key value. Downloads resolve --revision (default: the branch 'main') to a commit and
-record it in manifest.json; pass that commit as --revision to fetch the same files again.
+or --key value. Downloads resolve --revision (default: the branch 'main') to a commit, record
+it in manifest.json, and stay pinned to it: re-runs into the same out_dir fetch that commit even
+after the branch moves on. Pass the commit as --revision to fetch the same files elsewhere.
 See prepare.py.
 """
 import sys
 from dataclasses import dataclass
 
 from config import ConfigError, load_config
-from prepare import DatasetSpec, PrepareConfig, hub_sources, local_sources, run
+from prepare import DatasetSpec, PrepareConfig, hub_sources, local_sources, pinned_revision, run
 from shards import DataError
 
 HUB_REPOS = {"fineweb": "HuggingFaceFW/fineweb", "fineweb-edu": "HuggingFaceFW/fineweb-edu"}
@@ -56,7 +57,7 @@ def make_sources(cfg):
     repo = HUB_REPOS.get(cfg.dataset)
     if repo is None:
         raise DataError(f"--dataset must be one of {', '.join(HUB_REPOS)}, got {cfg.dataset!r}")
-    sources, commit = hub_sources(repo, hub_folder(cfg.subset), cfg.num_files, cfg.revision)
+    sources, commit = hub_sources(repo, hub_folder(cfg.subset), cfg.num_files, pinned_revision(cfg, repo))
     return sources, {"hub": {"repo": repo, "folder": hub_folder(cfg.subset), "revision": cfg.revision, "commit": commit}}
 
 

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 
 from config import ConfigError, load_config
-from prepare import DatasetSpec, PrepareConfig, hub_sources, local_sources, run
+from prepare import DatasetSpec, PrepareConfig, hub_sources, local_sources, pinned_revision, run
 from shards import DataError
 
 HUB_DATASETS = ("codeparrot/github-code", "codeparrot/github-code-clean")
@@ -133,7 +133,7 @@ def make_sources(cfg):
         return local_sources(cfg.data_files), {}
     if cfg.dataset not in HUB_DATASETS:
         raise DataError(f"--dataset must be one of {', '.join(HUB_DATASETS)}, got {cfg.dataset!r}")
-    sources, commit = hub_sources(cfg.dataset, HUB_FOLDER, cfg.num_files, cfg.revision)
+    sources, commit = hub_sources(cfg.dataset, HUB_FOLDER, cfg.num_files, pinned_revision(cfg, cfg.dataset))
     return sources, {"hub": {"repo": cfg.dataset, "folder": HUB_FOLDER, "revision": cfg.revision, "commit": commit}}
 
 

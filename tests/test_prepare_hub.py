@@ -60,3 +60,28 @@ def test_fineweb_edu_and_github_code_from_offline_hub_cache(tmp_path, shared_dat
     m = shards.read_manifest(out)
     assert m["hub"] == {"repo": "codeparrot/github-code-clean", "folder": "data", "revision": "v1.0", "commit": COMMIT}
     assert "val-python" in shards.list_splits(out)
+
+
+def test_rerun_stays_on_the_commit_the_dataset_started_from(tmp_path, shared_data):
+    """The branch moves on between runs (the hub's 'main' is updated): a re-run of the same command, e.g. to
+    resume after a crash, keeps fetching the commit recorded in manifest.json, never a mix of two commits."""
+    cache = tmp_path / "hub"
+    texts = sample_texts(shared_data, 60)
+    old = [write_fineweb(tmp_path / f"old{i}.parquet", texts[i * 20:(i + 1) * 20]) for i in range(2)]
+    add_to_cache(cache, "HuggingFaceFW/fineweb", {f"sample/10BT/{i:03d}_00000.parquet": p for i, p in enumerate(old)})
+    out = tmp_path / "fw"
+    args = ["--num_files=2", f"--out_dir={out}", "--shard_tokens=50000", "--val_tokens=1000"]
+    assert run("prepare_fineweb.py", cache, *args).returncode == 0
+    before = {p: open(p, "rb").read() for p in shards.list_shards(str(out), "train")}
+    new_commit = "f" * 40
+    new = write_fineweb(tmp_path / "new.parquet", texts[40:])
+    add_to_cache(cache, "HuggingFaceFW/fineweb", {f"sample/10BT/{i:03d}_00000.parquet": new for i in range(2)},
+                 commit=new_commit)  # refs/main now points at new_commit
+    r = run("prepare_fineweb.py", cache, *args)
+    assert r.returncode == 0, r.stderr
+    m = shards.read_manifest(str(out))
+    assert m["hub"]["commit"] == COMMIT and all(f"@{COMMIT}/" in s["name"] for s in m["sources"])
+    assert {p: open(p, "rb").read() for p in shards.list_shards(str(out), "train")} == before
+    fresh = tmp_path / "fresh"  # a new dataset follows the branch to its new commit
+    assert run("prepare_fineweb.py", cache, "--num_files=2", f"--out_dir={fresh}", "--val_tokens=1000").returncode == 0
+    assert shards.read_manifest(str(fresh))["hub"]["commit"] == new_commit
