@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 import shards
-from config import ConfigError, load_config
+from config import load_config, run_script
 from prepare import PrepareConfig
 
 MB = 1 << 20
@@ -126,12 +126,8 @@ def run_pipeline(path, out_dir, batch_rows=PrepareConfig.batch_rows, num_threads
     return wall, rss, p.stdout
 
 
-def main():
-    try:
-        cfg = load_config(BenchConfig, sys.argv[1:])
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+def main(argv):
+    cfg = load_config(BenchConfig, argv)
     import sysconfig
     src = cfg.src_dir or sysconfig.get_paths()["purelib"]
     threads = cfg.num_threads or os.cpu_count() or 1
@@ -156,4 +152,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, sys.argv[1:])

@@ -15,7 +15,7 @@ See prepare.py.
 import sys
 from dataclasses import dataclass
 
-from config import ConfigError, load_config
+from config import load_config, run_script
 from prepare import DatasetSpec, PrepareConfig, hub_sources, local_sources, pinned_revision, run
 from shards import DataError
 
@@ -61,15 +61,11 @@ def make_sources(cfg):
     return sources, {"hub": {"repo": repo, "folder": hub_folder(cfg.subset), "revision": cfg.revision, "commit": commit}}
 
 
-def main():
-    try:
-        cfg = load_config(FinewebConfig, sys.argv[1:])
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+def main(argv):
+    cfg = load_config(FinewebConfig, argv)
     cfg.out_dir = cfg.out_dir or f"data/{cfg.dataset}"
     run(cfg, make_spec, make_sources)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, sys.argv[1:])

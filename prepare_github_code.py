@@ -15,7 +15,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from config import ConfigError, load_config
+from config import load_config, run_script
 from prepare import DatasetSpec, PrepareConfig, hub_sources, local_sources, pinned_revision, run
 from shards import DataError
 
@@ -137,15 +137,11 @@ def make_sources(cfg):
     return sources, {"hub": {"repo": cfg.dataset, "folder": HUB_FOLDER, "revision": cfg.revision, "commit": commit}}
 
 
-def main():
-    try:
-        cfg = load_config(GithubCodeConfig, sys.argv[1:])
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+def main(argv):
+    cfg = load_config(GithubCodeConfig, argv)
     cfg.out_dir = cfg.out_dir or ("data/stdlib" if cfg.source_dir else "data/github_code")
     run(cfg, make_spec, make_sources)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, sys.argv[1:])
