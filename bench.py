@@ -22,10 +22,11 @@ from dataclasses import dataclass
 
 import torch
 
-import monitor
-import runtime
-import shards
-from config import ConfigError, TrainConfig, load_config, run_script
+from gptlib import monitor, optim, runtime, shards
+from gptlib.errors import ConfigError, OutOfMemory, is_out_of_memory, run_command
+from gptlib.loader import TokenLoader
+from gptlib.settings import load_config, setting
+from gptlib.train_settings import TrainConfig
 from model import GPT, GPTConfig
 
 DEFAULT_MAX_BATCH_CUDA = 1024  # --find_batch_size upper bound on a GPU (OOM ends the search earlier)
@@ -35,16 +36,19 @@ GIB = 2 ** 30
 
 @dataclass
 class BenchConfig(TrainConfig):
-    iters: int = 20  # timed iterations (each: one micro-step and one optimizer step)
-    warmup_iters_bench: int = 5  # untimed iterations first: compilation, autotuning, allocator warm-up
-    json: bool = False  # print one JSON line instead of the table
-    find_batch_size: bool = False  # search the largest micro-batch that fits (training step and eval), then bench it
-    max_batch_size: int = 0  # upper bound of the search; 0: 1024 on GPU, 16 on CPU
-    use_data: bool = False  # read batches from data_dir's train shards instead of random tokens
+    iters: int = setting(20, ge=1)  # timed iterations (each: one micro-step and one optimizer step)
+    warmup_iters_bench: int = setting(5, ge=0)  # untimed iterations first: compilation, autotuning, allocator warm-up
+    json: bool = setting(False)  # print one JSON line instead of the table
+    find_batch_size: bool = setting(False)  # search the largest micro-batch that fits (training step and eval), then bench it
+    max_batch_size: int = setting(0, ge=0)  # upper bound of the search; 0: 1024 on GPU, 16 on CPU
+    use_data: bool = setting(False)  # read batches from data_dir's train shards instead of random tokens
 
-
-class OutOfMemory(Exception):
-    """A batch that does not fit in device memory."""
+    def problems(self):
+        out = super().problems()
+        if self.use_data and self.vocab_size < shards.VOCAB_SIZE:
+            out.append(f"use_data reads GPT-2 tokens (ids up to {shards.VOCAB_SIZE - 1}) but vocab_size={self.vocab_size}; "
+                       f"raise vocab_size or bench on random tokens")
+        return out
 
 
 def cpu_name():
@@ -56,10 +60,6 @@ def cpu_name():
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def is_oom(e):
-    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
 def free_memory(device):
@@ -83,8 +83,8 @@ class Bench:
         model_args = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(GPTConfig)}
         self.raw_model = GPT(GPTConfig(**model_args)).to(self.device)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=(self.dtype == "float16"))
-        self.optimizer = runtime.make_optimizer(self.raw_model, cfg.weight_decay, cfg.learning_rate,
-                                                (cfg.beta1, cfg.beta2), self.device)
+        self.optimizer = optim.make_optimizer(self.raw_model, cfg, self.device)
+        optim.set_lr(self.optimizer, cfg.warmup_iters, cfg)  # the peak learning rate, as after warmup
         self.model, self.compiled = self.raw_model, False
         if cfg.compile:
             ok, why = runtime.compile_available(self.device)
@@ -99,7 +99,7 @@ class Bench:
         T = self.cfg.block_size
         if self.cfg.use_data:
             if self.loader is None or self.loader.B != B:
-                self.loader = shards.TokenLoader(self.cfg.data_dir, "train", B, T, seed=self.cfg.seed)
+                self.loader = TokenLoader(self.cfg.data_dir, "train", B, T, seed=self.cfg.seed)
             x, y = self.loader.next_batch()
         else:
             vocab = min(shards.VOCAB_SIZE, self.cfg.vocab_size)  # tiny test models may have a smaller vocabulary
@@ -161,7 +161,7 @@ class Bench:
             runtime.synchronize(self.device)
             return True
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
-            if not is_oom(e):
+            if not is_out_of_memory(e):
                 raise
             return False
         finally:
@@ -199,11 +199,6 @@ def peak_memory_gib(device):
 
 def run_bench(cfg):
     """The benchmark of cfg as a dict (the --json fields)."""
-    if cfg.iters < 1 or cfg.warmup_iters_bench < 0:
-        raise ConfigError("iters must be >= 1 and warmup_iters_bench >= 0")
-    if cfg.use_data and cfg.vocab_size < shards.VOCAB_SIZE:
-        raise ConfigError(f"use_data reads GPT-2 tokens (ids up to {shards.VOCAB_SIZE - 1}) but vocab_size={cfg.vocab_size}; "
-                          f"raise vocab_size or bench on random tokens")
     bench = Bench(cfg)
     result = {}
     if cfg.find_batch_size:
@@ -223,7 +218,7 @@ def run_bench(cfg):
     try:
         micro_ms, opt_ms = bench.measure(B, grad_accum)
     except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
-        if not is_oom(e):
+        if not is_out_of_memory(e):
             raise
         raise OutOfMemory(f"batch_size={B} at block_size={T} does not fit in {bench.device} memory; "
                           f"lower --batch_size or run with --find_batch_size") from None
@@ -304,4 +299,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    run_script(main, sys.argv[1:], (shards.DataError, monitor.MonitorError, OutOfMemory))
+    sys.exit(run_command(main))

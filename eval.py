@@ -12,48 +12,46 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 
-import evals
-import runtime
-import shards
-from config import ConfigError, load_config
+from gptlib import evals, shards
+from gptlib.checkpoint import describe, find_checkpoint, load_checkpoint, model_from_checkpoint
+from gptlib.errors import ConfigError, DataError, run_command
+from gptlib.pretrained import HUB_REPOS, load_pretrained
+from gptlib.runtime import autocast, pick_device, pick_dtype
+from gptlib.settings import DEVICE_PATTERN, DTYPES, load_config, setting
+from gptlib.train_settings import TrainConfig
 
 
 @dataclass
 class EvalConfig:
-    init_from: str = "resume"  # 'resume' (a checkpoint of out_dir) or 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
-    out_dir: str = "out"  # where ckpt_best.pt (preferred) or ckpt.pt is read from
-    ckpt: str = ""  # a checkpoint file to read instead of out_dir's
-    data_dir: str = ""  # shard directory; '': the data_dir the checkpoint was trained on
-    split: str = ""  # split(s) of data_dir to evaluate, comma-separated; '': every val* split there
-    eval_iters: int = 100  # batches per split (fewer if the split is smaller; it never wraps around)
-    batch_size: int = 8  # sequences per batch
-    block_size: int = 0  # tokens per sequence; 0: the model's context length
-    hellaswag: bool = False  # also run HellaSwag (acc and acc_norm)
-    hellaswag_path: str = ""  # HellaSwag jsonl; '': download the validation split from the Hugging Face hub
-    hellaswag_limit: int = 0  # only the first N HellaSwag items (0: all 10,042)
-    humaneval: bool = False  # also compute the loss of HumanEval's canonical solutions
-    humaneval_path: str = ""  # HumanEval.jsonl.gz (openai/human-eval); required with --humaneval
-    humaneval_limit: int = 0  # only the first N HumanEval problems (0: all 164)
-    json_out: str = ""  # also write the results to this JSON file
-    device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
-    dtype: str = "auto"  # 'auto', 'float32', 'bfloat16', 'float16'
+    init_from: str = setting("resume", choices=["resume", *HUB_REPOS])  # 'resume' (a checkpoint of out_dir) or 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
+    out_dir: str = setting(TrainConfig.out_dir)  # where ckpt_best.pt (preferred) or ckpt.pt is read from; a train config file sets it
+    ckpt: str = setting("")  # a checkpoint file to read instead of out_dir's
+    data_dir: str = setting("")  # shard directory; '': the data_dir the checkpoint was trained on
+    split: str = setting("")  # split(s) of data_dir to evaluate, comma-separated; '': every val* split there
+    eval_iters: int = setting(100, ge=1)  # batches per split (fewer if the split is smaller; it never wraps around)
+    batch_size: int = setting(8, ge=1)  # sequences per batch
+    block_size: int = setting(0, ge=0)  # tokens per sequence; 0: the model's context length
+    hellaswag: bool = setting(False)  # also run HellaSwag (acc and acc_norm)
+    hellaswag_path: str = setting("")  # HellaSwag jsonl; '': download the validation split from the Hugging Face hub
+    hellaswag_limit: int = setting(0, ge=0)  # only the first N HellaSwag items (0: all 10,042)
+    humaneval: bool = setting(False)  # also compute the loss of HumanEval's canonical solutions
+    humaneval_path: str = setting("")  # HumanEval.jsonl.gz (openai/human-eval); required with --humaneval
+    humaneval_limit: int = setting(0, ge=0)  # only the first N HumanEval problems (0: all 164)
+    json_out: str = setting("", path="file")  # also write the results to this JSON file
+    device: str = setting("auto", pattern=DEVICE_PATTERN)  # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
+    dtype: str = setting("auto", choices=DTYPES)  # 'auto', 'float32', 'bfloat16', 'float16'
+
+    def problems(self):
+        return ["--humaneval needs --humaneval_path=.../HumanEval.jsonl.gz"] if self.humaneval and not self.humaneval_path else []
 
 
 def load_model(cfg):
     """(model, description, checkpoint training config or {})."""
     if cfg.init_from == "resume":
-        path = cfg.ckpt or runtime.find_checkpoint(cfg.out_dir)
-        ckpt = runtime.load_checkpoint(path)
-        model = runtime.model_from_checkpoint(ckpt)
-        return model, f"{path} (iter {ckpt.get('iter_num', '?')})", ckpt.get("config", {})
-    from pretrained import HUB_REPOS, PretrainedError, load_pretrained
-    if cfg.init_from not in HUB_REPOS:
-        raise ConfigError(f"init_from must be 'resume' or one of {', '.join(HUB_REPOS)}, got {cfg.init_from!r}")
-    try:
-        model = load_pretrained(cfg.init_from)
-    except PretrainedError as e:  # offline: already a one-line message
-        raise runtime.CheckpointError(str(e)) from None
-    return model, f"OpenAI {cfg.init_from}", {}
+        path = cfg.ckpt or find_checkpoint(cfg.out_dir)
+        ckpt = load_checkpoint(path)
+        return model_from_checkpoint(ckpt), f"{path} ({describe(ckpt)})", ckpt.get("config", {})
+    return load_pretrained(cfg.init_from), f"OpenAI {cfg.init_from}", {}
 
 
 def shard_splits(cfg, train_config):
@@ -64,26 +62,24 @@ def shard_splits(cfg, train_config):
             raise ConfigError("--split needs --data_dir (the model has no training data_dir to default to)")
         return None, []
     if not os.path.isdir(data_dir):
-        raise shards.DataError(f"data_dir {data_dir!r} does not exist; pass --data_dir=DIR of token shards")
+        raise DataError(f"data_dir {data_dir!r} does not exist; pass --data_dir=DIR of token shards")
     if cfg.split:
         splits = [s for s in cfg.split.split(",") if s]
         for s in splits:
             if not shards.list_shards(data_dir, s):
                 have = ", ".join(shards.list_splits(data_dir)) or "none"
-                raise shards.DataError(f"no '{s}' shards in {data_dir} (splits there: {have}); fix --split")
+                raise DataError(f"no '{s}' shards in {data_dir} (splits there: {have}); fix --split")
     else:
         splits = evals.val_split_names(data_dir)
         if not splits:
             have = ", ".join(shards.list_splits(data_dir)) or "none"
-            raise shards.DataError(f"no val* splits in {data_dir} (splits there: {have}); pick one with --split")
+            raise DataError(f"no val* splits in {data_dir} (splits there: {have}); pick one with --split")
     return data_dir, splits
 
 
 def run(cfg):
-    if cfg.humaneval and not cfg.humaneval_path:
-        raise ConfigError("--humaneval needs --humaneval_path=.../HumanEval.jsonl.gz")
-    device = runtime.pick_device(cfg.device)
-    dtype = runtime.pick_dtype(device, cfg.dtype)
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(device, cfg.dtype)
     model, described, train_config = load_model(cfg)
     data_dir, splits = shard_splits(cfg, train_config)
     if not splits and not cfg.hellaswag and not cfg.humaneval:
@@ -96,7 +92,7 @@ def run(cfg):
     if block_size > model.config.block_size:
         raise ConfigError(f"--block_size={block_size} exceeds the model's context of {model.config.block_size}; lower it")
     model.to(device)
-    ctx = runtime.autocast(device, dtype)
+    ctx = autocast(device, dtype)
     print(f"model: {described}, {model.get_num_params() / 1e6:.2f}M parameters, on {device} in {dtype}")
 
     results = {}
@@ -117,22 +113,14 @@ def run(cfg):
         print(f"{'humaneval':<16} loss {r['loss']:.4f}  ppl {r['ppl']:10.2f}  "
               f"({r['n']} problems, {r['tokens']} solution tokens)")
     if cfg.json_out:
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.json_out)), exist_ok=True)
         shards.write_json_atomic(cfg.json_out, {"model": described, "config": asdict(cfg), "results": results})
     return results
 
 
-def main(argv=None):
-    try:
-        cfg = load_config(EvalConfig, sys.argv[1:] if argv is None else argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    try:
-        run(cfg)
-    except (ConfigError, shards.DataError, runtime.CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+def main(argv):
+    run(load_config(EvalConfig, argv, foreign=TrainConfig))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

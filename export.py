@@ -14,10 +14,12 @@ import os
 import sys
 from dataclasses import dataclass
 
-from config import ConfigError, load_config, run_script
-from pretrained import state_dict_to_hf
-from runtime import CheckpointError, find_checkpoint, load_checkpoint, model_from_checkpoint
-from shards import EOT, VOCAB_SIZE
+from gptlib.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+from gptlib.errors import UserError, run_command
+from gptlib.pretrained import state_dict_to_hf
+from gptlib.settings import load_config, setting
+from gptlib.train_settings import TrainConfig
+from gptlib.shards import EOT, VOCAB_SIZE
 
 # tiktoken's gpt2 encoding is built from OpenAI's original tokenizer files (tiktoken_ext/openai_public.py);
 # they are exactly transformers' vocab.json (encoder.json) and merges.txt (vocab.bpe)
@@ -31,12 +33,15 @@ GPT2_TOKENIZER_FILES = {  # exported name -> (source URL, sha256 that tiktoken c
 
 @dataclass
 class ExportConfig:
-    out_dir: str = "out"  # training output directory: exports ckpt_best.pt if present, else ckpt.pt
-    to: str = ""  # folder to write the transformers model into (required)
-    overwrite: bool = False  # allow writing into a folder that already holds files
+    out_dir: str = setting(TrainConfig.out_dir)  # training output directory: exports ckpt_best.pt if present, else ckpt.pt; a train config file sets it
+    to: str = setting("", path="dir")  # folder to write the transformers model into (required)
+    overwrite: bool = setting(False)  # allow writing into a folder that already holds files
+
+    def problems(self):
+        return [] if self.to else ["--to is required: the folder to write the transformers model into"]
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     """A model or destination that cannot be exported, with what to do about it."""
 
 
@@ -127,11 +132,7 @@ def export(model, to, overwrite=False):
 
 
 def main(argv):
-    cfg = load_config(ExportConfig, argv)
-    if not cfg.to:
-        raise ConfigError("--to is required: the folder to write the transformers model into")
-    if not os.path.isdir(cfg.out_dir):
-        raise CheckpointError(f"out_dir {cfg.out_dir!r} does not exist; pass the --out_dir of a training run")
+    cfg = load_config(ExportConfig, argv, foreign=TrainConfig)
     path = find_checkpoint(cfg.out_dir)
     model = model_from_checkpoint(load_checkpoint(path))
     written = export(model, cfg.to, cfg.overwrite)
@@ -139,4 +140,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    run_script(main, sys.argv[1:], (CheckpointError, ExportError))
+    sys.exit(run_command(main))

@@ -6,27 +6,35 @@ References:
 Only the model lives here: optimizer policy, FLOP/MFU accounting and hardware tables are elsewhere.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from shards import VOCAB_SIZE  # the real GPT-2 vocabulary (50257); ids at or above it are padding
 
 INIT_STD = 0.02  # GPT-2's weight init std (OpenAI's model.py, `normal_initializer(0.02)`)
 
 
 @dataclass
 class GPTConfig:
-    block_size: int = 1024  # longest context the model can see (positions in wpe)
-    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
-    n_layer: int = 12  # number of transformer blocks
-    n_head: int = 12  # attention heads per block
-    n_embd: int = 768  # width of the residual stream
-    dropout: float = 0.0  # dropout probability (0 for pre-training, 0.1+ for fine-tuning)
+    # each setting's valid range is in its metadata, which gptlib/settings.py checks for every command
+    block_size: int = field(default=1024, metadata={"ge": 1})  # longest context the model can see (positions in wpe)
+    vocab_size: int = field(default=50304, metadata={"ge": 1})  # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
+    n_layer: int = field(default=12, metadata={"ge": 1})  # number of transformer blocks
+    n_head: int = field(default=12, metadata={"ge": 1})  # attention heads per block
+    n_embd: int = field(default=768, metadata={"ge": 1})  # width of the residual stream
+    dropout: float = field(default=0.0, metadata={"ge": 0, "lt": 1})  # dropout probability (0 for pre-training, 0.1+ for fine-tuning)
     bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2; False is a bit faster and better
     tie_weights: bool = True  # share wte and lm_head weights, as GPT-2 (Press & Wolf 2017)
+
+    def problems(self):
+        """Why these settings cannot build a model, as messages (empty when they can)."""
+        out = []
+        if self.n_embd % self.n_head:
+            out.append(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; each head gets n_embd/n_head "
+                       f"channels, so pick values that divide")
+        return out
 
 
 class KVCache:
@@ -56,7 +64,6 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, config, layer_idx):
         super().__init__()
-        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
         self.layer_idx = layer_idx
         self.n_head = config.n_head
         self.n_embd = config.n_embd
@@ -123,7 +130,8 @@ class GPT(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        assert config.vocab_size > 0 and config.block_size > 0
+        if config.problems():
+            raise ValueError(config.problems()[0])
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
@@ -205,8 +213,8 @@ class GPT(nn.Module):
         top_p keeps the smallest set whose probability reaches p (nucleus sampling, Holtzman et al. 2019).
         Generation stops once every row has produced eot_token (rows that finish early are padded with it).
         on_token(token_id) is called with each new token as it is produced (batch size 1 only).
-        Only ids below sample_vocab_size are ever sampled; it defaults to GPT-2's 50257, so the
-        padding rows of a 50304-row head can never be picked.
+        Only ids below sample_vocab_size are ever sampled (default: all of vocab_size); pass the
+        tokenizer's vocabulary (GPT-2: 50257) so the padding rows of a 50304-row head are never picked.
         """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -216,7 +224,7 @@ class GPT(nn.Module):
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if on_token is not None and idx.size(0) != 1:
             raise ValueError("on_token streams one sequence: call generate with batch size 1")
-        n_vocab = min(self.config.vocab_size, sample_vocab_size or VOCAB_SIZE)
+        n_vocab = min(self.config.vocab_size, sample_vocab_size or self.config.vocab_size)
         block_size = self.config.block_size
         kv_cache = None
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)

@@ -1,21 +1,38 @@
 """Plot train and validation loss against tokens seen, for one run or several on one chart.
 
-    python plot.py out/gpt2-124m                      # writes loss.png
+    python plot.py out/gpt2-124m                      # writes out/gpt2-124m/loss.png
     python plot.py out/run-a out/run-b --out cmp.png   # compare runs (legend by directory name)
 
 Reads each OUT_DIR/metrics.jsonl written by train.py (monitor.MetricsLog). The train curve is the mean
 step loss over each interval between plotted points, not single noisy micro-batch losses; the best
 checkpoint (lowest primary validation loss) is starred.
 """
-import argparse
 import math
 import os
 import sys
+from dataclasses import dataclass
 
-from monitor import METRICS_FILE, MonitorError, human_count, read_metrics
+from gptlib.errors import run_command
+from gptlib.monitor import METRICS_FILE, MonitorError, human_count, read_metrics
+from gptlib.settings import load_config, setting
 
 DEFAULT_POINTS = 200  # train-loss points per run; each is the mean of the steps in its interval
 PRIMARY_VAL = "val/val"  # the best marker's val set when eval records name no "primary" set
+FORMATS = (".png", ".pdf", ".svg")  # what --out may be
+
+
+@dataclass
+class PlotConfig:
+    runs: list[str] = setting([])  # run directories holding metrics.jsonl (the bare arguments)
+    out: str = setting("", path="file")  # image to write (.png, .pdf or .svg); '': loss.png in the first run's directory
+    points: int = setting(DEFAULT_POINTS, ge=1)  # train-loss points per run (averaged intervals)
+
+    def problems(self):
+        if not self.runs:
+            return ["give at least one run directory: python plot.py OUT_DIR [OUT_DIR ...] [--out FILE.png]"]
+        if self.out and not self.out.lower().endswith(FORMATS):
+            return [f"--out={self.out!r} needs one of the endings {', '.join(FORMATS)}"]
+        return []
 
 
 def load_run(out_dir):
@@ -24,11 +41,19 @@ def load_run(out_dir):
     if not os.path.isfile(path):
         raise MonitorError(f"{out_dir} has no {METRICS_FILE}; pass the out_dir of a train.py run")
     records = read_metrics(path)
+    for k, r in enumerate(records):
+        bad = [f for f in ("tokens", "loss", "lr") if r.get(f) is not None and not _is_number(r[f])]
+        if bad:
+            raise MonitorError(f"{path} record {k + 1} has a non-numeric {bad[0]} ({r[bad[0]]!r}); fix or delete that line")
     steps = [r for r in records if r.get("kind") == "train" and r.get("tokens") is not None]
     evals = [r for r in records if r.get("kind") == "eval" and r.get("tokens") is not None]
     if not steps and not evals:
         raise MonitorError(f"{path} holds no train or eval records yet; let the run log a few steps first")
     return steps, evals
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def average_intervals(steps, points):
@@ -50,7 +75,7 @@ def val_curves(evals):
     curves = {}
     for r in evals:
         for key, v in r.items():
-            if key.startswith("val/") and v is not None and math.isfinite(v):
+            if key.startswith("val/") and _is_number(v) and math.isfinite(v):
                 xs, ys = curves.setdefault(key, ([], []))
                 xs.append(r["tokens"])
                 ys.append(v)
@@ -105,26 +130,21 @@ def plot_runs(out_dirs, out_path, points=DEFAULT_POINTS):
     ax.legend(fontsize=8)
     ax.set_title("train / val loss")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(out_path, dpi=120)
+    except OSError as e:
+        raise MonitorError(f"cannot write {out_path}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
     return out_path
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Plot train/val loss of train.py runs against tokens seen.")
-    parser.add_argument("out_dirs", nargs="+", metavar="OUT_DIR", help="run directories holding metrics.jsonl")
-    parser.add_argument("--out", default="loss.png", help="PNG file to write")
-    parser.add_argument("--points", type=int, default=DEFAULT_POINTS, help="train-loss points per run (averaged intervals)")
-    args = parser.parse_args(argv)
-    if args.points < 1:
-        parser.error("--points must be at least 1")
-    try:
-        plot_runs(args.out_dirs, args.out, args.points)
-    except (MonitorError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    print(f"wrote {args.out}")
+def main(argv):
+    cfg = load_config(PlotConfig, argv, positional="runs")
+    out = cfg.out or os.path.join(cfg.runs[0], "loss.png")
+    plot_runs(cfg.runs, out, cfg.points)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -15,9 +15,9 @@ See prepare.py.
 import sys
 from dataclasses import dataclass
 
-from config import load_config, run_script
-from prepare import DatasetSpec, PrepareConfig, hub_sources, local_sources, pinned_revision, run
-from shards import DataError
+from gptlib.errors import run_command
+from gptlib.prepare import DatasetSpec, PrepareConfig, hub_sources, local_sources, pinned_revision, run
+from gptlib.settings import load_config, setting
 
 HUB_REPOS = {"fineweb": "HuggingFaceFW/fineweb", "fineweb-edu": "HuggingFaceFW/fineweb-edu"}
 TEXT = "text"  # the document column of both datasets
@@ -25,9 +25,9 @@ TEXT = "text"  # the document column of both datasets
 
 @dataclass
 class FinewebConfig(PrepareConfig):
-    dataset: str = "fineweb"  # 'fineweb' or 'fineweb-edu'
-    subset: str = "sample-10BT"  # download mode: sample-10BT, sample-100BT, sample-350BT, or a dump e.g. CC-MAIN-2024-10
-    min_int_score: int = 0  # fineweb-edu: keep documents whose int_score (0-5, educational value) is at least this; 0: all
+    dataset: str = setting("fineweb", choices=["fineweb", "fineweb-edu"])  # 'fineweb' or 'fineweb-edu'
+    subset: str = setting("sample-10BT")  # download mode: sample-10BT, sample-100BT, sample-350BT, or a dump e.g. CC-MAIN-2024-10
+    min_int_score: int = setting(0, ge=0, le=5)  # fineweb-edu: keep documents whose int_score (0-5, educational value) is at least this; 0: all
 
 
 def hub_folder(subset):
@@ -38,8 +38,6 @@ def hub_folder(subset):
 
 
 def make_spec(cfg):
-    if cfg.dataset not in HUB_REPOS:
-        raise DataError(f"--dataset must be one of {', '.join(HUB_REPOS)}, got {cfg.dataset!r}")
     columns, keep = [TEXT], None
     if cfg.min_int_score:
         import pyarrow.compute as pc
@@ -48,15 +46,14 @@ def make_spec(cfg):
         def keep(batch):
             mask = pc.fill_null(pc.greater_equal(batch.column("int_score"), cfg.min_int_score), False)
             return mask, {"int_score_below_min": batch.num_rows - pc.sum(mask).as_py() if batch.num_rows else 0}
-    return DatasetSpec(name=cfg.dataset, text_column=TEXT, columns=columns, keep=keep)
+    return DatasetSpec(name=cfg.dataset, text_column=TEXT, columns=columns, keep=keep,
+                       filters={"int_score_below_min": f"--min_int_score={cfg.min_int_score}"})
 
 
 def make_sources(cfg):
     if cfg.data_files:
         return local_sources(cfg.data_files), {}
-    repo = HUB_REPOS.get(cfg.dataset)
-    if repo is None:
-        raise DataError(f"--dataset must be one of {', '.join(HUB_REPOS)}, got {cfg.dataset!r}")
+    repo = HUB_REPOS[cfg.dataset]
     sources, commit = hub_sources(repo, hub_folder(cfg.subset), cfg.num_files, pinned_revision(cfg, repo))
     return sources, {"hub": {"repo": repo, "folder": hub_folder(cfg.subset), "revision": cfg.revision, "commit": commit}}
 
@@ -68,4 +65,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    run_script(main, sys.argv[1:])
+    sys.exit(run_command(main))

@@ -13,11 +13,11 @@ are full, never to 'train'), so no repository is on both sides. See prepare.py.
 """
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from config import load_config, run_script
-from prepare import DatasetSpec, PrepareConfig, hub_sources, local_sources, pinned_revision, run
-from shards import DataError
+from gptlib.errors import ConfigError, DataError, run_command
+from gptlib.prepare import DatasetSpec, PrepareConfig, hub_sources, local_sources, pinned_revision, run
+from gptlib.settings import load_config, setting
 
 HUB_DATASETS = ("codeparrot/github-code", "codeparrot/github-code-clean")
 HUB_FOLDER = "data"  # data/train-00000-of-01126.parquet, ...
@@ -39,13 +39,13 @@ SOURCE_DIR_LICENSE = "unknown"  # --source_dir files carry no license metadata
 
 @dataclass
 class GithubCodeConfig(PrepareConfig):
-    dataset: str = "codeparrot/github-code"  # download mode: codeparrot/github-code or codeparrot/github-code-clean
-    source_dir: str = ""  # quickstart: tokenize the source files under this directory (e.g. the Python stdlib)
-    skip_dirs: list = field(default_factory=lambda: ["site-packages", "__pycache__", ".git"])  # --source_dir: directories not walked
-    languages: list = field(default_factory=list)  # keep only these languages, e.g. Python,JavaScript; empty: all
-    licenses: list = field(default_factory=list)  # keep only these licenses, e.g. mit,apache-2.0; empty: all
-    val_repo_fraction: float = 0.01  # fraction of repositories (by hash of repo_name) held out for validation
-    val_tokens_per_language: int = 1_000_000  # tokens of each per-language val set val-<language>
+    dataset: str = setting("codeparrot/github-code", choices=list(HUB_DATASETS))  # download mode: codeparrot/github-code or codeparrot/github-code-clean
+    source_dir: str = setting("")  # quickstart: tokenize the source files under this directory (e.g. the Python stdlib)
+    skip_dirs: list[str] = setting(["site-packages", "__pycache__", ".git"])  # --source_dir: directories not walked
+    languages: list[str] = setting([])  # keep only these languages, e.g. Python,JavaScript; empty: all
+    licenses: list[str] = setting([])  # keep only these licenses, e.g. mit,apache-2.0; empty: all
+    val_repo_fraction: float = setting(0.01, ge=0, lt=1)  # fraction of repositories (by hash of repo_name) held out for validation
+    val_tokens_per_language: int = setting(1_000_000, ge=0)  # tokens of each per-language val set val-<language>
 
 
 def language_of(path):
@@ -106,7 +106,7 @@ def make_spec(cfg):
     known = {lang.lower(): lang for lang in EXTENSIONS}
     for lang in cfg.languages:
         if lang.lower() not in known:
-            raise DataError(f"--languages: unknown language {lang!r}; github-code has {', '.join(EXTENSIONS)}")
+            raise ConfigError(f"--languages: unknown language {lang!r}; github-code has {', '.join(EXTENSIONS)}")
     languages = pa.array(sorted({lang.lower() for lang in cfg.languages}), pa.string())
     licenses = pa.array(sorted({lic.lower() for lic in cfg.licenses}), pa.string())
 
@@ -123,7 +123,9 @@ def make_spec(cfg):
     return DatasetSpec(name=cfg.dataset if not cfg.source_dir else "source_dir", text_column="code",
                        columns=["code", "repo_name", "language"] + (["license"] if cfg.licenses else []), keep=keep,
                        split_column="repo_name", val_fraction=cfg.val_repo_fraction,
-                       language_column="language", language_val_tokens=cfg.val_tokens_per_language)
+                       language_column="language", language_val_tokens=cfg.val_tokens_per_language,
+                       filters={"not_code": "--source_dir", "language_filtered": f"--languages={','.join(cfg.languages)}",
+                                "license_filtered": f"--licenses={','.join(cfg.licenses)}"})
 
 
 def make_sources(cfg):
@@ -131,8 +133,6 @@ def make_sources(cfg):
         return [DirectorySource(cfg.source_dir, cfg.skip_dirs)], {}
     if cfg.data_files:
         return local_sources(cfg.data_files), {}
-    if cfg.dataset not in HUB_DATASETS:
-        raise DataError(f"--dataset must be one of {', '.join(HUB_DATASETS)}, got {cfg.dataset!r}")
     sources, commit = hub_sources(cfg.dataset, HUB_FOLDER, cfg.num_files, pinned_revision(cfg, cfg.dataset))
     return sources, {"hub": {"repo": cfg.dataset, "folder": HUB_FOLDER, "revision": cfg.revision, "commit": commit}}
 
@@ -144,4 +144,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    run_script(main, sys.argv[1:])
+    sys.exit(run_command(main))

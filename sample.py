@@ -1,42 +1,46 @@
 """Sample from a trained model, or from OpenAI's GPT-2, streaming tokens as they are generated.
 
+    python sample.py config/train_tiny_cpu.py --start="def "          # the run a train config wrote
     python sample.py --out_dir=out-fineweb --start="The meaning of life is" --num_samples=3
     python sample.py --init_from=gpt2 --start=FILE:prompt.txt --top_p=0.9
 Every prompt is preceded by <|endoftext|>, the marker that comes before each training document,
 so the model continues the start of a document (an empty --start samples a document from scratch).
+A sample ends where the model writes the next <|endoftext|> (the end of its document), which the
+line after it says, or after max_new_tokens.
 """
 import codecs
-import os
 import sys
 from dataclasses import dataclass
 
 import torch
 
-from config import ConfigError, load_config, run_script
-from runtime import (CheckpointError, autocast, find_checkpoint, load_checkpoint, model_from_checkpoint,
-                     pick_device, pick_dtype)
-from pretrained import HUB_REPOS, PretrainedError, load_pretrained
-from shards import EOT, DataError, gpt2_encoding
+from gptlib.checkpoint import describe, find_checkpoint, load_checkpoint, model_from_checkpoint
+from gptlib.errors import ConfigError, run_command
+from gptlib.pretrained import HUB_REPOS, load_pretrained
+from gptlib.runtime import autocast, pick_device, pick_dtype
+from gptlib.settings import DEVICE_PATTERN, DTYPES, load_config, setting
+from gptlib.train_settings import TrainConfig
+from gptlib.shards import EOT, VOCAB_SIZE, gpt2_encoding
 
 FILE_PREFIX = "FILE:"  # --start=FILE:path reads the prompt from a file
-SEPARATOR = "\n---------------\n"  # printed after each sample
+SEPARATOR = "---------------"  # printed after each sample, with how it ended
 
 
 @dataclass
 class SampleConfig:
-    out_dir: str = "out"  # training run to sample from (ckpt_best.pt if present, else ckpt.pt)
-    init_from: str = "resume"  # 'resume' (from out_dir), or OpenAI's 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
-    start: str = ""  # prompt text, or FILE:path to read it from a file
-    num_samples: int = 3  # number of samples to draw
-    max_new_tokens: int = 200  # tokens generated per sample
-    temperature: float = 0.8  # < 1 is more conservative, > 1 more random; 0 is greedy
-    top_k: int = 200  # sample only among the k most likely tokens (0: no limit)
-    top_p: float = 1.0  # nucleus sampling: the smallest set of tokens with this much probability (1.0: off)
-    stop_at_eot: bool = True  # end a sample at <|endoftext|>, where the model starts another document
-    use_cache: bool = True  # KV cache: same tokens, much faster
-    seed: int = 1337  # random seed; the same seed gives the same samples
-    device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
-    dtype: str = "auto"  # 'auto' (bf16/fp16 on GPU, fp32 on CPU), 'float32', 'bfloat16', 'float16'
+    out_dir: str = setting(TrainConfig.out_dir)  # training run to sample from (ckpt_best.pt if present, else ckpt.pt); a train config file sets it
+    init_from: str = setting("resume", choices=["resume", *HUB_REPOS])  # 'resume' (from out_dir), or OpenAI's 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
+    start: str = setting("")  # prompt text, or FILE:path to read it from a file
+    num_samples: int = setting(3, ge=1)  # number of samples to draw
+    max_new_tokens: int = setting(200, ge=1)  # tokens generated per sample
+    temperature: float = setting(0.8, ge=0)  # < 1 is more conservative, > 1 more random; 0 is greedy
+    top_k: int = setting(200, ge=0)  # sample only among the k most likely tokens (0: no limit)
+    top_p: float = setting(1.0, gt=0, le=1)  # nucleus sampling: the smallest set of tokens with this much probability (1.0: off)
+    stop_at_eot: bool = setting(True)  # end a sample at <|endoftext|>, where the model starts another document
+    use_cache: bool = setting(True)  # KV cache: same tokens, much faster
+    seed: int = setting(1337, ge=0)  # random seed; the same seed gives the same samples
+    device: str = setting("auto", pattern=DEVICE_PATTERN)  # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
+    dtype: str = setting("auto", choices=DTYPES)  # 'auto' (bf16/fp16 on GPU, fp32 on CPU), 'float32', 'bfloat16', 'float16'
 
 
 class StreamDecoder:
@@ -70,30 +74,18 @@ def read_prompt(start):
 def load_model(cfg):
     if cfg.init_from in HUB_REPOS:
         return load_pretrained(cfg.init_from)
-    if cfg.init_from != "resume":
-        raise ConfigError(f"init_from={cfg.init_from!r}: use 'resume' or one of {', '.join(HUB_REPOS)}")
-    if not os.path.isdir(cfg.out_dir):
-        raise CheckpointError(f"out_dir {cfg.out_dir!r} does not exist; pass the --out_dir of a training run, "
-                              f"or --init_from=gpt2 for OpenAI's model")
     path = find_checkpoint(cfg.out_dir)
     ckpt = load_checkpoint(path)
-    print(f"loaded {path} (iter {ckpt.get('iter_num', '?')}, best val loss {ckpt.get('best_val_loss', '?')})", file=sys.stderr)
+    print(f"loaded {path} ({describe(ckpt)})", file=sys.stderr)
     return model_from_checkpoint(ckpt)
 
 
 def main(argv, out=sys.stdout):
-    cfg = load_config(SampleConfig, argv)
-    if cfg.num_samples < 1 or cfg.max_new_tokens < 1:
-        raise ConfigError("num_samples and max_new_tokens must be at least 1")
-    if cfg.temperature < 0 or cfg.top_k < 0 or not 0 < cfg.top_p <= 1:
-        raise ConfigError("need temperature >= 0, top_k >= 0 (0: off) and 0 < top_p <= 1")
+    cfg = load_config(SampleConfig, argv, foreign=TrainConfig)
     enc = gpt2_encoding()
     prompt = read_prompt(cfg.start)
     device = pick_device(cfg.device)
-    try:
-        dtype = pick_dtype(device, cfg.dtype)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    dtype = pick_dtype(device, cfg.dtype)
     torch.manual_seed(cfg.seed)
     model = load_model(cfg).to(device).eval()
     ids = [EOT] + enc.encode(prompt, allowed_special={"<|endoftext|>"})
@@ -105,13 +97,17 @@ def main(argv, out=sys.stdout):
         if cfg.stop_at_eot:
             on_token = lambda t: None if t == EOT else stream(t)  # the document boundary is not printed
         with autocast(device, dtype):
-            model.generate(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None,
-                           top_p=cfg.top_p, eot_token=EOT if cfg.stop_at_eot else None,
-                           use_cache=cfg.use_cache, on_token=on_token)
+            result = model.generate(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None,
+                                    top_p=cfg.top_p, eot_token=EOT if cfg.stop_at_eot else None,
+                                    use_cache=cfg.use_cache, on_token=on_token, sample_vocab_size=VOCAB_SIZE)
         stream.finish()
-        out.write(SEPARATOR)
+        new = result.size(1) - idx.size(1)
+        ended = cfg.stop_at_eot and result[0, -1].item() == EOT
+        why = (f"the model ended the document (<|endoftext|>) after {new - 1} tokens" if ended
+               else f"{new} tokens (max_new_tokens)")
+        out.write(f"\n{SEPARATOR} {why}\n")
         out.flush()
 
 
 if __name__ == "__main__":
-    run_script(main, sys.argv[1:], (CheckpointError, DataError, PretrainedError))
+    sys.exit(run_command(main))

@@ -3,9 +3,12 @@
     python train.py config/train_gpt2_124m_4070.py --batch_size=8
     torchrun --standalone --nproc_per_node=4 train.py config/train_gpt2_124m_3090.py
     python train.py config/train_gpt2_124m_4070.py --init_from=resume --max_iters=30000   # extend a run
+    python train.py config/train_gpt2_124m_4070.py --plan        # the arithmetic only; needs no data
 
-Settings and their defaults: config.py (TrainConfig), or `python train.py --help`.
+Settings and their defaults: gptlib/settings.py (TrainConfig) and model.py (GPTConfig), or --help.
+Nothing is written until every check has passed: a refused run leaves out_dir as it was.
 """
+import contextlib
 import dataclasses
 import json
 import math
@@ -13,52 +16,35 @@ import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import evals
-import monitor
-import pretrained
-import runtime
-import shards
-from config import ConfigError, TrainConfig, format_config, load_config
+from gptlib import evals, monitor, optim, pretrained, runtime, shards
+from gptlib.checkpoint import BEST_NAME, CKPT_NAME, LoopState, load_checkpoint, remove_stale_temps, save_checkpoint
+from gptlib.errors import EXIT_DIVERGED, CheckpointError, ConfigError, Interrupted, UserError, run_command
+from gptlib.loader import TokenLoader
+from gptlib.locks import DirLock
+from gptlib.settings import format_config, load_config
+from gptlib.train_settings import TrainConfig
 from model import GPT, GPTConfig
-from runtime import CheckpointError
 
-MODEL_KEYS = [f.name for f in dataclasses.fields(GPTConfig)]  # settings that define the model's shape
-SHAPE_KEYS = ["n_layer", "n_head", "n_embd", "vocab_size", "bias", "tie_weights"]  # must match a resumed checkpoint
-
-
-def get_lr(it, cfg):
-    """Linear warmup to learning_rate, then cosine decay to min_lr at lr_decay_iters (GPT-3 paper, appendix B).
-    Computed from the current settings, so a resumed run with a larger max_iters stretches the schedule."""
-    decay_iters = cfg.lr_decay_iters or cfg.max_iters
-    if it < cfg.warmup_iters:
-        return cfg.learning_rate * (it + 1) / cfg.warmup_iters
-    if it >= decay_iters:
-        return cfg.min_lr
-    ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+MODEL_KEYS = [f.name for f in dataclasses.fields(GPTConfig)]  # the settings that define the model
+RESUME_MAY_CHANGE = ("block_size", "dropout")  # model settings a resume may change (a smaller block_size only)
+NOT_COMPARED = ("init_from", "overwrite", "plan")  # settings that describe the command, not the run
+OOM_HINT = ("lower batch_size (gradient accumulation keeps total_batch_size); bench.py --find_batch_size finds "
+            "the largest that fits")
 
 
-def fmt_duration(seconds):
-    seconds = int(max(0, seconds))
-    d, rem = divmod(seconds, 86400)
-    h, rem = divmod(rem, 3600)
-    m, s = divmod(rem, 60)
-    return f"{d}d{h:02d}h{m:02d}m" if d else (f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s")
-
-
-class Diverged(Exception):
+class Diverged(UserError):
     """Too many skipped (NaN/inf or spiking) updates in a row."""
+    exit_code = EXIT_DIVERGED
 
 
 class StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, writes a checkpoint and exits.
-    Under torchrun the agent forwards the signal to every worker and SIGKILLs them after its
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, writes a checkpoint and exits with 128 + the
+    signal. Under torchrun the agent forwards the signal to every worker and SIGKILLs them after its
     --shutdown_timeout (30 s by default), so the step plus the checkpoint must fit in that."""
 
     def __init__(self):
@@ -69,121 +55,191 @@ class StopRequest:
     def _handle(self, signum, frame):
         if self.signal is not None:  # a second Ctrl-C: stop now, the last checkpoint is intact
             raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
+        self.signal = signal.Signals(signum)
+
+
+def remove_new_dir(path):
+    """Undo the out_dir a refused run created for its lock (empty again once the lock is released)."""
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+def model_args_for(cfg, ckpt):
+    """The GPTConfig fields this run trains: the checkpoint's on resume (a shape change is refused),
+    OpenAI's for init_from='gpt2...', else the settings'."""
+    args = {k: getattr(cfg, k) for k in MODEL_KEYS}
+    if ckpt is not None:
+        saved, saved_cfg = ckpt["model_args"], ckpt.get("config", {})
+        for k in MODEL_KEYS:  # a GPT-2 fine-tune keeps vocab 50257 while its settings say 50304: that is no change
+            if k not in RESUME_MAY_CHANGE and args[k] not in (saved.get(k), saved_cfg.get(k)):
+                raise CheckpointError(f"the checkpoint has {k}={saved.get(k)!r} but the settings say {args[k]!r}; "
+                                      f"resume with the checkpoint's model settings or start a new out_dir")
+        if cfg.block_size > saved["block_size"]:
+            raise CheckpointError(f"block_size={cfg.block_size} is larger than the checkpoint's {saved['block_size']}; "
+                                  f"the position embeddings cannot grow: use block_size <= {saved['block_size']}")
+        args.update({k: v for k, v in saved.items() if k in MODEL_KEYS and k not in RESUME_MAY_CHANGE})
+    elif cfg.init_from in pretrained.HUB_REPOS:
+        n_layer, n_head, n_embd = pretrained.GPT2_SHAPES[cfg.init_from]
+        args.update(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=pretrained.GPT2_VOCAB, bias=True,
+                    tie_weights=True, block_size=min(cfg.block_size, pretrained.GPT2_CONTEXT))
+    return args
+
+
+def changed_settings(cfg, saved, it):
+    """One line per setting that differs from the checkpoint's, saying what the change does."""
+    old = TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    lines = []
+    for f in dataclasses.fields(TrainConfig):
+        k = f.name
+        if k in NOT_COMPARED or k not in saved or getattr(cfg, k) == saved[k]:
+            continue
+        line = f"resume: {k} {saved[k]!r} -> {getattr(cfg, k)!r}"
+        if k == "seed":
+            line += ": kept at the checkpoint's seed, so the data order and dropout continue exactly"
+        lines.append(line)
+    lr_old, lr_new = optim.lr_at(it, old), optim.lr_at(it, cfg)
+    if not math.isclose(lr_old, lr_new, rel_tol=1e-9):
+        lines.append(f"resume: the learning rate at iter {it} is now {lr_new:.2e} (it would have been {lr_old:.2e}), "
+                     f"because the schedule follows the new settings" +
+                     ("; to keep decaying instead, set lr_decay_iters to the old max_iters"
+                      if lr_new > lr_old and cfg.max_iters != old.max_iters and not cfg.lr_decay_iters else ""))
+    return lines
 
 
 def main(argv):
     cfg = load_config(TrainConfig, argv)
+    with contextlib.ExitStack() as cleanup:
+        procs = runtime.start_processes(cfg.device, cfg.backend, cfg.dist_timeout_min)
+        cleanup.callback(runtime.stop_processes)
+        try:
+            return run_training(cfg, procs, cleanup)
+        except KeyboardInterrupt:  # a second Ctrl-C: save_checkpoint is atomic, so the last checkpoint is intact
+            raise Interrupted("interrupted without writing a new checkpoint (the last one is intact); resume with "
+                              "--init_from=resume") from None
 
-    # ------------------------------------------------------------------ devices and processes
-    ddp = "RANK" in os.environ  # launched by torchrun
-    if ddp:
-        rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() and cfg.device in ("auto", "cuda") else "cpu"
-        if device.startswith("cuda"):
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend=cfg.backend or ("nccl" if device.startswith("cuda") else "gloo"))
-    else:
-        rank, local_rank, world = 0, 0, 1
-        device = runtime.pick_device(cfg.device)
-    master = rank == 0
+
+def run_training(cfg, procs, cleanup):
+    # ------------------------------------------------------------------ devices and precision
+    device, rank, world, master = procs.device, procs.rank, procs.world, procs.master
     device_type = device.split(":")[0]
     dtype = runtime.pick_dtype(device, cfg.dtype)
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: ~free speed, fine for training
     torch.backends.cudnn.allow_tf32 = True
     ctx = runtime.autocast(device, dtype)
     cuda = device_type == "cuda"
-
-    grad_accum = monitor.grad_accum_steps(cfg.total_batch_size, cfg.batch_size, cfg.block_size, world)  # asserts it divides
+    grad_accum = monitor.grad_accum_steps(cfg.total_batch_size, cfg.batch_size, cfg.block_size, world)
     eval_batch_size = cfg.eval_batch_size or cfg.batch_size
-    if eval_batch_size > cfg.batch_size:
-        raise ConfigError(f"eval_batch_size={eval_batch_size} is larger than batch_size={cfg.batch_size}; eval must fit "
-                          f"where training fits, so lower eval_batch_size")
-
-    # ------------------------------------------------------------------ output dir and logging
-    ckpt_path = os.path.join(cfg.out_dir, runtime.CKPT_NAME)
-    best_path = os.path.join(cfg.out_dir, runtime.BEST_NAME)
-    if cfg.init_from != "resume" and os.path.exists(ckpt_path) and not (cfg.overwrite or cfg.plan):
-        raise ConfigError(f"{cfg.out_dir} already holds a run ({ckpt_path}); continue it with --init_from=resume, "
-                          f"pick another out_dir, or pass --overwrite=True to replace it")
-    log_file = None
-    if master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        log_file = open(os.path.join(cfg.out_dir, "log.txt"), "a")
+    ckpt_path = os.path.join(cfg.out_dir, CKPT_NAME)
+    best_path = os.path.join(cfg.out_dir, BEST_NAME)
+    pending = []  # log lines held back until every check has passed: a refused run writes nothing
 
     def log(msg):
+        if not master:
+            return
+        if pending is not None:
+            pending.append(msg)
+        else:
+            write_log(msg)
+
+    # ------------------------------------------------------------------ plan only: needs no data, writes nothing
+    if cfg.plan:
+        ckpt = load_checkpoint(ckpt_path) if cfg.init_from == "resume" else None
+        with torch.device("meta"):  # parameter counts without allocating a byte
+            model = GPT(GPTConfig(**model_args_for(cfg, ckpt)))
+        manifest = shards.read_manifest(cfg.data_dir, required=False) if os.path.isdir(cfg.data_dir) else None
+        plan = monitor.plan_run(n_params=model.get_num_params(), n_params_non_embedding=model.get_num_params(True),
+                                tokens_per_step=cfg.total_batch_size, max_iters=cfg.max_iters,
+                                iter_num=ckpt["loop"].get("iter_num", 0) if ckpt else 0,
+                                train_tokens=shards.split_tokens(manifest, "train") if manifest else None,
+                                tokens_per_sec=cfg.tokens_per_sec or None)
         if master:
-            print(msg, flush=True)
-            log_file.write(msg + "\n")
-            log_file.flush()
+            print(f"gradient accumulation {grad_accum} x {cfg.batch_size} x {cfg.block_size} x {world} GPU(s) "
+                  f"= {cfg.total_batch_size:,} tokens/step")
+            print("\n".join(monitor.format_plan(plan)))
+            print(f"checkpoints: {optim.checkpoint_bytes(model.get_num_params(), cfg) / 1e9:.2f} GB each")
+        return 0
 
-    log(f"config:\n{format_config(cfg)}")
-    log(f"device {device} ({torch.cuda.get_device_name(device) if device_type == 'cuda' else device_type}), dtype {dtype}, "
-        f"world size {world}, gradient accumulation {grad_accum} x {cfg.batch_size} x {cfg.block_size} "
-        f"= {cfg.total_batch_size:,} tokens/step")
+    # ------------------------------------------------------------------ output dir: one train.py at a time
+    if master:
+        if not os.path.isdir(cfg.out_dir):  # made for the lock; removed again if the run is refused
+            cleanup.callback(lambda: pending is not None and remove_new_dir(cfg.out_dir))
+        cleanup.enter_context(DirLock(cfg.out_dir, "train.py"))
+        remove_stale_temps(cfg.out_dir)
+    if cfg.init_from != "resume" and os.path.exists(ckpt_path) and not cfg.overwrite:
+        raise ConfigError(f"{cfg.out_dir} already holds a run ({ckpt_path}); continue it with --init_from=resume, "
+                              f"pick another out_dir, or pass --overwrite=True to replace it")
 
-    # ------------------------------------------------------------------ data
-    train_loader = shards.TokenLoader(cfg.data_dir, "train", cfg.batch_size, cfg.block_size, rank, world, seed=cfg.seed)
-    manifest = shards.read_manifest(cfg.data_dir)
-    manifest_train_tokens = sum(n for name, n in manifest["shards"].items() if name.startswith("train_"))
-    if manifest_train_tokens != train_loader.total_tokens:
-        log(f"warning: manifest.json lists {manifest_train_tokens:,} train tokens but the shards hold "
-            f"{train_loader.total_tokens:,}; is a prepare run still writing to {cfg.data_dir}?")
+    # ------------------------------------------------------------------ data: no prepare may change it while we read
     val_sets = evals.parse_val_sets(cfg.val_sets, cfg.data_dir)
     primary_val = evals.check_primary_val(cfg.primary_val, val_sets)
+    if master:
+        for data_dir in dict.fromkeys([cfg.data_dir] + [d for _, d, _ in val_sets]):
+            cleanup.enter_context(DirLock(data_dir, "train.py", shared=True))
+    manifest = shards.check_dataset(cfg.data_dir)  # complete, and its shards are the ones it lists
+    for data_dir in {d for _, d, _ in val_sets} - {cfg.data_dir}:
+        shards.check_dataset(data_dir)
+    if cfg.vocab_size < manifest["vocab_size"]:
+        raise ConfigError(f"vocab_size={cfg.vocab_size} is below the {manifest['vocab_size']:,} token ids of "
+                              f"{cfg.data_dir}; use vocab_size >= {manifest['vocab_size']} (50304 is GPT-2's, padded)")
+    train_loader = TokenLoader(cfg.data_dir, "train", cfg.batch_size, cfg.block_size, rank, world, seed=cfg.seed,
+                               order=cfg.data_order, verify=cfg.verify_data)
+    for _, data_dir, split in val_sets:  # the val shards evals will read, checked now
+        TokenLoader(data_dir, split, eval_batch_size, cfg.block_size, rank, world, shuffle=False,
+                    verify=cfg.verify_data).check()
     hellaswag_items = evals.load_hellaswag(cfg.hellaswag_path or None) if cfg.hellaswag_interval else None  # fail now, not hours in
     if cfg.humaneval_interval:
         evals.load_humaneval(cfg.humaneval_path)
 
     # ------------------------------------------------------------------ model
     torch.manual_seed(cfg.seed)
-    ckpt = None
-    model_args = {k: getattr(cfg, k) for k in MODEL_KEYS}
-    if cfg.init_from == "resume":
-        ckpt = runtime.load_checkpoint(ckpt_path, map_location="cpu")
-        saved, saved_cfg = ckpt["model_args"], ckpt["config"]
-        for k in SHAPE_KEYS:  # a change from the run's own settings is refused (a GPT-2 fine-tune keeps vocab 50257)
-            if model_args[k] not in (saved[k], saved_cfg.get(k)):
-                raise CheckpointError(f"{ckpt_path} has {k}={saved[k]!r} but the config says {model_args[k]!r}; "
-                                      f"resume with the checkpoint's model shape or start a new out_dir")
-        model_args.update({k: saved[k] for k in SHAPE_KEYS})
-        if cfg.block_size > saved["block_size"]:
-            raise CheckpointError(f"block_size={cfg.block_size} is larger than the checkpoint's {saved['block_size']}; "
-                                  f"the position embeddings cannot grow: use block_size <= {saved['block_size']}")
-        model = GPT(GPTConfig(**{**model_args, "block_size": saved["block_size"]}))
+    ckpt = load_checkpoint(ckpt_path) if cfg.init_from == "resume" else None
+    model_args = model_args_for(cfg, ckpt)
+    if ckpt is not None:
+        model = GPT(GPTConfig(**{**model_args, "block_size": ckpt["model_args"]["block_size"]}))
         model.load_state_dict(ckpt["model"])
-        if cfg.block_size < saved["block_size"]:
+        if cfg.block_size < model.config.block_size:
             model.crop_block_size(cfg.block_size)
-    elif cfg.init_from.startswith("gpt2"):
+    elif cfg.init_from in pretrained.HUB_REPOS:
         model = pretrained.load_pretrained(cfg.init_from, dropout=cfg.dropout)
         if cfg.block_size < model.config.block_size:
             model.crop_block_size(cfg.block_size)
-        model_args = dataclasses.asdict(model.config)
-    elif cfg.init_from == "scratch":
-        model = GPT(GPTConfig(**model_args))
     else:
-        raise ConfigError(f"init_from={cfg.init_from!r}: use 'scratch', 'resume', 'gpt2', 'gpt2-medium', 'gpt2-large' or 'gpt2-xl'")
+        model = GPT(GPTConfig(**model_args))
     model.to(device)
-    n_params, n_params_body = model.get_num_params(), model.get_num_params(non_embedding=True)
+    n_params = model.get_num_params()
 
-    # ------------------------------------------------------------------ optimizer and state
+    # ------------------------------------------------------------------ optimizer and loop state
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))  # fp16 needs loss scaling, bf16 does not
-    optimizer = runtime.make_optimizer(model, cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device)
-    iter_num, best_val, bad_evals, last_eval_iter, loss_ema = 0, float("inf"), 0, -1, None
-    train_loss_sum, train_loss_n = 0.0, 0  # train loss since the last eval, for the eval line
+    optimizer = optim.make_optimizer(model, cfg, device)
+    loop = LoopState()
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        train_loader.load_state_dict(ckpt["loader"])
-        runtime.set_rng_state(ckpt["rng"])
-        iter_num, best_val = ckpt["iter_num"], ckpt["best_val_loss"]
-        bad_evals, last_eval_iter, loss_ema = ckpt["bad_evals"], ckpt["last_eval_iter"], ckpt["loss_ema"]
-        train_loss_sum, train_loss_n = ckpt["train_loss_sum"], ckpt["train_loss_n"]
-        log(f"resumed from {ckpt_path} at iter {iter_num} (epoch {train_loader.epoch}, best {primary_val} loss {best_val:.4f})")
-    start_iter = iter_num
+        for line in changed_settings(cfg, ckpt.get("config", {}), ckpt["loop"].get("iter_num", 0)):
+            log(line)
+        cfg.seed = ckpt.get("config", {}).get("seed", cfg.seed)  # the run's own seed: data order and dropout continue
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"the checkpoint's optimizer state does not fit this optimizer ({e}); resume with "
+                                  f"the checkpoint's optimizer settings") from None
+        optim.fit_state_to_params(optimizer)  # a smaller block_size cropped the position embedding
+        if ckpt.get("dtype") in (dtype, None) or "float16" not in (dtype, ckpt.get("dtype")):
+            scaler.load_state_dict(ckpt["scaler"])
+        else:  # bf16 <-> fp16: the loss scale of one means nothing to the other
+            log(f"resume: dtype {ckpt['dtype']} -> {dtype}: the fp16 loss scaler starts afresh")
+        loop = LoopState.from_state_dict(ckpt["loop"])
+        train_loader.load_state_dict(loop.loader)
+        log(f"resumed from {ckpt_path} at iter {loop.iter_num} (epoch {train_loader.epoch}, "
+            f"best {primary_val} loss {loop.best_val:.4f})")
+    train_loader.check()  # the shard the run starts on: bad data fails here, before anything is written
+    start_iter, resumed = loop.iter_num, ckpt is not None
+    last_good = ckpt_path if resumed else None  # the checkpoint a failure can go back to
     del ckpt  # free the host copy of the weights and optimizer state
 
+    # ------------------------------------------------------------------ DDP, then compile (PyTorch's order for overlap)
     raw_model = model
+    if procs.ddp:
+        model = DDP(model, device_ids=[procs.local_rank] if cuda else None)
+    ddp_model = model
     if cfg.compile:
         ok, why = runtime.compile_available(device)
         if ok:
@@ -191,94 +247,116 @@ def main(argv):
             model = torch.compile(model)
         else:
             log(f"compile switched off: {why}")
-    if ddp:
-        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
     # ------------------------------------------------------------------ plan
     flops_per_token = monitor.model_flops_per_token(raw_model, cfg.block_size)
     peak_flops, peak_note = monitor.peak_flops(device_type, dtype, override_tflops=cfg.peak_tflops)
-    plan = monitor.plan_run(n_params=n_params, n_params_non_embedding=n_params_body, tokens_per_step=cfg.total_batch_size,
-                            max_iters=cfg.max_iters, iter_num=iter_num,
-                            train_tokens=manifest_train_tokens or train_loader.total_tokens,
-                            tokens_per_sec=cfg.tokens_per_sec or None)
+    plan = monitor.plan_run(n_params=n_params, n_params_non_embedding=raw_model.get_num_params(True),
+                            tokens_per_step=cfg.total_batch_size, max_iters=cfg.max_iters, iter_num=loop.iter_num,
+                            train_tokens=train_loader.total_tokens, tokens_per_sec=cfg.tokens_per_sec or None)
     for line in monitor.format_plan(plan):
         log(line)
-    log(f"checkpoints: {runtime.checkpoint_bytes(n_params) / 1e9:.2f} GB each (ckpt.pt, ckpt_best.pt"
+    log(f"checkpoints: {optim.checkpoint_bytes(n_params, cfg) / 1e9:.2f} GB each (ckpt.pt, ckpt_best.pt"
         + (f", {cfg.keep_last_n} numbered" if cfg.keep_last_n else "") + ")")
     if peak_note:
         log(peak_note)
-    if cfg.plan:
-        return 0
+
+    # ------------------------------------------------------------------ the run is valid: from here on it writes
+    log_file = None
     if master:
+        log_file = open(os.path.join(cfg.out_dir, "log.txt"), "a")
+        cleanup.callback(log_file.close)
+
+    def write_log(msg):
+        print(msg, flush=True)
+        log_file.write(msg + "\n")
+        log_file.flush()
+
+    if master:
+        held, pending = pending, None
+        write_log(f"config:\n{format_config(cfg)}")
+        write_log(f"device {device} ({torch.cuda.get_device_name(device) if cuda else device_type}), dtype {dtype}, "
+                  f"world size {world}, gradient accumulation {grad_accum} x {cfg.batch_size} x {cfg.block_size} "
+                  f"= {cfg.total_batch_size:,} tokens/step")
+        for msg in held:
+            write_log(msg)
         with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=1)
-    metrics = monitor.MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), resume_iter=start_iter if start_iter else None) if master else None
+    metrics = monitor.MetricsLog(os.path.join(cfg.out_dir, monitor.METRICS_FILE),
+                                 resume_iter=start_iter if resumed else None) if master else None
     tracker = monitor.make_tracker(cfg.wandb_log, cfg.tensorboard_log, cfg.wandb_project,
                                    cfg.wandb_run_name or os.path.basename(os.path.abspath(cfg.out_dir)),
                                    dataclasses.asdict(cfg), os.path.join(cfg.out_dir, "tb")) if master else None
+    if tracker is not None:
+        cleanup.callback(tracker.close)
 
-    def save(path, it):
+    def save(path):
         """Checkpoint on rank 0; a NaN model is never saved. True if the file was written."""
+        nonlocal last_good
         if not master:
             return False
         if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
             log(f"not saving {path}: the model holds NaN/inf values")
             return False
-        runtime.save_checkpoint(path, {
-            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "model_args": dataclasses.asdict(raw_model.config), "config": dataclasses.asdict(cfg),
-            "iter_num": it, "best_val_loss": best_val, "bad_evals": bad_evals, "last_eval_iter": last_eval_iter,
-            "loss_ema": loss_ema, "train_loss_sum": train_loss_sum, "train_loss_n": train_loss_n,
-            "loader": train_loader.state_dict(), "rng": runtime.rng_state(), "world_size": world})
+        loop.loader = train_loader.state_dict()
+        save_checkpoint(path, {"model": raw_model.state_dict(), "model_args": dataclasses.asdict(raw_model.config),
+                               "config": dataclasses.asdict(cfg), "optimizer": optimizer.state_dict(),
+                               "scaler": scaler.state_dict(), "dtype": dtype, "loop": loop.state_dict(),
+                               "world_size": world})
+        if path == ckpt_path:
+            last_good = path
         return True
 
     # ------------------------------------------------------------------ training loop
     stop = StopRequest()
     stopping = None  # the signal this process acts on; under DDP only the all-reduced flag sets it, so all ranks agree
-    stop_reason, bad_steps, dt_ema, t0 = None, 0, None, time.time()
-    log_losses = []  # step losses since the last log line: with log_interval > 1 the line shows their mean
+    stop_reason, bad_steps, dt_ema = None, 0, None
     while True:
-        last = iter_num >= cfg.max_iters
+        last = loop.iter_num >= cfg.max_iters
 
         # evaluate (skipped at the first iteration of a resume when the checkpoint was written after this eval)
-        if (iter_num % cfg.eval_interval == 0 or last) and iter_num != last_eval_iter:
+        if (loop.iter_num % cfg.eval_interval == 0 or last) and loop.iter_num != loop.last_eval_iter:
             losses = evals.eval_val_sets(raw_model, val_sets, eval_batch_size, cfg.block_size, cfg.eval_iters,
-                                         device, ctx, rank, world)
-            last_eval_iter = iter_num
-            improved = losses[primary_val] < best_val
+                                         device, ctx, rank, world, verify=cfg.verify_data)
+            loop.last_eval_iter = loop.iter_num
+            improved = losses[primary_val] < loop.best_val
             if improved:
-                best_val, bad_evals = losses[primary_val], 0
+                loop.best_val, loop.bad_evals = losses[primary_val], 0
             else:
-                bad_evals += 1
-            train_loss = train_loss_sum / train_loss_n if train_loss_n else None  # mean over the interval, not one step
-            train_loss_sum, train_loss_n = 0.0, 0
+                loop.bad_evals += 1
+            train_loss = loop.train_loss_sum / loop.train_loss_n if loop.train_loss_n else None  # mean since the last eval
+            loop.train_loss_sum, loop.train_loss_n = 0.0, 0
             record = {f"val/{k}": v for k, v in losses.items()}
-            if cfg.hellaswag_interval and iter_num % cfg.hellaswag_interval == 0:
+            if cfg.hellaswag_interval and loop.iter_num % cfg.hellaswag_interval == 0:
                 hs = evals.hellaswag(raw_model, device, ctx, items=hellaswag_items, limit=cfg.hellaswag_limit or None,
                                      rank=rank, world_size=world)
                 record["hellaswag/acc_norm"] = hs["acc_norm"]
-            if cfg.humaneval_interval and iter_num % cfg.humaneval_interval == 0 and master:
-                record["humaneval/loss"] = evals.humaneval(raw_model, device, ctx, cfg.humaneval_path)["loss"]
-            log(f"eval {iter_num:7d} | train {'   n/a' if train_loss is None else f'{train_loss:.4f}'} | " + " | ".join(f"{k} {v:.4f}" for k, v in record.items())
-                + (" | new best" if improved else f" | best {best_val:.4f}"))
+            if cfg.humaneval_interval and loop.iter_num % cfg.humaneval_interval == 0:
+                record["humaneval/loss"] = evals.humaneval(raw_model, device, ctx, cfg.humaneval_path,
+                                                           rank=rank, world_size=world)["loss"]
+            log(f"eval {loop.iter_num:7d} | train {'   n/a' if train_loss is None else f'{train_loss:.4f}'} | "
+                + " | ".join(f"{k} {v:.4f}" for k, v in record.items())
+                + (" | new best" if improved else f" | best {loop.best_val:.4f}"))
             if master:
                 extra = {k: v for k, v in record.items() if not k.startswith("val/")}
-                metrics.log_eval(iter_num, iter_num * cfg.total_batch_size, losses, train_loss=train_loss, best=improved, primary=primary_val, **extra)
-                tracker.log(record, iter_num)
+                metrics.log_eval(loop.iter_num, loop.tokens, losses, train_loss=train_loss, best=improved,
+                                 primary=primary_val, **extra)
+                tracker.log(record, loop.iter_num)
             if improved:
-                save(best_path, iter_num)
-            if cfg.early_stop_patience and bad_evals >= cfg.early_stop_patience:
-                stop_reason = (f"early stop: no new best {primary_val} loss in {bad_evals} evals; "
-                               f"use {best_path} (val loss {best_val:.4f})")
+                save(best_path)
+            if cfg.early_stop_patience and loop.bad_evals >= cfg.early_stop_patience:
+                stop_reason = (f"early stop: no new best {primary_val} loss in {loop.bad_evals} evals; "
+                               f"use {best_path} (val loss {loop.best_val:.4f})")
 
-        if not ddp:
+        # checkpoint, and stop
+        if not procs.ddp:
             stopping = stop.signal
         if stop_reason is None and stopping is not None:
-            stop_reason = f"stopped by {stopping} after iter {iter_num}; resume with --init_from=resume"
-        if last or stop_reason or (iter_num % cfg.ckpt_interval == 0 and iter_num > start_iter):
-            saved = save(ckpt_path, iter_num)
-            if cfg.keep_last_n and saved and iter_num % cfg.ckpt_interval == 0:
-                step_path = os.path.join(cfg.out_dir, f"ckpt_{iter_num:07d}.pt")
+            stop_reason = f"stopped by {stopping.name} after iter {loop.iter_num}; resume with --init_from=resume"
+        if last or stop_reason or (loop.iter_num % cfg.ckpt_interval == 0 and loop.iter_num > start_iter):
+            saved = save(ckpt_path)
+            if cfg.keep_last_n and saved and loop.iter_num % cfg.ckpt_interval == 0:
+                step_path = os.path.join(cfg.out_dir, f"ckpt_{loop.iter_num:07d}.pt")
                 if not os.path.exists(step_path):
                     os.link(ckpt_path, step_path)  # a hard link: no copy, survives ckpt.pt being replaced
                 old = sorted(n for n in os.listdir(cfg.out_dir) if n.startswith("ckpt_") and n[5:12].isdigit())
@@ -287,22 +365,22 @@ def main(argv):
         if last or stop_reason:
             break
 
-        # one optimizer step over grad_accum micro-batches
-        lr = get_lr(iter_num, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        # one optimizer step over grad_accum micro-batches, timed alone (not the eval or checkpoint before it)
+        t0 = time.time()
+        torch.manual_seed(runtime.step_seed(cfg.seed, rank, loop.iter_num))  # dropout: per rank and step, resumable
+        lr = optim.set_lr(optimizer, loop.iter_num, cfg)
         loss_sum = torch.zeros((), device=device)
         for micro in range(grad_accum):
             x, y = train_loader.next_batch()
             x, y = x.to(device, non_blocking=cuda), y.to(device, non_blocking=cuda)  # async only where it is safe: CUDA
-            sync = nullcontext() if (not ddp or micro == grad_accum - 1) else model.no_sync()  # all-reduce grads once per step
-            with sync:
+            sync = contextlib.nullcontext() if (not procs.ddp or micro == grad_accum - 1) else ddp_model.no_sync()
+            with sync:  # gradients are all-reduced once per step, on the last micro-step
                 with ctx:
-                    _, loss = model(x, y)
-                    loss = loss / grad_accum
+                    loss = model(x, y)[1] / grad_accum
                 scaler.scale(loss).backward()
             loss_sum += loss.detach()
-        if ddp:
+            del loss  # nothing of the micro-step outlives it
+        if procs.ddp:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
         scaler.unscale_(optimizer)
         norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
@@ -310,81 +388,60 @@ def main(argv):
 
         # skip an update from a NaN/inf loss or a loss spike, so the optimizer state is never poisoned
         bad = not math.isfinite(loss_val) or (dtype != "float16" and not math.isfinite(norm_val))  # fp16: the scaler skips inf grads itself
-        if cfg.spike_factor and loss_ema is not None and loss_val > cfg.spike_factor * loss_ema:
+        if cfg.spike_factor and loop.loss_ema is not None and loss_val > cfg.spike_factor * loop.loss_ema:
             bad = True
         if bad:
             bad_steps += 1
             optimizer.zero_grad(set_to_none=True)
             scaler.update()
-            log(f"iter {iter_num}: skipped the update (loss {loss_val:.4f}, grad norm {norm_val:.4f}); {bad_steps} in a row")
+            log(f"iter {loop.iter_num}: skipped the update (loss {loss_val:.4f}, grad norm {norm_val:.4f}); "
+                f"{bad_steps} in a row")
             if bad_steps >= cfg.max_bad_steps:
-                msg = (f"{bad_steps} bad steps in a row at iter {iter_num}; the last good checkpoint is {ckpt_path}: "
-                       f"lower learning_rate or raise warmup_iters, then resume")
+                back = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
+                msg = (f"{bad_steps} bad steps in a row at iter {loop.iter_num}; {back}: lower learning_rate or raise "
+                       f"warmup_iters, then " + ("resume" if last_good else "start again"))
                 log(f"stopping: {msg}")
-                raise Diverged(msg)
+                raise Diverged(f"training diverged: {msg}")
         else:
             bad_steps = 0
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            loss_ema = loss_val if loss_ema is None else 0.95 * loss_ema + 0.05 * loss_val
-            train_loss_sum, train_loss_n = train_loss_sum + loss_val, train_loss_n + 1
-            if master:
-                log_losses.append(loss_val)
-        iter_num += 1
-        if ddp:  # every rank stops after the same step when any of them was signalled
-            flag = torch.tensor([stop.signal is not None], dtype=torch.int32, device=device)
+            loop.loss_ema = loss_val if loop.loss_ema is None else 0.95 * loop.loss_ema + 0.05 * loss_val
+            loop.train_loss_sum, loop.train_loss_n = loop.train_loss_sum + loss_val, loop.train_loss_n + 1
+            loop.log_loss_sum, loop.log_loss_n = loop.log_loss_sum + loss_val, loop.log_loss_n + 1
+        loop.iter_num += 1
+        loop.tokens += cfg.total_batch_size
+        if procs.ddp:  # every rank stops after the same step when any of them was signalled
+            flag = torch.tensor([stop.signal or 0], dtype=torch.int32, device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             if flag.item():
-                stopping = stop.signal or "a signal on another rank"
+                stopping = signal.Signals(flag.item())
 
         # log
         runtime.synchronize(device)
-        t1 = time.time()
-        dt, t0 = t1 - t0, t1
-        if iter_num - start_iter > 1:  # the first iteration includes compilation
+        dt = time.time() - t0
+        if loop.iter_num - start_iter > 1:  # the first iteration includes compilation
             dt_ema = dt if dt_ema is None else 0.9 * dt_ema + 0.1 * dt
-        if iter_num % cfg.log_interval == 0 and master:
-            loss_log = sum(log_losses) / len(log_losses) if log_losses else loss_val
-            log_losses.clear()
+        if loop.iter_num % cfg.log_interval == 0 and master:
+            loss_log = loop.log_loss_sum / loop.log_loss_n if loop.log_loss_n else loss_val
+            loop.log_loss_sum, loop.log_loss_n = 0.0, 0
             tok_s = cfg.total_batch_size / dt
-            mfu = monitor.mfu(tok_s, flops_per_token, peak_flops)
-            eta = (cfg.max_iters - iter_num) * (dt_ema or dt)
-            log(f"iter {iter_num:7d} | loss {loss_log:.4f} | lr {lr:.2e} | norm {norm_val:7.4f} | {dt * 1000:8.1f} ms | "
-                f"{tok_s:9,.0f} tok/s | mfu {'   n/a' if mfu is None else f'{100 * mfu:5.1f}%'} | eta {fmt_duration(eta)}")
-            metrics.log_step(iter_num, iter_num * cfg.total_batch_size, loss_log, lr, norm_val, dt * 1000, tok_s, mfu,
+            mfu = monitor.mfu(tok_s, flops_per_token, peak_flops and peak_flops * world)  # every GPU's peak
+            eta = (cfg.max_iters - loop.iter_num) * (dt_ema or dt)
+            log(f"iter {loop.iter_num:7d} | loss {loss_log:.4f} | lr {lr:.2e} | norm {norm_val:7.4f} | {dt * 1000:8.1f} ms | "
+                f"{tok_s:9,.0f} tok/s | mfu {'   n/a' if mfu is None else f'{100 * mfu:5.1f}%'} | eta {monitor.fmt_duration(eta)}")
+            metrics.log_step(loop.iter_num, loop.tokens, loss_log, lr, norm_val, dt * 1000, tok_s, mfu,
                              epoch=train_loader.epoch)
-            tracker.log({"train/loss": loss_log, "lr": lr, "grad_norm": norm_val, "tok_per_sec": tok_s}, iter_num)
+            tracker.log({"train/loss": loss_log, "lr": lr, "grad_norm": norm_val, "tok_per_sec": tok_s}, loop.iter_num)
 
-    log(stop_reason or f"done: {iter_num} iterations, best {primary_val} loss {best_val:.4f} ({best_path})")
-    if tracker is not None:
-        tracker.close()
-    return 0
+    log(stop_reason or f"done: {loop.iter_num} iterations, best {primary_val} loss {loop.best_val:.4f} ({best_path})")
+    return 128 + stopping if stopping is not None and not last else 0
 
 
 def run(argv):
-    """main() with one-line errors for the mistakes users make, and clean distributed shutdown."""
-    try:
-        return main(argv)
-    except (ConfigError, shards.DataError, CheckpointError, monitor.MonitorError, pretrained.PretrainedError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ConfigError) else 1
-    except Diverged as e:
-        print(f"error: training diverged: {e}", file=sys.stderr)
-        return 3
-    except RuntimeError as e:  # torch.cuda.OutOfMemoryError, or a plain RuntimeError on MPS
-        if "out of memory" not in str(e):
-            raise
-        print("error: out of GPU memory; lower batch_size (gradient accumulation keeps total_batch_size); "
-              "bench.py --find_batch_size finds the largest that fits", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # a second Ctrl-C: no new checkpoint (save_checkpoint is atomic, the last one is intact)
-        print("error: interrupted without writing a new checkpoint (the last one is intact); resume with "
-              "--init_from=resume", file=sys.stderr)
-        return 130
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    """The command in-process: main() under the error policy; returns the exit code."""
+    return run_command(main, argv, oom_hint=OOM_HINT)
 
 
 if __name__ == "__main__":

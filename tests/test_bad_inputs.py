@@ -1,21 +1,37 @@
-"""Bad inputs to train.py and to checkpoint loading: each fails with ONE clear line on stderr
-(no traceback), a non-zero exit, no code run and nothing clobbered."""
+"""Bad inputs to every command, from one table. Each must end in ONE `error:` line on stderr, no
+traceback, the documented exit code (2: a usage or settings mistake, 1: bad data or files), no code
+run, and no existing file changed (nor any new one left behind). Run in-process, through the same
+entry point as the scripts (errors.run_command); a few real CLI runs are at the end."""
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import types
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
-import runtime
-import shards
+import bench
+import eval as eval_script
+import export
+import plot
+import prepare_fineweb
+import prepare_github_code
+import sample
 import train
 from conftest import REPO, SHARED_DATA
+from gptlib import checkpoint, shards
+from gptlib.errors import run_command
 from test_train import TINY, make_dataset
 
 MARKER = "pwned_marker"  # a file that would appear if any input were run as code
+COMMANDS = {"train": train.main, "sample": sample.main, "eval": eval_script.main, "export": export.main,
+            "plot": plot.main, "bench": bench.main, "prepare_fineweb": prepare_fineweb.main,
+            "prepare_github_code": prepare_github_code.main}
 
 
 class Evil:
@@ -29,121 +45,277 @@ class Evil:
 
 
 @pytest.fixture(scope="module")
-def good(tmp_path_factory):
-    """A dataset and a finished 1-iteration run in it (n_layer=2, block_size=32)."""
+def env(tmp_path_factory):
+    """A dataset, a finished 1-iteration run in it (n_layer=2, block_size=32), and files to misuse."""
     root = tmp_path_factory.mktemp("bad")
     text = (SHARED_DATA / "tinyshakespeare.txt").read_text()[:40_000]
     (root / "data").mkdir()
     data = make_dataset(root / "data", text, val_docs=10)
     assert train.run(TINY + [f"--data_dir={data}", f"--out_dir={root / 'run'}", "--max_iters=1", "--eval_interval=1"]) == 0
-    return root / "data", root / "run"
+    (root / "afile").write_text("a file, not a directory")
+    (root / "latin1.py").write_bytes("batch_size = 4  # caf\xe9\n".encode("latin-1"))
+    (root / "metrics").mkdir()
+    (root / "metrics" / "metrics.jsonl").write_text('{"kind": "train", "iter": 1, "tokens": 10, "loss": 3.0}\n[1, 2, 3]\n'
+                                                     '{"kind": "train", "iter": 2, "tokens": 20, "loss": 2.9}\n')
+    (root / "badtokens").mkdir()
+    (root / "badtokens" / "metrics.jsonl").write_text('{"kind": "train", "iter": 1, "tokens": "many", "loss": 3.0}\n')
+    pq.write_table(pa.table({"text": pa.array([None, None, None], pa.string())}), root / "nulls.parquet")
+    pq.write_table(pa.table({"text": ["A document. " * 40] * 30}), root / "docs.parquet")
+    return types.SimpleNamespace(root=root, data=data, run=root / "run")
 
 
-def copy_data(good, dst, replace_train=None):
-    """A copy of the dataset with its train shards removed, and replaced by one .npy of `replace_train` if given."""
-    shutil.copytree(good[0], dst)
+def config_file(tmp, body):
+    (tmp / "cfg.py").write_text(body)
+    return str(tmp / "cfg.py")
+
+
+def copy_data(e, tmp, tokens, update_manifest=True):
+    """The dataset with its train shards replaced by one shard of `tokens` (its manifest updated to match,
+    count and checksum, unless update_manifest=False: then the shard was changed behind prepare's back)."""
+    dst = tmp / "data"
+    shutil.copytree(e.data, dst)
+    m = shards.read_manifest(str(dst))
     for p in shards.list_shards(str(dst), "train"):
         os.remove(p)
-    if replace_train is not None:
-        np.save(dst / "train_000000.npy", replace_train)
-    return dst
+        if update_manifest:
+            del m["shards"][os.path.basename(p)], m["checksums"][os.path.basename(p)]
+    if tokens.dtype == np.uint16:
+        crc = shards.write_shard(str(dst / "train_000000.npy"), tokens)
+    else:
+        np.save(dst / "train_000000.npy", tokens)
+        crc = None
+    if update_manifest:
+        m["shards"]["train_000000.npy"] = len(tokens)
+        if crc:
+            m["checksums"]["train_000000.npy"] = crc
+        shards.write_manifest(str(dst), m)
+    return str(dst)
 
 
-def run_dir_with(good, dst, ckpt_bytes=None, ckpt_obj=None):
+def overwrite_train_shard(e, tmp):
+    """Valid token ids written over the first train shard, same length: only its checksum can tell."""
+    dst = tmp / "data"
+    shutil.copytree(e.data, dst)
+    path = shards.list_shards(str(dst), "train")[0]
+    shards.write_shard(path, np.full(len(shards.read_shard(path)), 464, np.uint16))
+    return str(dst)
+
+
+def run_dir(e, tmp, ckpt_bytes=None, ckpt_obj=None):
     """An out_dir whose ckpt.pt is the good one, given bytes, or a torch.save of an object."""
+    dst = tmp / "run"
     dst.mkdir()
     if ckpt_bytes is not None:
         (dst / "ckpt.pt").write_bytes(ckpt_bytes)
     elif ckpt_obj is not None:
         torch.save(ckpt_obj, dst / "ckpt.pt")
     else:
-        shutil.copy(good[1] / "ckpt.pt", dst / "ckpt.pt")
-    return dst
+        shutil.copy(e.run / "ckpt.pt", dst / "ckpt.pt")
+    return str(dst)
 
 
-def nanogpt_style(good):
-    ckpt = runtime.load_checkpoint(str(good[1] / "ckpt.pt"))
-    return {k: ckpt[k] for k in ("model", "model_args", "iter_num", "best_val_loss")}  # no 'format' key
+def nanogpt_style(e):
+    ckpt = checkpoint.load_checkpoint(str(e.run / "ckpt.pt"))
+    return {k: ckpt[k] for k in ("model", "model_args")} | {"iter_num": 1}  # no 'format' key
 
 
-def cases(good, tmp):
-    """(name, extra args, expected text in the error). Each runs train.py in a fresh process."""
-    d, run = str(good[0]), good[1]
-    resume = ["--init_from=resume", f"--data_dir={d}"]
-    good_bytes = (run / "ckpt.pt").read_bytes()
-    return [
-        ("missing data dir", [f"--data_dir={tmp / 'nope'}"], "does not exist"),
-        ("empty data dir", [f"--data_dir={(tmp / 'empty').mkdir() or tmp / 'empty'}"], "no 'train' shards"),
-        ("manifest but no shards", [f"--data_dir={copy_data(good, tmp / 'noshards')}"], "no 'train' shards"),
-        ("empty shard", [f"--data_dir={copy_data(good, tmp / 'zero', np.zeros(0, np.uint16))}"], "fewer than one batch"),
-        ("int32 shard", [f"--data_dir={copy_data(good, tmp / 'i32', np.arange(5000, dtype=np.int32))}"],
-         "expected 1-D uint16"),
-        ("ids >= vocab", [f"--data_dir={copy_data(good, tmp / 'vocab', np.full(5000, 60000, np.uint16))}"],
-         "token id 60000 >= vocab size 50257"),
-        ("unknown key", [f"--data_dir={d}", "--learning_rat=1e-3"], "did you mean 'learning_rate'"),
-        ("wrong type", [f"--data_dir={d}", "--n_layer=two"], "n_layer must be int"),
-        ("code in override", [f"--data_dir={d}", f"--batch_size=__import__('os').system('touch {MARKER}')"],
-         "batch_size must be int"),
-        ("missing checkpoint", [*resume, f"--out_dir={tmp / 'nockpt'}"], "no checkpoint at"),
-        ("truncated checkpoint", [*resume, f"--out_dir={run_dir_with(good, tmp / 'trunc', good_bytes[:len(good_bytes) // 2])}"],
-         "is corrupt or not a checkpoint"),
-        ("random bytes", [*resume, f"--out_dir={run_dir_with(good, tmp / 'rand', os.urandom(4096))}"],
-         "is corrupt or not a checkpoint"),
-        ("nanoGPT checkpoint", [*resume, f"--out_dir={run_dir_with(good, tmp / 'nano', ckpt_obj=nanogpt_style(good))}"],
-         "not a checkpoint of this toolkit"),
-        ("malicious pickle", [*resume, f"--out_dir={run_dir_with(good, tmp / 'evil', ckpt_obj={'format': runtime.CKPT_FORMAT, 'x': Evil(MARKER)})}"],
-         "not a checkpoint this code can load safely"),
-        ("block_size too large", [*resume, f"--out_dir={run_dir_with(good, tmp / 'bs')}", "--block_size=64"],
-         "cannot grow: use block_size <= 32"),
-        ("other model shape", [*resume, f"--out_dir={run_dir_with(good, tmp / 'shape')}", "--n_layer=3"],
-         "has n_layer=2 but the config says 3"),
-    ]
+def evil(e):
+    return {"format": checkpoint.CKPT_FORMAT, "x": Evil(MARKER)}
 
 
-def test_bad_inputs_fail_with_one_line(good, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    tried = []
-    for name, extra, expected in cases(good, tmp_path):
-        argv = TINY + [f"--out_dir={tmp_path / 'out'}", "--max_iters=2", *extra]
-        r = subprocess.run([sys.executable, str(REPO / "train.py"), *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=120)
-        lines = r.stderr.strip().splitlines()
-        assert r.returncode != 0, f"{name}: exit 0"
-        assert len(lines) == 1 and lines[0].startswith("error: "), f"{name}: {r.stderr[-1500:]}"
-        assert expected in lines[0], f"{name}: {lines[0]}"
-        assert not (tmp_path / MARKER).exists(), f"{name}: code ran"
-        tried.append(name)
-    assert len(tried) == 16
+def tr(*extra, out=True):
+    """train.py argv: the tiny model on the dataset, a fresh out_dir (which must not be created)."""
+    return lambda e, tmp: TINY + [f"--data_dir={e.data}"] + ([f"--out_dir={tmp / 'out'}"] if out else []) + \
+        [a(e, tmp) if callable(a) else a for a in extra]
+
+
+def resume(*extra, **run_kw):
+    return lambda e, tmp: TINY + [f"--data_dir={e.data}", "--init_from=resume", f"--out_dir={run_dir(e, tmp, **{k: v(e) if callable(v) else v for k, v in run_kw.items()})}", *extra]
+
+
+def fw(*extra):
+    return lambda e, tmp: [f"--data_files={e.root / 'docs.parquet'}", f"--out_dir={tmp / 'ds'}", "--val_tokens=100",
+                           *[a(e, tmp) if callable(a) else a for a in extra]]
+
+
+# (id, command, argv(e, tmp), exit code, text the error line must contain)
+CASES = [
+    # ---- settings out of range (each was a ZeroDivisionError/ValueError traceback or silently accepted)
+    ("batch_size=0", "train", tr("--batch_size=0"), 2, "batch_size must be >= 1, got 0"),
+    ("block_size=0", "train", tr("--block_size=0"), 2, "block_size must be >= 1, got 0"),
+    ("eval_interval=0", "train", tr("--eval_interval=0"), 2, "eval_interval must be >= 1"),
+    ("ckpt_interval=0", "train", tr("--ckpt_interval=0"), 2, "ckpt_interval must be >= 1"),
+    ("log_interval=0", "train", tr("--log_interval=0"), 2, "log_interval must be >= 1"),
+    ("eval_iters=0", "train", tr("--eval_iters=0"), 2, "eval_iters must be >= 1"),
+    ("batch_size=-4", "train", tr("--batch_size=-4"), 2, "batch_size must be >= 1, got -4"),
+    ("seed=-1", "train", tr("--seed=-1"), 2, "seed must be >= 0"),
+    ("dropout=1.5", "train", tr("--dropout=1.5"), 2, "dropout must be >= 0 and < 1, got 1.5"),
+    ("dtype=float64", "train", tr("--dtype=float64"), 2, "dtype must be one of 'auto', 'float32'"),
+    ("n_embd % n_head", "train", tr("--n_embd=33"), 2, "n_embd=33 is not divisible by n_head=2"),
+    ("max_iters=-1", "train", tr("--max_iters=-1"), 2, "max_iters must be >= 1"),
+    ("keep_last_n=-1", "train", tr("--keep_last_n=-1"), 2, "keep_last_n must be >= 0"),
+    ("learning_rate=1e999", "train", tr("--learning_rate=1e999"), 2, "learning_rate must be a finite number"),
+    ("min_lr > learning_rate", "train", tr("--min_lr=1"), 2, "min_lr=1 is above learning_rate"),
+    ("eval_batch_size > batch_size", "train", tr("--eval_batch_size=64"), 2, "eval_batch_size=64 is larger"),
+    ("vocab_size below the data", "train", tr("--vocab_size=1000"), 2, "vocab_size=1000 is below the 50,257 token ids"),
+    ("total_batch_size not a multiple", "train", tr("--total_batch_size=300"), 2, "is not a multiple of"),
+    # ---- devices that are not there (this machine has neither CUDA nor MPS)
+    ("train device=cuda", "train", tr("--device=cuda"), 2, "CUDA is not available here"),
+    ("train device=mps", "train", tr("--device=mps"), 2, "MPS backend is not available"),
+    ("train device=cuda:3", "train", tr("--device=cuda:3"), 2, "CUDA is not available here"),
+    ("train device=tpu", "train", tr("--device=tpu"), 2, "device must be of the form auto, cpu, mps, cuda[:N]"),
+    ("sample device=cuda", "sample", lambda e, tmp: [f"--out_dir={e.run}", "--device=cuda"], 2, "CUDA is not available"),
+    ("eval device=mps", "eval", lambda e, tmp: [f"--out_dir={e.run}", "--device=mps"], 2, "MPS backend is not available"),
+    ("bench device=cuda", "bench", lambda e, tmp: TINY + ["--device=cuda"], 2, "CUDA is not available"),
+    # ---- config files
+    ("config not UTF-8", "train", tr(lambda e, tmp: str(e.root / "latin1.py")), 2, "is not UTF-8 text"),
+    ("config 1/0", "train", tr(lambda e, tmp: config_file(tmp, "batch_size = 1 / 0\n")), 2, "division by zero"),
+    ("config 'a'*10**10", "train", tr(lambda e, tmp: config_file(tmp, "wandb_project = 'a' * 10**10\n")), 2, "too long"),
+    ("config 10**400*1.0", "train", tr(lambda e, tmp: config_file(tmp, "learning_rate = 10**400 * 1.0\n")), 2, "too large"),
+    ("config 9**9**9", "train", tr(lambda e, tmp: config_file(tmp, "max_iters = 9**9**9\n")), 2, "too large"),
+    ("config code", "train", tr(lambda e, tmp: config_file(tmp, "import os\n")), 2, "only hold `name = value` lines"),
+    ("config unknown key", "train", tr(lambda e, tmp: config_file(tmp, "learning_rat = 1e-3\n")), 2, "did you mean 'learning_rate'"),
+    ("config missing", "train", tr(lambda e, tmp: str(tmp / "nope.py")), 2, "cannot read config file"),
+    # ---- overrides
+    ("unknown key", "train", tr("--learning_rat=1e-3"), 2, "did you mean 'learning_rate'"),
+    ("wrong type", "train", tr("--n_layer=two"), 2, "n_layer must be int"),
+    ("code in override", "train", tr(f"--batch_size=__import__('os').system('touch {MARKER}')"), 2, "batch_size must be int"),
+    ("no value", "train", tr("--out_dir"), 2, "--out_dir needs a value"),
+    # ---- destinations
+    ("train out_dir is a file", "train", tr(lambda e, tmp: f"--out_dir={e.root / 'afile'}", out=False), 2, "is a file, not a directory"),
+    ("train out_dir under a file", "train", tr(lambda e, tmp: f"--out_dir={e.root / 'afile' / 'x'}", out=False), 2, "is a file, not a directory"),
+    ("prepare out_dir is a file", "prepare_fineweb", fw(lambda e, tmp: f"--out_dir={e.root / 'afile'}"), 2, "is a file, not a directory"),
+    ("eval json_out under a file", "eval", lambda e, tmp: [f"--out_dir={e.run}", f"--json_out={e.root / 'afile' / 'r.json'}"], 2, "is a file, not a directory"),
+    ("eval json_out is a folder", "eval", lambda e, tmp: [f"--out_dir={e.run}", f"--json_out={e.root}"], 2, "is a directory"),
+    ("export to an existing file", "export", lambda e, tmp: [f"--out_dir={e.run}", f"--to={e.root / 'afile'}"], 2, "is a file, not a directory"),
+    ("export to a path under a file", "export", lambda e, tmp: [f"--out_dir={e.run}", f"--to={e.root / 'afile' / 'hf'}"], 2, "is a file, not a directory"),
+    ("export without --to", "export", lambda e, tmp: [f"--out_dir={e.run}"], 2, "--to is required"),
+    ("plot out is a folder", "plot", lambda e, tmp: [str(e.run), f"--out={e.root}"], 2, "is a directory"),
+    ("plot out without an image ending", "plot", lambda e, tmp: [str(e.run), f"--out={tmp / 'loss'}"], 2, "needs one of the endings"),
+    ("plot no run", "plot", lambda e, tmp: [], 2, "give at least one run directory"),
+    ("plot line of the wrong JSON type", "plot", lambda e, tmp: [str(e.root / "metrics"), f"--out={tmp / 'x.png'}"], 1, "line 2 is not a metrics record"),
+    ("plot non-numeric tokens", "plot", lambda e, tmp: [str(e.root / "badtokens"), f"--out={tmp / 'x.png'}"], 1, "non-numeric tokens"),
+    ("plot missing metrics", "plot", lambda e, tmp: [str(e.root / "data"), f"--out={tmp / 'x.png'}"], 1, "has no metrics.jsonl"),
+    # ---- prepare settings and inputs
+    ("prepare num_threads=-1", "prepare_fineweb", fw("--num_threads=-1"), 2, "num_threads must be >= 0"),
+    ("prepare batch_rows=0", "prepare_fineweb", fw("--batch_rows=0"), 2, "batch_rows must be >= 1"),
+    ("prepare min_int_score=6", "prepare_fineweb", fw("--min_int_score=6"), 2, "min_int_score must be >= 0 and <= 5"),
+    ("prepare dataset", "prepare_fineweb", fw("--dataset=finewebb"), 2, "dataset must be one of 'fineweb', 'fineweb-edu'"),
+    ("github val_repo_fraction=1", "prepare_github_code", fw("--val_repo_fraction=1"), 2, "val_repo_fraction must be >= 0 and < 1"),
+    ("github unknown language", "prepare_github_code", fw("--languages=Pyhton"), 2, "unknown language 'Pyhton'"),
+    ("prepare all-null parquet", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'nulls.parquet'}", f"--out_dir={tmp / 'ds'}"],
+     1, "no document was kept (3 with null text)"),
+    ("prepare nothing matches", "prepare_fineweb", fw(lambda e, tmp: f"--data_files={tmp / 'missing*.parquet'}"), 1, "nothing matches"),
+    # ---- data (the 6 of the earlier suite)
+    ("missing data dir", "train", tr(lambda e, tmp: f"--data_dir={tmp / 'nope'}"), 1, "does not exist"),
+    ("empty data dir", "train", tr(lambda e, tmp: f"--data_dir={(tmp / 'empty').mkdir() or tmp / 'empty'}"), 1, "no 'val' shards"),
+    ("manifest but no shards", "train", tr(lambda e, tmp: f"--data_dir={copy_data(e, tmp, np.zeros(0, np.uint16))}", "--val_sets=val"), 1, "fewer than one batch"),
+    ("int32 shard", "train", tr(lambda e, tmp: f"--data_dir={copy_data(e, tmp, np.arange(5000, dtype=np.int32))}"), 1, "expected 1-D uint16"),
+    ("ids >= vocab", "train", tr(lambda e, tmp: f"--data_dir={copy_data(e, tmp, np.full(5000, 60000, np.uint16))}"), 1, "token id 60000 >= vocab size 50257"),
+    ("shard changed after prepare", "train", tr(lambda e, tmp: f"--data_dir={overwrite_train_shard(e, tmp)}"), 1, "does not match the checksum in manifest.json"),
+    ("shard missing from manifest", "train", tr(lambda e, tmp: f"--data_dir={copy_data(e, tmp, np.zeros(5000, np.uint16)) and os.remove(tmp / 'data' / 'train_000000.npy') or tmp / 'data'}"), 1, "train_000000.npy is missing"),
+    # ---- checkpoints (the 7 of the earlier suite, and more)
+    ("missing checkpoint", "train", lambda e, tmp: TINY + [f"--data_dir={e.data}", "--init_from=resume", f"--out_dir={tmp / 'nockpt'}"], 1, "no checkpoint at"),
+    ("truncated checkpoint", "train", resume(ckpt_bytes=lambda e: (e.run / "ckpt.pt").read_bytes()[:5000]), 1, "is corrupt or not a checkpoint"),
+    ("random bytes", "train", resume(ckpt_bytes=os.urandom(4096)), 1, "is corrupt or not a checkpoint"),
+    ("nanoGPT checkpoint", "train", resume(ckpt_obj=nanogpt_style), 1, "not a checkpoint of this toolkit"),
+    ("malicious pickle", "train", resume(ckpt_obj=evil), 1, "not a checkpoint this code can load safely"),
+    ("block_size too large", "train", resume("--block_size=64"), 1, "cannot grow: use block_size <= 32"),
+    ("other model shape", "train", resume("--n_layer=3"), 1, "has n_layer=2 but the settings say 3"),
+    ("scratch over a run", "train", lambda e, tmp: TINY + [f"--data_dir={e.data}", f"--out_dir={run_dir(e, tmp)}"], 2, "already holds a run"),
+    ("sample missing out_dir", "sample", lambda e, tmp: [f"--out_dir={tmp / 'nope'}"], 1, "does not exist"),
+    ("sample bad temperature", "sample", lambda e, tmp: [f"--out_dir={e.run}", "--temperature=-1"], 2, "temperature must be >= 0"),
+    ("eval unknown init_from", "eval", lambda e, tmp: ["--init_from=gpt5"], 2, "init_from must be one of"),
+    ("export missing out_dir", "export", lambda e, tmp: [f"--out_dir={tmp / 'nope'}", f"--to={tmp / 'hf'}"], 1, "does not exist"),
+]
+
+
+def snapshot(root):
+    """Every file below root with its size, mtime and content hash, and every directory."""
+    out = {}
+    for d, dirs, files in os.walk(root):
+        out[d] = "dir"
+        for f in files:
+            p = os.path.join(d, f)
+            st = os.stat(p)
+            out[p] = (st.st_size, st.st_mtime_ns, hashlib.md5(open(p, "rb").read()).hexdigest())
+    return out
+
+
+@pytest.mark.parametrize("name, command, argv, code, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line(env, tmp_path, capsys, monkeypatch, name, command, argv, code, expected):
+    monkeypatch.chdir(tmp_path)
+    args = argv(env, tmp_path)
+    before = snapshot(env.root), snapshot(tmp_path)
+    rc = run_command(COMMANDS[command], args)
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert rc == code, f"{name}: exit {rc}, stderr {err[-1500:]}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"{name}: {err[-1500:]}"
+    assert expected in lines[0], f"{name}: {lines[0]}"
+    assert "Traceback" not in out + err
+    assert not (tmp_path / MARKER).exists(), f"{name}: code ran"
+    assert (snapshot(env.root), snapshot(tmp_path)) == before, f"{name}: files were changed or left behind"
+
+
+def test_divergence_before_any_checkpoint_says_so(env, tmp_path, capsys, monkeypatch):
+    """With no checkpoint written yet, the divergence message must not point at one."""
+    forward = train.GPT.forward
+    monkeypatch.setattr(train.GPT, "forward", lambda self, idx, targets=None: (
+        lambda out: (out[0], out[1] * float("nan")) if self.training and targets is not None else out)(forward(self, idx, targets)))
+    rc = train.run(TINY + [f"--data_dir={env.data}", f"--out_dir={tmp_path / 'out'}", "--max_iters=20",
+                           "--eval_interval=100", "--max_bad_steps=2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 3 and len(err) == 1
+    assert "no checkpoint was written yet" in err[0] and "ckpt.pt" not in err[0]
 
 
 def test_malicious_checkpoint_is_refused_in_process(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pt"
-    torch.save({"format": runtime.CKPT_FORMAT, "version": runtime.CKPT_VERSION, "model": Evil(MARKER)}, path)
-    with pytest.raises(runtime.CheckpointError, match="not a checkpoint this code can load safely"):
-        runtime.load_checkpoint(str(path))
+    torch.save({"format": checkpoint.CKPT_FORMAT, "version": checkpoint.CKPT_VERSION, "model": Evil(MARKER)}, path)
+    with pytest.raises(checkpoint.CheckpointError, match="not a checkpoint this code can load safely"):
+        checkpoint.load_checkpoint(str(path))
     assert not (tmp_path / MARKER).exists()
     torch.load(path, weights_only=False)  # proof the file is live: unrestricted unpickling does run it
     assert (tmp_path / MARKER).exists()
 
 
-def test_resume_refusals_leave_the_checkpoint_untouched(good, tmp_path, capsys):
-    out = run_dir_with(good, tmp_path / "run")
-    before = (out / "ckpt.pt").read_bytes()
-    assert train.run(TINY + [f"--data_dir={good[0]}", f"--out_dir={out}", "--init_from=resume", "--n_embd=64"]) == 1
-    assert "has n_embd=32 but the config says 64" in capsys.readouterr().err
-    assert (out / "ckpt.pt").read_bytes() == before
-
-
-def test_corrupt_checkpoints_always_give_checkpoint_error(good, tmp_path):
+def test_corrupt_checkpoints_always_give_checkpoint_error(env, tmp_path):
     """Random bytes and every kind of cut-off file fail as CheckpointError, never another exception
     (torch.load raises IndexError, KeyError, ... on some random inputs)."""
     rng = np.random.default_rng(0)
-    data = (good[1] / "ckpt.pt").read_bytes()
+    data = (env.run / "ckpt.pt").read_bytes()
     blobs = [rng.bytes(int(n)) for n in rng.integers(1, 8192, 200)]
     blobs += [data[:int(n)] for n in rng.integers(0, len(data), 30)]
     path = tmp_path / "ckpt.pt"
     for blob in blobs:
         path.write_bytes(blob)
-        with pytest.raises(runtime.CheckpointError, match="corrupt or not a checkpoint"):
-            runtime.load_checkpoint(str(path))
+        with pytest.raises(checkpoint.CheckpointError, match="corrupt or not a checkpoint"):
+            checkpoint.load_checkpoint(str(path))
+
+
+def test_json_out_into_a_missing_folder_is_created(env, tmp_path):
+    assert run_command(eval_script.main, [f"--out_dir={env.run}", "--eval_iters=1", "--batch_size=2",
+                                          f"--json_out={tmp_path / 'results' / 'r.json'}", "--device=cpu"]) == 0
+    assert (tmp_path / "results" / "r.json").exists()
+
+
+# ----------------------------------------------------------------------------- real command lines
+
+def cli(script, *args, cwd, timeout=120):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("script, args, code, expected", [
+    ("train.py", ["CFG"], 2, "too large"),  # 9**9**9 in a config file: refused at once, never computed
+    ("train.py", ["--batch_size=0"], 2, "batch_size must be >= 1"),
+    ("prepare_github_code.py", ["--val_repo_fraction=1"], 2, "val_repo_fraction must be"),
+])
+def test_cli_one_line_and_exit_code(tmp_path, script, args, code, expected):
+    (tmp_path / "cfg.py").write_text("max_iters = 9**9**9\n")
+    r = cli(script, *[str(tmp_path / "cfg.py") if a == "CFG" else a for a in args], cwd=tmp_path, timeout=60)
+    assert r.returncode == code and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert expected in r.stderr and "Traceback" not in r.stderr

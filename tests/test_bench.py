@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import bench
-import monitor
-import shards
-from config import load_config
+from gptlib import monitor
+from gptlib import shards
+from gptlib.settings import load_config
 
 REPO = bench.__file__.rsplit("/", 1)[0]
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=64", "--vocab_size=512", "--compile=False",
@@ -128,13 +128,13 @@ def test_use_data_reads_real_shards(tmp_path, shared_data):
 
 def test_cli_error_is_one_line():
     r = run_cli(*TINY, "--batch_size=3", "--total_batch_size=512")
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert r.stderr.startswith("error:") and "not a multiple" in r.stderr
     assert r.stderr.strip().count("\n") == 0, r.stderr
 
 
 def test_bad_settings_raise_the_errors_main_reports():
-    from config import ConfigError
+    from gptlib.errors import ConfigError
     with pytest.raises(ConfigError, match="did you mean 'iters'"):
         bench.main(TINY + ["--itres=3"])
     with pytest.raises(ConfigError, match="vocab_size"):

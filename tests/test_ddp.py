@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-import runtime
+from gptlib import checkpoint, runtime
 import train
 from conftest import REPO, SHARED_DATA
 from test_faults import ITER_LINE, last_logged_iter
@@ -52,9 +52,9 @@ def test_two_ranks_match_one_process_and_resume_on_one(data, tmp_path):
     r = torchrun(2, TINY + COMMON + [f"--data_dir={data}", f"--out_dir={two}", "--max_iters=3"])
     assert r.stdout.count("world size 2") == 1  # only rank 0 prints
     assert "gradient accumulation 2 x 4 x 32" in r.stdout
-    ckpt = runtime.load_checkpoint(str(two / "ckpt.pt"))
-    assert ckpt["world_size"] == 2 and ckpt["iter_num"] == 3
-    assert ckpt["loader"]["offset"] == 3 * 512  # one global stream position, whatever the world size
+    ckpt = checkpoint.load_checkpoint(str(two / "ckpt.pt"))
+    assert ckpt["world_size"] == 2 and ckpt["loop"]["iter_num"] == 3
+    assert ckpt["loop"]["loader"]["offset"] == 3 * 512  # one global stream position, whatever the world size
     assert_close(losses(two), losses(one)[:3])  # 2 ranks x 2 micro-steps == 1 process x 4 micro-steps
 
     assert train.run(TINY + COMMON + [f"--data_dir={data}", f"--out_dir={two}", "--max_iters=6", "--init_from=resume"]) == 0
@@ -85,14 +85,14 @@ def test_sigterm_under_torchrun_checkpoints(data, tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert "stopped by SIGTERM" in out
-    ckpt = runtime.load_checkpoint(str(tmp_path / "ckpt.pt"))
-    assert ckpt["iter_num"] == int(ITER_LINE.findall((tmp_path / "log.txt").read_text())[-1]) >= 2
+    ckpt = checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert ckpt["loop"]["iter_num"] == int(ITER_LINE.findall((tmp_path / "log.txt").read_text())[-1]) >= 2
 
 
 def loader_stream(data_dir, world, micro_steps, B=2, T=100, state=None):
     """(epoch, tokens) of every micro-batch that `world` ranks read in `micro_steps` micro-steps, in stream order."""
-    import shards
-    loaders = [shards.TokenLoader(str(data_dir), "train", B, T, rank, world, seed=1) for rank in range(world)]
+    from gptlib.loader import TokenLoader
+    loaders = [TokenLoader(str(data_dir), "train", B, T, rank, world, seed=1) for rank in range(world)]
     for loader in loaders:
         if state:
             loader.load_state_dict(state)
@@ -111,7 +111,7 @@ def test_loader_stream_across_world_sizes(tmp_path, lengths, same_tail):
     epoch's dropped tail (shorter than world*B*T+1 tokens): with 1,850 tokens and B*T=200, 1 rank reads a
     9th micro-batch that 2 ranks drop."""
     import numpy as np
-    import shards
+    from gptlib import shards
     rng = np.random.default_rng(0)
     for i, n in enumerate(lengths):
         shards.write_shard(str(tmp_path / shards.shard_name("train", i)), rng.integers(0, 50000, n).astype(np.uint16))

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 
 import eval as eval_script
-import evals
-import runtime
-import shards
+from gptlib.errors import run_command
+from gptlib import evals
+from gptlib import checkpoint, runtime
+from gptlib import shards
 from model import GPT, GPTConfig
 
 NO_AUTOCAST = contextlib.nullcontext()
@@ -257,19 +258,19 @@ def test_humaneval_loss_counts_solution_tokens_and_matches_a_direct_computation(
 # ----------------------------------------------------------------------------- eval.py
 
 @pytest.fixture
-def checkpoint(tmp_path, shard_dir):
+def ckpt_run(tmp_path, shard_dir):
     d, _ = shard_dir
     cfg = GPTConfig(block_size=32, **TINY)
     model = tiny_model()
     out = tmp_path / "out"
     out.mkdir()
-    runtime.save_checkpoint(str(out / "ckpt.pt"), {"model": model.state_dict(), "model_args": dataclasses.asdict(cfg),
-                                                    "config": {"data_dir": str(d)}, "iter_num": 42})
+    checkpoint.save_checkpoint(str(out / "ckpt.pt"), {"model": model.state_dict(), "model_args": dataclasses.asdict(cfg),
+                                                    "config": {"data_dir": str(d)}, "loop": {"iter_num": 42}})
     return out, model, d
 
 
-def test_eval_script_end_to_end(checkpoint, shared_data, tmp_path):
-    out, model, d = checkpoint
+def test_eval_script_end_to_end(ckpt_run, shared_data, tmp_path):
+    out, model, d = ckpt_run
     result = tmp_path / "r.json"
     proc = subprocess.run([sys.executable, "eval.py", f"--out_dir={out}", "--eval_iters=3", "--batch_size=4",
                            "--humaneval", f"--humaneval_path={shared_data / 'HumanEval.jsonl.gz'}",
@@ -288,27 +289,27 @@ def test_eval_script_end_to_end(checkpoint, shared_data, tmp_path):
 
 
 def _run_main(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        eval_script.main(argv)
+    code = run_command(eval_script.main, argv)
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
-    return e.value.code, err
+    return code, err
 
 
-def test_eval_script_clear_errors(checkpoint, tmp_path, capsys):
-    out, _, d = checkpoint
+def test_eval_script_clear_errors(ckpt_run, tmp_path, capsys):
+    out, _, d = ckpt_run
     code, err = _run_main([f"--out_dir={out}", "--split=val-python"], capsys)
     assert code == 1 and "no 'val-python' shards" in err and "val, val-extra" in err
+    (tmp_path / "nothing").mkdir()
     code, err = _run_main([f"--out_dir={tmp_path / 'nothing'}"], capsys)
     assert code == 1 and "no ckpt_best.pt or ckpt.pt" in err
     code, err = _run_main([f"--out_dir={out}", "--eval_itters=3"], capsys)
     assert code == 2 and "did you mean 'eval_iters'" in err
     code, err = _run_main([f"--out_dir={out}", "--block_size=64"], capsys)
-    assert code == 1 and "exceeds the model's context" in err
+    assert code == 2 and "exceeds the model's context" in err
     code, err = _run_main([f"--out_dir={out}", "--humaneval"], capsys)
-    assert code == 1 and "--humaneval_path" in err
+    assert code == 2 and "--humaneval_path" in err
     code, err = _run_main(["--init_from=gpt3"], capsys)
-    assert code == 1 and "init_from must be 'resume' or one of gpt2" in err
+    assert code == 2 and "init_from must be one of 'resume', 'gpt2'" in err
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     code, err = _run_main([f"--ckpt={tmp_path / 'bad.pt'}", f"--data_dir={d}"], capsys)
     assert code == 1 and "corrupt" in err

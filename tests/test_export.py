@@ -9,8 +9,8 @@ import torch
 
 from export import ExportError, export
 from model import GPT, GPTConfig
-from runtime import save_checkpoint
-from shards import VOCAB_SIZE
+from gptlib.checkpoint import save_checkpoint
+from gptlib.shards import VOCAB_SIZE
 
 transformers = pytest.importorskip("transformers")
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent

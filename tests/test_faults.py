@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-import runtime
+from gptlib import checkpoint, runtime
 import train
 from conftest import REPO, SHARED_DATA
 from test_train import TINY, make_dataset, metrics
@@ -54,7 +54,7 @@ def wait_for_iter(proc, out_dir, it, timeout=90):
 
 
 def weights(out_dir, name="ckpt.pt"):
-    return runtime.load_checkpoint(str(out_dir / name))["model"]
+    return checkpoint.load_checkpoint(str(out_dir / name))["model"]
 
 
 # ----------------------------------------------------------------------------- kill -9
@@ -81,7 +81,7 @@ def kill_trials(data, tmp_path, trials):
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
         if (out / "ckpt.pt").exists():
-            killed_at = runtime.load_checkpoint(str(out / "ckpt.pt"))["iter_num"]  # what is left must load
+            killed_at = checkpoint.load_checkpoint(str(out / "ckpt.pt"))["loop"]["iter_num"]  # what is left must load
             assert train.run(args(data, out, *RUN, "--init_from=resume")) == 0
         else:  # killed before the first checkpoint: nothing to resume, start again
             killed_at = None
@@ -104,11 +104,12 @@ def test_kill9_many_trials(data, tmp_path):
 
 
 SAVER = """
-import sys, torch, runtime
+import sys, torch
+from gptlib import checkpoint
 i = int(sys.argv[2])
 while True:  # checkpoints of ~24 MB whose every value is the step that wrote it
     i += 1
-    runtime.save_checkpoint(sys.argv[1], {"step": i, "w": torch.full((6_000_000,), float(i))})
+    checkpoint.save_checkpoint(sys.argv[1], {"step": i, "w": torch.full((6_000_000,), float(i))})
     print(i, flush=True)
 """
 
@@ -125,8 +126,8 @@ def test_kill9_during_checkpoint_write_keeps_previous(tmp_path):
         time.sleep(random.Random(trial).uniform(0, 0.2))
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
-        mid_write += os.path.exists(str(path) + ".tmp")
-        ckpt = runtime.load_checkpoint(str(path))
+        mid_write += any(n.endswith(".tmp") for n in os.listdir(tmp_path))
+        ckpt = checkpoint.load_checkpoint(str(path))
         assert ckpt["step"] > step and torch.equal(ckpt["w"], torch.full((6_000_000,), float(ckpt["step"])))
         step = ckpt["step"]
     assert mid_write >= 1, "no kill landed inside a write; the test proved nothing"
@@ -140,12 +141,12 @@ def test_signal_finishes_step_and_checkpoints(data, tmp_path, sig):
     wait_for_iter(proc, tmp_path, 2)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 128 + sig, err  # non-zero, so `train.py && sample.py` does not carry on
     assert f"stopped by {sig.name}" in out and "--init_from=resume" in out
-    ckpt = runtime.load_checkpoint(str(tmp_path / "ckpt.pt"))
-    assert ckpt["iter_num"] == last_logged_iter(tmp_path) >= 2  # the step in flight finished, then was saved
-    assert train.run(args(data, tmp_path, f"--max_iters={ckpt['iter_num'] + 2}", "--init_from=resume")) == 0
-    assert runtime.load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] == ckpt["iter_num"] + 2
+    ckpt = checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert ckpt["loop"]["iter_num"] == last_logged_iter(tmp_path) >= 2  # the step in flight finished, then was saved
+    assert train.run(args(data, tmp_path, f"--max_iters={ckpt['loop']['iter_num'] + 2}", "--init_from=resume")) == 0
+    assert checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))["loop"]["iter_num"] == ckpt["loop"]["iter_num"] + 2
 
 
 # ----------------------------------------------------------------------------- bad losses
@@ -172,8 +173,8 @@ def test_bad_step_is_skipped(data, tmp_path, monkeypatch, factor, extra):
     assert train.run(args(data, tmp_path, "--max_iters=8", "--ckpt_interval=1", "--eval_interval=4", *extra)) == 0
     log = (tmp_path / "log.txt").read_text()
     assert "iter 5: skipped the update" in log and "1 in a row" in log
-    ckpt = runtime.load_checkpoint(str(tmp_path / "ckpt.pt"))
-    assert ckpt["iter_num"] == 8
+    ckpt = checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert ckpt["loop"]["iter_num"] == 8
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
     assert all(torch.isfinite(s["exp_avg_sq"]).all() for s in ckpt["optimizer"]["state"].values())  # never poisoned
     losses = torch.tensor([r["loss"] for r in metrics(tmp_path)])
@@ -191,7 +192,7 @@ def test_too_many_bad_steps_stop_and_keep_last_good(data, tmp_path, monkeypatch,
     for name in ("ckpt.pt", "ckpt_0000005.pt", "ckpt_0000006.pt"):  # written while updates were skipped
         w = weights(tmp_path, name)
         assert all(torch.equal(good[k], w[k]) for k in good), name
-    assert runtime.load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] == 6
+    assert checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))["loop"]["iter_num"] == 6
     assert all(torch.isfinite(v).all() for v in weights(tmp_path, "ckpt_best.pt").values())
 
 
@@ -238,7 +239,7 @@ def test_keep_last_n(data, tmp_path):
                           "--keep_last_n=2")) == 0
     kept = sorted(n for n in os.listdir(tmp_path) if n.startswith("ckpt_0"))
     assert kept == ["ckpt_0000004.pt", "ckpt_0000006.pt"]
-    assert [runtime.load_checkpoint(str(tmp_path / n))["iter_num"] for n in kept] == [4, 6]
+    assert [checkpoint.load_checkpoint(str(tmp_path / n))["loop"]["iter_num"] for n in kept] == [4, 6]
     assert re.search(r"checkpoints: \d+\.\d\d GB each \(ckpt.pt, ckpt_best.pt, 2 numbered\)",
                      (tmp_path / "log.txt").read_text())
 
@@ -268,7 +269,7 @@ def test_fp16_overflow_is_skipped_by_the_scaler_not_counted_as_bad(data, tmp_pat
                           "--max_bad_steps=1")) == 0
     log = (tmp_path / "log.txt").read_text()
     assert "dtype float16" in log and "skipped the update" not in log
-    ckpt = runtime.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    ckpt = checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
     records = metrics(tmp_path)
     overflowed = [r["iter"] for r in records if not math.isfinite(r["grad_norm"])]

@@ -6,7 +6,7 @@ import tiktoken
 import torch
 
 from model import GPT, GPTConfig, KVCache
-from shards import EOT, VOCAB_SIZE
+from gptlib.shards import EOT, VOCAB_SIZE
 
 
 def tiny(**kw):
@@ -202,7 +202,7 @@ def force_token(model, token):
 def test_padded_vocab_ids_are_never_sampled():
     model = make(tie_weights=False)
     force_token(model, 50300)  # a padding row
-    out = model.generate(torch.zeros(1, 1, dtype=torch.long), 30, temperature=1.0)
+    out = model.generate(torch.zeros(1, 1, dtype=torch.long), 30, temperature=1.0, sample_vocab_size=VOCAB_SIZE)
     assert out.max().item() < VOCAB_SIZE
 
 

@@ -6,8 +6,9 @@ import types
 
 import pytest
 
-import monitor
-from monitor import (MetricsLog, MonitorError, flops_per_token, format_plan, human_count, human_time,
+from gptlib import monitor
+from gptlib.errors import ConfigError
+from gptlib.monitor import (MetricsLog, MonitorError, flops_per_token, format_plan, human_count, human_time,
                      lookup_peak_tflops, make_tracker, mfu, peak_flops, plan_run, read_metrics)
 
 # GPT-2 124M by hand: per block 12*C^2 (attn 4C^2 + mlp 8C^2) + 13*C (biases 3C+C+4C+C, two LayerNorms 4C);
@@ -124,7 +125,7 @@ def test_plan_resumed_small_dataset_and_no_throughput():
     p = plan_run(124_000_000, 85_000_000, 524_288, 6_000, iter_num=3_000, tokens_per_sec=100_000)
     assert p["eta_remaining_s"] == pytest.approx(15_728.64)
     assert any("left from iter 3,000" in line for line in format_plan(p))
-    assert any("epochs not computed" in line for line in format_plan(p))
+    assert any("not prepared yet" in line for line in format_plan(p))
 
 
 def test_human_units():
@@ -262,7 +263,7 @@ def test_wandb_tracker_passes_logs_through(monkeypatch):
 def test_grad_accum_and_batch_suggestion():
     assert monitor.grad_accum_steps(524_288, 8, 1024) == 64
     assert monitor.grad_accum_steps(524_288, 16, 1024, world_size=4) == 8
-    with pytest.raises(MonitorError, match="not a multiple"):
+    with pytest.raises(ConfigError, match="not a multiple"):
         monitor.grad_accum_steps(524_288, 12, 1024)
     # 12 sequences fit on the card, but 12 does not divide 512 sequences per step: 8 does
     assert monitor.suggest_batch_size(12, 524_288, 1024) == (8, 64)

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 import plot
-from monitor import METRICS_FILE, MetricsLog
+from gptlib.errors import run_command
+from gptlib.monitor import METRICS_FILE, MetricsLog
 
 REPO = plot.__file__.rsplit("/", 1)[0]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -72,6 +73,4 @@ def test_plot_cli_missing_metrics_is_a_one_line_error(tmp_path):
 def test_plot_refuses_an_empty_metrics_file(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / METRICS_FILE).write_text("")
-    with pytest.raises(SystemExit) as e:
-        plot.main([str(tmp_path / "run"), "--out", str(tmp_path / "x.png")])
-    assert e.value.code == 1
+    assert run_command(plot.main, [str(tmp_path / "run"), "--out", str(tmp_path / "x.png")]) == 1

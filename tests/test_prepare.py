@@ -10,11 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 import tiktoken
 
-import prepare
+from gptlib import prepare
 import prepare_fineweb
 import prepare_github_code
-import shards
-from shards import EOT
+from gptlib import shards
+from gptlib.errors import ConfigError, run_command
+from gptlib.loader import TokenLoader
+from gptlib.shards import EOT
 
 SHARD = 50_000
 ENC = tiktoken.get_encoding("gpt2")
@@ -123,12 +125,12 @@ def test_round_trip_matches_tiktoken_and_eot_convention(tmp_path, shared_data):
     assert sorted(os.listdir(cfg.out_dir)) == sorted([*m["shards"], shards.MANIFEST])  # no .tmp left behind
     # streamed shards are standard .npy files, byte for byte what np.save writes
     for p in paths:
-        arr = shards.open_shard(p)
+        arr = shards.read_shard(p)
         buf = io.BytesIO()
         np.save(buf, np.asarray(arr))
         assert open(p, "rb").read() == buf.getvalue()
     # the training loader reads it
-    x, y = shards.TokenLoader(cfg.out_dir, "train", 2, 16).next_batch()
+    x, y = TokenLoader(cfg.out_dir, "train", 2, 16).next_batch()
     assert x.shape == (2, 16) and (x[:, 1:] == y[:, :-1]).all()
 
 
@@ -208,7 +210,7 @@ def test_github_code_filters(tmp_path):
     assert 0 < len(kept) < len(rows["code"])
     assert np.array_equal(stream(cfg.out_dir, "train"), np.concatenate(docs_tokens(kept)))
     assert m["skipped"]["language_filtered"] + m["skipped"]["license_filtered"] == len(rows["code"]) - len(kept)
-    with pytest.raises(shards.DataError, match="unknown language 'Pyhton'"):
+    with pytest.raises(ConfigError, match="unknown language 'Pyhton'"):
         prepare_github_code.make_spec(replace(cfg, languages=["Pyhton"]))
 
 
@@ -249,8 +251,6 @@ def test_input_smaller_than_the_val_split_is_an_error(tmp_path, shared_data, cap
     path = tmp_path / "small.parquet"
     write_fineweb(path, sample_texts(shared_data, n=50))
     cfg = fw_cfg(tmp_path, str(path), val_tokens=10_000_000)
-    with pytest.raises(SystemExit) as e:
-        prepare.run(cfg, prepare_fineweb.make_spec, prepare_fineweb.make_sources)
-    assert e.value.code == 1
+    assert run_command(lambda argv: prepare.run(cfg, prepare_fineweb.make_spec, prepare_fineweb.make_sources), []) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines
     assert err.startswith("error:") and "no train tokens" in err and "--val_tokens" in err

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 
-import shards
+from gptlib import shards
 from test_prepare import code_rows, sample_texts, write_code, write_fineweb
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,8 +6,8 @@ import sysconfig
 import numpy as np
 import pytest
 
-import shards
-from bench_prepare import build_code_parquet, run_pipeline
+from gptlib import shards
+from benchmarks.bench_prepare import build_code_parquet, run_pipeline
 
 MB = 1 << 20
 

@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import prepare
-import shards
+from gptlib import prepare
+from gptlib import shards
 from test_prepare import fw_cfg, run_fw, sample_texts, write_fineweb
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -168,7 +168,7 @@ def test_disk_full_leaves_no_partial_shard_and_resumes(tmp_path, shared_data, mo
         m = shards.read_manifest(cfg.out_dir)
         for n in names:
             if n.endswith(".npy"):
-                assert len(shards.open_shard(os.path.join(cfg.out_dir, n))) == m["shards"].get(n, len(np.load(os.path.join(cfg.out_dir, n))))
+                assert len(shards.read_shard(os.path.join(cfg.out_dir, n))) == m["shards"].get(n, len(np.load(os.path.join(cfg.out_dir, n))))
             elif n.endswith(".tmp"):  # only a shard being filled at the checkpoint, cut back to it
                 split = n.split("_")[0]
                 st = m["progress"]["writers"][split]

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from model import GPT, GPTConfig
-from pretrained import CONV1D_WEIGHTS, PretrainedError, load_pretrained
+from gptlib.pretrained import CONV1D_WEIGHTS, PretrainedError, load_pretrained
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -65,7 +65,7 @@ def test_offline_hub_cache_load_matches_source_model(tmp_path):
     x = torch.randint(0, 50257, (2, 20))
     torch.save(x, tmp_path / "x.pt")
     # a fresh interpreter, so huggingface_hub reads HF_HUB_CACHE / HF_HUB_OFFLINE at import as in real use
-    script = ("import sys, torch; from pretrained import load_pretrained\n"
+    script = ("import sys, torch; from gptlib.pretrained import load_pretrained\n"
               "m = load_pretrained('gpt2').eval()\n"
               "x = torch.load(sys.argv[1])\n"
               "torch.save({'logits': m(x)[0], 'cfg': vars(m.config)}, sys.argv[2])\n")

@@ -8,10 +8,11 @@ import tiktoken
 import torch
 
 import sample
-from config import ConfigError
+from gptlib.errors import ConfigError
 from model import GPT, GPTConfig
-from runtime import CheckpointError, save_checkpoint
-from shards import EOT
+from gptlib.checkpoint import save_checkpoint
+from gptlib.errors import CheckpointError
+from gptlib.shards import EOT
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -21,7 +22,7 @@ def write_run(out_dir, name="ckpt.pt", seed=0):
     model = GPT(GPTConfig(block_size=32, vocab_size=50304, n_layer=2, n_head=2, n_embd=32)).eval()
     out_dir.mkdir(exist_ok=True)
     save_checkpoint(str(out_dir / name), {"model": model.state_dict(), "model_args": vars(model.config),
-                                          "config": {}, "iter_num": 7, "best_val_loss": 9.5})
+                                          "config": {}, "loop": {"iter_num": 7, "best_val": 9.5}})
     return model
 
 
@@ -40,7 +41,7 @@ def test_greedy_sample_prints_the_models_continuation(tmp_path):
     enc = tiktoken.get_encoding("gpt2")
     ids = torch.tensor([[EOT] + enc.encode(prompt)])
     expected = enc.decode(best.generate(ids, 12, temperature=0)[0, ids.size(1):].tolist())
-    assert text == (prompt + expected + sample.SEPARATOR) * 2
+    assert text == (prompt + expected + f"\n{sample.SEPARATOR} 12 tokens (max_new_tokens)\n") * 2
 
 
 def test_seeded_sampling_is_reproducible_and_prompt_from_file(tmp_path):

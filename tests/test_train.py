@@ -9,8 +9,10 @@ import pytest
 import tiktoken
 import torch
 
-import runtime
-import shards
+from gptlib import checkpoint, optim
+from gptlib.settings import load_config
+from gptlib.train_settings import TrainConfig
+from gptlib import shards
 import train
 from conftest import REPO
 
@@ -29,6 +31,7 @@ def make_dataset(path, text, val_docs=40, shard_tokens=20_000):
         for d in part:
             w.add([shards.EOT] + enc.encode_ordinary(d))
         manifest["shards"].update(w.close())
+        manifest["checksums"].update(w.checksums)
     shards.write_manifest(str(path), manifest)
     return str(path)
 
@@ -62,8 +65,8 @@ def test_loss_falls(shakespeare, tmp_path):
     assert evals[0]["train_loss"] is None and evals[1]["train_loss"] == pytest.approx(sum(losses[:20]) / 20)
     log = (tmp_path / "log.txt").read_text()
     assert "iter      40 | loss" in log and "tok/s" in log and "eta" in log
-    ckpt = runtime.load_checkpoint(str(tmp_path / "ckpt.pt"))
-    assert ckpt["iter_num"] == 40 and json.load(open(tmp_path / "config.json"))["max_iters"] == 40
+    ckpt = checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert ckpt["loop"]["iter_num"] == 40 and json.load(open(tmp_path / "config.json"))["max_iters"] == 40
 
 
 def test_exact_resume(shakespeare, tmp_path):
@@ -83,18 +86,18 @@ def test_exact_resume(shakespeare, tmp_path):
     # the eval-line train loss is the mean since the previous eval (so 11-12 after the extra eval at 10)
     train_a = {r["iter"]: r["train_loss"] for r in metrics(straight, "eval") if r["iter"] > 12}
     assert train_a == {r["iter"]: r["train_loss"] for r in metrics(resumed, "eval") if r["iter"] > 12}
-    wa = runtime.load_checkpoint(str(straight / "ckpt.pt"))["model"]
-    wb = runtime.load_checkpoint(str(resumed / "ckpt.pt"))["model"]
+    wa = checkpoint.load_checkpoint(str(straight / "ckpt.pt"))["model"]
+    wb = checkpoint.load_checkpoint(str(resumed / "ckpt.pt"))["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_extend_run_recomputes_schedule(shakespeare, tmp_path):
     assert run_train(shakespeare, tmp_path, "--max_iters=6", "--eval_interval=3") == 0
-    assert train.get_lr(6, train.load_config(train.TrainConfig, TINY + ["--max_iters=6"])) == pytest.approx(3e-4)
+    assert optim.lr_at(6, load_config(TrainConfig, TINY + ["--max_iters=6"])) == pytest.approx(3e-4)
     assert run_train(shakespeare, tmp_path, "--max_iters=12", "--eval_interval=3", "--init_from=resume") == 0
     lrs = [r["lr"] for r in metrics(tmp_path)]
     assert len(lrs) == 12 and lrs[6] > lrs[11] > 3e-4 * 0.999  # decays again over the longer run
-    assert runtime.load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] == 12
+    assert checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))["loop"]["iter_num"] == 12
 
 
 def test_best_checkpoint_tracks_min_val(shakespeare, tmp_path):
@@ -103,9 +106,9 @@ def test_best_checkpoint_tracks_min_val(shakespeare, tmp_path):
                      "--min_lr=0.05", "--grad_clip=0") == 0
     evals = metrics(tmp_path, "eval")
     best = min(evals, key=lambda r: r["val/val"])
-    ckpt = runtime.load_checkpoint(str(tmp_path / "ckpt_best.pt"))
-    assert ckpt["iter_num"] == best["iter"]
-    assert ckpt["best_val_loss"] == pytest.approx(best["val/val"])
+    ckpt = checkpoint.load_checkpoint(str(tmp_path / "ckpt_best.pt"))
+    assert ckpt["loop"]["iter_num"] == best["iter"]
+    assert ckpt["loop"]["best_val"] == pytest.approx(best["val/val"])
     assert [r["iter"] for r in evals if r["best"]][-1] == best["iter"]
 
 
@@ -114,7 +117,7 @@ def test_early_stopping(shakespeare, tmp_path):
     assert run_train(shakespeare, tmp_path, "--max_iters=100", "--eval_interval=2", "--early_stop_patience=2",
                      "--learning_rate=1e-9", "--min_lr=1e-9", "--warmup_iters=0") == 0
     evals = metrics(tmp_path, "eval")
-    assert len(evals) < 10 and runtime.load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] < 20
+    assert len(evals) < 10 and checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))["loop"]["iter_num"] < 20
     assert "early stop" in (tmp_path / "log.txt").read_text()
     assert os.path.exists(tmp_path / "ckpt_best.pt")
 
@@ -155,7 +158,7 @@ def test_config_file_errors(tmp_path):
     assert r.returncode == 2 and "only hold `name = value` lines" in r.stderr
     good = tmp_path / "good.py"
     good.write_text("batch_size = 4\nblock_size = 64\ntotal_batch_size = batch_size * block_size * 2\n")
-    cfg = train.load_config(train.TrainConfig, [str(good), "--batch_size=2"])
+    cfg = load_config(TrainConfig, [str(good), "--batch_size=2"])
     assert (cfg.batch_size, cfg.total_batch_size) == (2, 512)  # files and overrides apply in order
 
 
@@ -164,7 +167,7 @@ def test_shipped_configs_parse_and_divide():
     configs = sorted((REPO / "config").glob("*.py"))
     assert len(configs) >= 5
     for path in configs:
-        cfg = train.load_config(train.TrainConfig, [str(path)])
+        cfg = load_config(TrainConfig, [str(path)])
         assert cfg.total_batch_size % (cfg.batch_size * cfg.block_size) == 0, path.name
 
 
@@ -195,8 +198,8 @@ def test_finetune_from_gpt2_then_resume(shakespeare, tmp_path):
         r = subprocess.run([sys.executable, "train.py", *args, *extra], cwd=REPO, env=env, capture_output=True,
                            text=True, timeout=120)
         assert r.returncode == 0, r.stderr
-    ckpt = runtime.load_checkpoint(str(out / "ckpt.pt"))
-    assert ckpt["iter_num"] == 6 and ckpt["model_args"]["vocab_size"] == 50257
+    ckpt = checkpoint.load_checkpoint(str(out / "ckpt.pt"))
+    assert ckpt["loop"]["iter_num"] == 6 and ckpt["model_args"]["vocab_size"] == 50257
     assert ckpt["model_args"]["block_size"] == 32  # cropped from GPT-2's 64 to the run's block_size
     losses = [r["loss"] for r in metrics(out)]
     assert len(losses) == 6 and losses[0] < 11.5
@@ -211,3 +214,36 @@ def test_log_interval_averages_the_steps_it_covers(shakespeare, tmp_path):
     logged = metrics(fifth)
     assert [r["iter"] for r in logged] == [5, 10]
     assert [r["loss"] for r in logged] == pytest.approx([sum(steps[:5]) / 5, sum(steps[5:]) / 5], rel=1e-12)
+
+
+def test_plan_works_before_any_data_is_prepared(tmp_path, capsys):
+    """--plan is how a user decides how much to download: it needs no dataset and writes nothing."""
+    assert train.run(TINY + [f"--data_dir={tmp_path / 'not-yet'}", f"--out_dir={tmp_path / 'out'}", "--plan",
+                             "--max_iters=1000", "--tokens_per_sec=512"]) == 0
+    out = capsys.readouterr().out
+    assert "256  x  max_iters: 1,000  =  256K tokens" in out and "this run 8.3 min" in out
+    assert "not prepared yet" in out and "epochs" in out
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_version_1_checkpoint_resumes(shakespeare, tmp_path):
+    """A checkpoint written before the loop state became one unit (version 1: its fields at the top level)
+    still resumes, and continues exactly as a version 2 checkpoint does."""
+    v2, v1 = tmp_path / "v2", tmp_path / "v1"
+    assert run_train(shakespeare, v2, "--max_iters=4", "--eval_interval=2") == 0
+    v1.mkdir()
+    ckpt = checkpoint.load_checkpoint(str(v2 / "ckpt.pt"))
+    loop = ckpt.pop("loop")
+    old = {**ckpt, "version": 1, "iter_num": loop["iter_num"], "best_val_loss": loop["best_val"],
+           "bad_evals": loop["bad_evals"], "last_eval_iter": loop["last_eval_iter"], "loss_ema": loop["loss_ema"],
+           "train_loss_sum": loop["train_loss_sum"], "train_loss_n": loop["train_loss_n"], "loader": loop["loader"],
+           "rng": {"torch": torch.get_rng_state()}}
+    del old["dtype"]
+    torch.save(old, v1 / "ckpt.pt")
+    for d in (v1, v2):
+        assert run_train(shakespeare, d, "--max_iters=6", "--eval_interval=2", "--init_from=resume") == 0
+    assert [r["loss"] for r in metrics(v1)] == [r["loss"] for r in metrics(v2)][-2:]
+    old["version"] = 99
+    torch.save(old, v1 / "ckpt.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="checkpoint version 99, this code reads versions 1 and 2"):
+        checkpoint.load_checkpoint(str(v1 / "ckpt.pt"))

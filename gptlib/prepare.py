@@ -35,8 +35,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import shards
-from shards import DataError, EOT
+from . import shards
+from .errors import DataError, Interrupted, short
+from .settings import setting
+from .shards import EOT
 
 READ_BUFFER = 1 << 20  # bytes read from a parquet file at a time
 QUEUE_BATCHES = 2  # encoded chunks buffered between the reader thread and the writer
@@ -48,17 +50,17 @@ PERCENTILES = (10, 50, 90, 99)  # document-length percentiles printed by --stats
 
 @dataclass
 class PrepareConfig:
-    out_dir: str = ""  # output directory of shards and manifest.json; '': data/<dataset>
-    data_files: str = ""  # local parquet files, comma-separated paths or globs; never touches the network
-    num_files: int = 1  # download mode (no data_files): how many parquet files of the dataset to fetch
-    revision: str = "main"  # download mode: hub branch, tag or commit; the resolved commit goes in manifest.json
-    shard_tokens: int = shards.DEFAULT_SHARD_TOKENS  # tokens per shard (2 bytes each)
-    val_tokens: int = 10_000_000  # tokens (whole documents) sent to the 'val' split
-    batch_rows: int = 256  # documents per parquet record batch; peak memory grows with it (x document size)
-    num_threads: int = 0  # tokenizer threads; 0: all CPU cores
-    overwrite: bool = False  # replace a dataset already in out_dir (never done without it)
-    stats: str = ""  # print the statistics of this prepared directory, write its doc_lengths.png, and exit
-    progress_interval: float = 10.0  # seconds between plain progress lines when stderr is not a terminal
+    out_dir: str = setting("", path="dir")  # output directory of shards and manifest.json; '': data/<dataset>
+    data_files: str = setting("")  # local parquet files, comma-separated paths or globs; never touches the network
+    num_files: int = setting(1, ge=1)  # download mode (no data_files): how many parquet files of the dataset to fetch
+    revision: str = setting("main")  # download mode: hub branch, tag or commit; the resolved commit goes in manifest.json
+    shard_tokens: int = setting(shards.DEFAULT_SHARD_TOKENS, ge=1)  # tokens per shard (2 bytes each)
+    val_tokens: int = setting(10_000_000, ge=0)  # tokens (whole documents) sent to the 'val' split
+    batch_rows: int = setting(256, ge=1)  # documents per parquet record batch; peak memory grows with it (x document size)
+    num_threads: int = setting(0, ge=0)  # tokenizer threads; 0: all CPU cores
+    overwrite: bool = setting(False)  # replace a dataset already in out_dir (never done without it)
+    stats: str = setting("")  # print the statistics of this prepared directory, write its doc_lengths.png, and exit
+    progress_interval: float = setting(10.0, gt=0)  # seconds between plain progress lines when stderr is not a terminal
 
 
 # settings that do not change the output: a resumed run may change them
@@ -76,6 +78,7 @@ class DatasetSpec:
     val_fraction: float = 0.0  # with split_column: fraction of its values (e.g. repositories) held out for val
     language_column: str = ""  # with it: per-language token counts and val-<language> sets
     language_val_tokens: int = 0  # tokens of each val-<language> set
+    filters: dict = dataclasses.field(default_factory=dict)  # skip reason -> the setting behind it, for messages
 
 
 # ----------------------------------------------------------------------------- sources
@@ -95,7 +98,7 @@ class ParquetSource:
             # file's life (pyarrow's default pre_buffer=True held ~170 MB more on a 400 MB-of-text file)
             return pq.ParquetFile(self.path, pre_buffer=False, buffer_size=READ_BUFFER)
         except Exception as e:  # pyarrow raises ArrowInvalid/OSError with long messages
-            raise DataError(f"{self.path} is not a readable parquet file ({_first_line(e)}); "
+            raise DataError(f"{self.path} is not a readable parquet file ({short(e)}); "
                             f"re-download it or remove it from the inputs") from None
 
     def check(self, columns):
@@ -127,16 +130,11 @@ class ParquetSource:
         except DataError:
             raise
         except Exception as e:
-            raise DataError(f"{self.path} is corrupt or truncated ({_first_line(e)}); "
+            raise DataError(f"{self.path} is corrupt or truncated ({short(e)}); "
                             f"re-download it or remove it from the inputs, then re-run (it resumes)") from None
 
     def identity(self):
         return {"name": self.name, "bytes": self.size}
-
-
-def _first_line(e):
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
 
 
 def local_sources(data_files):
@@ -168,8 +166,6 @@ def hub_sources(repo_id, folder, num_files, revision):
     which is recorded. A complete cached file is not fetched again; with HF_HUB_OFFLINE=1 only
     the cache is used."""
     from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
-    if num_files < 1:
-        raise DataError(f"--num_files must be at least 1, got {num_files}")
     try:
         if constants.HF_HUB_OFFLINE:
             root = snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True)
@@ -182,7 +178,7 @@ def hub_sources(repo_id, folder, num_files, revision):
             tree = api.list_repo_tree(repo_id, path_in_repo=folder, repo_type="dataset", revision=commit)
             names = sorted(f.path for f in tree if f.path.endswith(".parquet"))
     except Exception as e:  # network, unknown repo/revision, nothing cached offline
-        raise DataError(f"cannot list {repo_id}/{folder} at revision {revision!r} ({_first_line(e)}); check the "
+        raise DataError(f"cannot list {repo_id}/{folder} at revision {revision!r} ({short(e)}); check the "
                         f"name/--revision and the network, or pass local files with --data_files") from None
     if len(names) < num_files:
         where = "in the local HF cache (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else "on the hub"
@@ -192,7 +188,7 @@ def hub_sources(repo_id, folder, num_files, revision):
         try:
             path = hf_hub_download(repo_id, name, repo_type="dataset", revision=commit)
         except Exception as e:
-            raise DataError(f"download of {repo_id}/{name} failed ({_first_line(e)}); re-run to retry") from None
+            raise DataError(f"download of {repo_id}/{name} failed ({short(e)}); re-run to retry") from None
         sources.append(ParquetSource(path, name=f"hf://datasets/{repo_id}@{commit}/{name}"))
     return sources, commit
 
@@ -350,11 +346,13 @@ def threaded(gen, maxsize=QUEUE_BATCHES):
 # ----------------------------------------------------------------------------- progress
 
 class Progress:
-    """tqdm bars (files; tokens with tokens/s and ETA) on a terminal, else a plain line every `interval` s."""
+    """tqdm bars (files; tokens with tokens/s and ETA) on a terminal, else a plain line every `interval` s
+    (the first after `interval` s: a short run prints none)."""
 
     def __init__(self, num_files, num_rows, done_files, done_rows, tokens, interval):
         self.num_files, self.num_rows, self.rows, self.tokens = num_files, num_rows, done_rows, tokens
-        self.t0, self.tok0, self.last, self.interval = time.time(), tokens, 0.0, interval
+        self.t0, self.tok0, self.interval = time.time(), tokens, interval
+        self.last = self.t0
         self.tty = sys.stderr.isatty()
         if self.tty:
             from tqdm import tqdm
@@ -373,9 +371,9 @@ class Progress:
         elif time.time() - self.last >= self.interval:
             self.last = time.time()
             rate = (self.tokens - self.tok0) / max(self.last - self.t0, 1e-9)
-            eta = (est_total - self.tokens) / rate if est_total and rate > 0 else float("nan")
+            eta = f"{(est_total - self.tokens) / rate / 60:.1f} min" if est_total and rate > 0 else "n/a"
             print(f"prepare: {self.rows:,}/{self.num_rows:,} documents, {self.tokens:,} tokens, "
-                  f"{rate / 1e6:.2f}M tok/s, ETA {eta / 60:.1f} min", file=sys.stderr, flush=True)
+                  f"{rate / 1e6:.2f}M tok/s, ETA {eta}", file=sys.stderr, flush=True)
 
     def close(self):
         if self.tty:
@@ -444,8 +442,6 @@ def save_manifest(out_dir, m):
 def prepare(cfg, spec, sources, extra=None, enc=None):
     """Tokenize `sources` into cfg.out_dir; resume an interrupted run; return the manifest."""
     out_dir = cfg.out_dir
-    if cfg.shard_tokens < 1 or cfg.val_tokens < 0:
-        raise DataError(f"shard_tokens must be >= 1 and val_tokens >= 0 (got {cfg.shard_tokens}, {cfg.val_tokens})")
     if not sources:
         raise DataError("no input files; pass --data_files=... or download with --num_files=N")
     for s in sources:
@@ -468,8 +464,9 @@ def prepare(cfg, spec, sources, extra=None, enc=None):
 
     writers = {}
 
-    def on_shard(name, n):
+    def on_shard(name, n, crc):
         m["shards"][name] = n
+        m.setdefault("checksums", {})[name] = crc
         state["flushed"] = True
 
     def writer(split):
@@ -572,10 +569,12 @@ def doc_lengths(paths):
     so documents are the spans between EOTs, possibly straddling shards."""
     starts, offset = [], 0
     for p in paths:
-        arr = shards.open_shard(p)
-        for lo in range(0, len(arr), STATS_CHUNK):
-            starts.append(np.flatnonzero(arr[lo:lo + STATS_CHUNK] == EOT) + offset + lo)
-        offset += len(arr)
+        reader = shards.ShardReader(p)
+        for lo in range(0, len(reader), STATS_CHUNK):
+            chunk = reader.read(lo, min(STATS_CHUNK, len(reader) - lo))
+            starts.append(np.flatnonzero(chunk == EOT) + offset + lo)
+        offset += len(reader)
+        reader.close()
     starts = np.concatenate(starts) if starts else np.empty(0, np.int64)
     return np.diff(np.append(starts, offset))
 
@@ -616,24 +615,45 @@ def print_stats(data_dir, png_path=None):
 
 
 def run(cfg, make_spec, make_sources):
-    """main() of a prepare script: --stats, or prepare; project errors as one line, exit 1.
+    """main() of a prepare script: --stats, or prepare and print the summary.
     make_spec(cfg) -> DatasetSpec; make_sources(cfg) -> (sources, extra manifest fields)."""
+    if cfg.stats:
+        print_stats(cfg.stats)
+        return
+    spec = make_spec(cfg)
+    sources, extra = make_sources(cfg)
+    t0 = time.time()
     try:
-        if cfg.stats:
-            print_stats(cfg.stats)
-            return
-        spec = make_spec(cfg)
-        sources, extra = make_sources(cfg)
-        t0 = time.time()
         m = prepare(cfg, spec, sources, extra)
-        print(summary(m))
-        if not any(name.startswith("train_") for name in m["shards"]):
-            raise DataError(f"{cfg.out_dir} got no train tokens: the input is smaller than what the val split takes "
-                            f"(val_tokens={cfg.val_tokens:,}); re-run with a smaller --val_tokens and --overwrite")
-        print(f"done in {time.time() - t0:.2f}s -> {cfg.out_dir}")
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     except KeyboardInterrupt:
-        print("error: interrupted; re-run the same command to resume", file=sys.stderr)
-        sys.exit(1)
+        raise Interrupted("interrupted; re-run the same command to resume") from None
+    print(summary(m))
+    if not any(name.startswith("train_") for name in m["shards"]):
+        _remove_dataset(cfg.out_dir)  # a dataset with nothing to train on is of no use, and would block a re-run
+        with contextlib.suppress(OSError):
+            os.rmdir(cfg.out_dir)
+        raise DataError(f"{cfg.out_dir} got no train tokens: {why_no_train(m, spec, cfg)}")
+    print(f"done in {time.time() - t0:.2f}s -> {cfg.out_dir}")
+
+
+SKIP_REASONS = {  # manifest "skipped" keys, as words
+    "null_text": "with null text", "empty_text": "with empty text", "invalid_utf8": "not valid UTF-8",
+    "int_score_below_min": "below the minimum int_score", "language_filtered": "in other languages",
+    "license_filtered": "under other licenses", "not_code": "not code (no known language extension)",
+    "too_large": "larger than the size limit", "held_out_overflow": "in held-out repositories after val was full"}
+
+
+def why_no_train(m, spec, cfg):
+    """Why a dataset ended with no train tokens, naming the filter or setting responsible and its counts."""
+    kept = sum(m["docs"].values())
+    skipped = sorted(((k, n) for k, n in m["skipped"].items() if n), key=lambda kv: -kv[1])
+    parts = [f"{n:,} {SKIP_REASONS.get(k, k)}" + (f" ({spec.filters[k]})" if k in spec.filters else "") for k, n in skipped]
+    if not kept:
+        if not skipped:
+            return "the input holds no documents; check --data_files"
+        top = skipped[0][0]
+        fix = f"change {spec.filters[top]}" if top in spec.filters else "check the input files"
+        return f"no document was kept ({'; '.join(parts)}); {fix} and re-run"
+    return (f"all {kept:,} kept documents went to the val sets (val_tokens={cfg.val_tokens:,}"
+            + (f", held out by repository: val_repo_fraction={spec.val_fraction:g}" if spec.split_column else "")
+            + f"); the input is too small for them: lower --val_tokens and re-run")

@@ -10,7 +10,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-import shards
+from . import shards
+from .loader import TokenLoader
 
 
 def _distributed(world_size):
@@ -54,7 +55,7 @@ def num_eval_batches(total_tokens, batch_size, block_size, eval_iters, world_siz
 
 @torch.inference_mode()
 def split_loss(model, data_dir, split, batch_size, block_size, eval_iters, device, autocast_ctx,
-               rank=0, world_size=1):
+               rank=0, world_size=1, verify=True):
     """Mean cross-entropy over the first eval_iters batches of a split.
 
     The batches are the same at every call (read in order from the start of the split,
@@ -62,8 +63,8 @@ def split_loss(model, data_dir, split, batch_size, block_size, eval_iters, devic
     on every rank with rank, world_size) each rank reads its own slice of each batch and
     the result is averaged over ranks.
     """
-    loader = shards.TokenLoader(data_dir, split, batch_size, block_size, rank=rank,
-                                world_size=world_size, shuffle=False)
+    loader = TokenLoader(data_dir, split, batch_size, block_size, rank=rank, world_size=world_size, shuffle=False,
+                         verify=verify)
     n = num_eval_batches(loader.total_tokens, batch_size, block_size, eval_iters, world_size)
     total = torch.zeros((), device=device)  # summed on the device: no GPU sync per batch
     with _eval_mode(model):
@@ -127,10 +128,11 @@ def check_primary_val(primary_val, val_sets):
     return primary_val
 
 
-def eval_val_sets(model, val_sets, batch_size, block_size, eval_iters, device, autocast_ctx, rank=0, world_size=1):
+def eval_val_sets(model, val_sets, batch_size, block_size, eval_iters, device, autocast_ctx, rank=0, world_size=1,
+                  verify=True):
     """{name: mean loss} over the parsed val_sets (see parse_val_sets)."""
     return {name: split_loss(model, data_dir, split, batch_size, block_size, eval_iters, device, autocast_ctx,
-                             rank=rank, world_size=world_size)
+                             rank=rank, world_size=world_size, verify=verify)
             for name, data_dir, split in val_sets}
 
 

@@ -15,11 +15,14 @@ import os
 import re
 import time
 
+from .errors import ConfigError, UserError
+
 METRICS_FILE = "metrics.jsonl"  # name of the metrics log inside out_dir
 CHINCHILLA_TOKENS_PER_PARAM = 20  # compute-optimal tokens per parameter (Hoffmann et al. 2022, Table 3)
+MAX_GOOD_EPOCHS = 4  # repeated data is almost as good as new up to ~4 epochs (Muennighoff et al. 2023, "Scaling Data-Constrained LMs")
 
 
-class MonitorError(Exception):
+class MonitorError(UserError):
     """A problem with monitoring settings or files, with a message that says how to fix it."""
 
 
@@ -140,7 +143,7 @@ def grad_accum_steps(total_batch_size, batch_size, block_size, world_size=1):
     """Micro-steps per optimizer step so that each step sees total_batch_size tokens; it must divide exactly."""
     tokens_per_micro = batch_size * block_size * world_size
     if total_batch_size % tokens_per_micro:
-        raise MonitorError(f"total_batch_size={total_batch_size} is not a multiple of batch_size*block_size*world_size "
+        raise ConfigError(f"total_batch_size={total_batch_size} is not a multiple of batch_size*block_size*world_size "
                            f"= {batch_size}*{block_size}*{world_size} = {tokens_per_micro}; change total_batch_size or batch_size")
     return total_batch_size // tokens_per_micro
 
@@ -202,6 +205,15 @@ def human_count(n):
             return f"{x:,.{decimals}f}{unit}"
 
 
+def fmt_duration(seconds):
+    """Fixed-width-friendly ETA: '4m05s', '2h03m10s', '3d04h10m'."""
+    seconds = int(max(0, seconds))
+    d, rem = divmod(seconds, 86400)
+    h, rem = divmod(rem, 3600)
+    m, s = divmod(rem, 60)
+    return f"{d}d{h:02d}h{m:02d}m" if d else (f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s")
+
+
 def human_time(seconds):
     """45 -> '45 s', 750 -> '12.5 min', 123120 -> '34.2 h / 1.4 d'."""
     if seconds is None:
@@ -228,8 +240,12 @@ def format_plan(plan):
     if p["train_tokens"]:
         lines.append(f"dataset: {human_count(p['train_tokens'])} train tokens = {p['iters_per_epoch']:,} iters/epoch; "
                      f"this run is {p['epochs']:.2f} epochs")
+        if p["epochs"] > MAX_GOOD_EPOCHS:
+            lines.append(f"warning: {p['epochs']:,.0f} epochs repeat the data far beyond the ~{MAX_GOOD_EPOCHS} that still "
+                         f"help (Muennighoff et al. 2023): the model will memorise it; prepare more data or lower max_iters")
     else:
-        lines.append("dataset: train token count unknown (no manifest); epochs not computed")
+        lines.append("dataset: not prepared yet (no manifest.json): epochs and iters/epoch need it; "
+                     "everything above does not")
     if p["tokens_per_sec"]:
         eta = f"wall time{rate}: this run {human_time(p['eta_run_s'])}"
         if p["iter_num"]:
@@ -257,17 +273,21 @@ def _plain(v):
 def read_metrics(path):
     """The records of a metrics.jsonl, in file order. A torn last line (crash mid-write) is skipped."""
     records = []
-    with open(path) as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         lines = f.read().split("\n")
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
             if i >= len(lines) - 2:  # only the final line may be partial
                 continue
             raise MonitorError(f"{path} line {i + 1} is not JSON; fix or delete that line") from None
+        if not isinstance(record, dict) or not isinstance(record.get("iter", 0), int):
+            raise MonitorError(f"{path} line {i + 1} is not a metrics record (a JSON object with an integer "
+                               f"'iter'); fix or delete that line")
+        records.append(record)
     return records
 
 

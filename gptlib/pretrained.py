@@ -15,18 +15,24 @@ import torch
 
 from model import GPT, GPTConfig
 
-HUB_REPOS = {  # model name -> hub repository (n_layer, n_head, n_embd: 12/12/768 ... 48/25/1600)
+from .errors import UserError, short
+
+HUB_REPOS = {  # model name -> hub repository
     "gpt2": "openai-community/gpt2",  # 124M
     "gpt2-medium": "openai-community/gpt2-medium",  # 350M
     "gpt2-large": "openai-community/gpt2-large",  # 774M
     "gpt2-xl": "openai-community/gpt2-xl",  # 1558M
 }
+GPT2_SHAPES = {  # model name -> (n_layer, n_head, n_embd), as in the repositories' config.json (for train.py --plan)
+    "gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280), "gpt2-xl": (48, 25, 1600),
+}
+GPT2_VOCAB, GPT2_CONTEXT = 50257, 1024
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # stored transposed
 MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")  # constant causal masks in old checkpoints, not weights
 HF_PREFIX = "transformer."
 
 
-class PretrainedError(Exception):
+class PretrainedError(UserError):
     """Weights that cannot be downloaded or do not fit model.GPT, with a message that says what to do."""
 
 
@@ -80,8 +86,7 @@ def _download(repo, filename, hub_kwargs):
     try:
         return hf_hub_download(repo, filename, **hub_kwargs)
     except Exception as e:  # offline, not cached, HTTP errors: every one needs the same advice
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise PretrainedError(f"cannot get {filename} of {repo} from the Hugging Face hub ({first}); "
+        raise PretrainedError(f"cannot get {filename} of {repo} from the Hugging Face hub ({short(e) or type(e).__name__}); "
                               f"check the network, or pre-download it with `hf download {repo}`") from None
     finally:
         hub_log.setLevel(level)
@@ -103,7 +108,7 @@ def load_pretrained(name, dropout=None, **hub_kwargs):
     try:
         hf_sd = load_file(weights_path)
     except Exception as e:  # safetensors raises its own SafetensorError on a truncated or foreign file
-        raise PretrainedError(f"{weights_path} is not a readable safetensors file ({e}); delete it and download again") from None
+        raise PretrainedError(f"{weights_path} is not a readable safetensors file ({short(e)}); delete it and download again") from None
     model = GPT(config)
     sd = state_dict_from_hf(hf_sd, config)
     missing = set(model.state_dict()) - set(sd)

@@ -1,7 +1,7 @@
 """Throughput and memory of the prepare pipeline, on real code.
 
-    python bench_prepare.py                      # 400 MB of text from site-packages .py files
-    python bench_prepare.py --text_mb=100 --num_threads=2
+    python -m benchmarks.bench_prepare                      # 400 MB of text from site-packages .py files
+    python -m benchmarks.bench_prepare --text_mb=100 --num_threads=2
 
 Builds one github-code-schema parquet file of `text_mb` MB of source text (site-packages
 .py files, repeated if needed) in row groups of about `row_group_mb` MB, then on those same
@@ -18,9 +18,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-import shards
-from config import load_config, run_script
-from prepare import PrepareConfig
+from gptlib import shards
+from gptlib.errors import DataError, run_command
+from gptlib.prepare import PrepareConfig
+from gptlib.settings import load_config, setting
 
 MB = 1 << 20
 RAW_BATCH_ROWS = 1024  # documents per encode_ordinary_batch call when timing raw tiktoken (amortizes its thread pool)
@@ -30,12 +31,12 @@ GITHUB_CODE_SCHEMA = [("code", "string"), ("repo_name", "string"), ("path", "str
 
 @dataclass
 class BenchConfig:
-    text_mb: int = 400  # MB of source text in the parquet file
-    row_group_mb: int = 64  # MB of text per parquet row group (real hub files hold tens to hundreds of MB)
-    src_dir: str = ""  # where to read .py files; '': site-packages
-    num_threads: int = 0  # tokenizer threads for both measurements; 0: all CPU cores
-    batch_rows: int = PrepareConfig.batch_rows  # documents per record batch, as prepare.py's setting
-    work_dir: str = ""  # where the parquet file and shards go; '': a temporary directory
+    text_mb: int = setting(400, ge=1)  # MB of source text in the parquet file
+    row_group_mb: int = setting(64, ge=1)  # MB of text per parquet row group (real hub files hold tens to hundreds of MB)
+    src_dir: str = setting("")  # where to read .py files; '': site-packages
+    num_threads: int = setting(0, ge=0)  # tokenizer threads for both measurements; 0: all CPU cores
+    batch_rows: int = setting(PrepareConfig.batch_rows, ge=1)  # documents per record batch, as prepare.py's setting
+    work_dir: str = setting("", path="dir")  # where the parquet file and shards go; '': a temporary directory
 
 
 def build_code_parquet(path, text_bytes, src_dir, row_group_bytes):
@@ -48,7 +49,7 @@ def build_code_parquet(path, text_bytes, src_dir, row_group_bytes):
         dirs.sort()
         files.extend(os.path.join(d, n) for n in sorted(names) if n.endswith(".py"))
     if not files:
-        raise SystemExit(f"error: no .py files under {src_dir}")
+        raise DataError(f"no .py files under {src_dir}; pass --src_dir=DIR of Python source")
     schema = pa.schema([(name, getattr(pa, t)()) for name, t in GITHUB_CODE_SCHEMA])
     total = rows_total = 0
     rows = {name: [] for name, _ in GITHUB_CODE_SCHEMA}
@@ -110,7 +111,7 @@ def raw_encode(path, num_threads, batch_rows=RAW_BATCH_ROWS):
 def run_pipeline(path, out_dir, batch_rows=PrepareConfig.batch_rows, num_threads=0, shard_tokens=shards.DEFAULT_SHARD_TOKENS):
     """Run prepare_github_code.py in a child process; returns (wall seconds, peak RSS bytes, stdout).
     Its stdout ends with prepare's own 'done in X s' (imports and process start excluded)."""
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
     # VmHWM, not ru_maxrss: ru_maxrss survives exec and would count this (parent) process's memory
     code = ("import os, runpy, sys; sys.argv = sys.argv[1:]; sys.path.insert(0, os.path.dirname(sys.argv[0]))\n"
             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
@@ -121,7 +122,7 @@ def run_pipeline(path, out_dir, batch_rows=PrepareConfig.batch_rows, num_threads
     p = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if p.returncode != 0:
-        raise SystemExit(f"error: the pipeline failed: {p.stderr.strip().splitlines()[-1:]}")
+        raise DataError(f"the pipeline failed: {(p.stderr.strip().splitlines() or ['no output'])[-1]}")
     rss = int(p.stdout.split("peak_rss_kb")[-1].split()[0]) * 1024  # ru_maxrss is in KB on Linux
     return wall, rss, p.stdout
 
@@ -152,4 +153,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    run_script(main, sys.argv[1:])
+    sys.exit(run_command(main))

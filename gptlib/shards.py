@@ -6,20 +6,29 @@ A dataset is a directory holding
     val-python_000000.npy, ...                    optional named validation sets
     manifest.json                                 see `new_manifest`
 
-Each shard is a 1-D uint16 .npy file of GPT-2 BPE tokens. Convention: an
-<|endoftext|> token (EOT, 50256) comes *before* every document, so a shard
-starts with EOT and every document is preceded by one (as in llm.c's fineweb.py).
-Shards hold `shard_tokens` tokens (default 100M); the last one of a split may be shorter.
-Readers memory-map shards and keep at most one open, so memory stays flat
-whatever the number of shards.
+Each shard is a 1-D uint16 .npy file of GPT-2 BPE tokens, with numpy's standard 128-byte header.
+Convention: an <|endoftext|> token (EOT, 50256) comes *before* every document (as in llm.c's
+fineweb.py). Shards hold `shard_tokens` tokens (default 100M) and are filled exactly, so a document
+may continue from one shard into the next: the first shard of a split starts with EOT, later ones
+usually start mid-document. A split is meant to be read as one stream, its shards in order.
+
+manifest.json records each shard's token count and CRC-32 checksum. Readers (ShardReader) check
+every shard's header and size against it when they open it, and its checksum and token ids the
+first time a process reads it, so a changed, swapped, truncated or damaged shard is one DataError
+line, never silently wrong data or a crash. They read with positioned reads, one shard open at a
+time: memory stays flat whatever the number of shards, and a shard truncated under a running
+reader is an error, not a SIGBUS from a memory map.
 """
 import contextlib
 import errno
 import json
 import os
 import re
+import zlib
 
 import numpy as np
+
+from .errors import DataError
 
 FORMAT_VERSION = 1
 TOKENIZER = "gpt2"
@@ -29,10 +38,6 @@ DTYPE = np.uint16
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB per shard
 MANIFEST = "manifest.json"
 _SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9][A-Za-z0-9.\-]*)_(?P<index>\d{6})\.npy$")
-
-
-class DataError(Exception):
-    """A problem with a dataset directory or shard, with a message that says how to fix it."""
 
 
 # ----------------------------------------------------------------------------- names
@@ -83,6 +88,7 @@ def new_manifest(args=None, sources=None):
         "eot_position": "before_each_document",
         "dtype": np.dtype(DTYPE).name,
         "shards": {},  # file name -> token count
+        "checksums": {},  # file name -> "crc32:xxxxxxxx" of its tokens' bytes
         "sources": list(sources or []),  # input files the dataset was made from
         "args": dict(args or {}),  # the arguments that created the dataset
     }
@@ -122,10 +128,44 @@ def read_manifest(data_dir, required=True):
     return m
 
 
+def split_of(name):
+    """'train_000003.npy' -> 'train'; None for a file that is not a shard."""
+    m = _SHARD_RE.match(name)
+    return m.group("split") if m else None
+
+
+def split_tokens(manifest, split):
+    """Tokens of one split, as the manifest records them."""
+    return sum(n for name, n in manifest["shards"].items() if split_of(name) == split)
+
+
+def check_dataset(data_dir):
+    """The manifest of a dataset a run can read: complete (no prepare interrupted or still writing), and
+    listing exactly the shards that are there, with their lengths. Anything else is one DataError line."""
+    m = read_manifest(data_dir)
+    if not m.get("progress", {}).get("complete", True):
+        raise DataError(f"{data_dir} is not completely prepared (its prepare run was interrupted or is still "
+                        f"running); re-run the same prepare command to finish it")
+    on_disk = {os.path.basename(p) for s in list_splits(data_dir) for p in list_shards(data_dir, s)}
+    listed = set(m["shards"])
+    if on_disk != listed:
+        extra, missing = sorted(on_disk - listed), sorted(listed - on_disk)
+        what = f"{extra[0]} is not in its manifest.json" if extra else f"{missing[0]} is missing"
+        raise DataError(f"{data_dir} does not match its manifest.json ({what}); re-create the dataset with the "
+                        f"prepare scripts (--overwrite)")
+    for name in sorted(listed):  # headers and sizes only: cheap; checksums are checked as shards are read
+        ShardReader(os.path.join(data_dir, name), expected=m["shards"][name]).close()
+    return m
+
+
 # ----------------------------------------------------------------------------- writing
 
+def checksum(crc):
+    return f"crc32:{crc & 0xFFFFFFFF:08x}"
+
+
 def write_shard(path, tokens):
-    """Write one shard atomically: a temporary file, fsync, then rename.
+    """Write one shard atomically: a temporary file, fsync, then rename; returns its checksum.
     A crash leaves either the old file or the complete new one, never a partial shard."""
     tokens = np.asarray(tokens)
     if tokens.dtype != DTYPE or tokens.ndim != 1:
@@ -137,6 +177,7 @@ def write_shard(path, tokens):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        return checksum(zlib.crc32(memoryview(np.ascontiguousarray(tokens)).cast("B")))
     except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -170,8 +211,9 @@ class ShardWriter:
     they are added. When it is full (or at close()) the header is rewritten with the real
     length, the file is fsynced and renamed, so a file named like a shard is always complete.
     Memory is a WRITE_BUFFER whatever the shard size. A document longer than the space left
-    is split across shards, so shards are exactly full. `on_shard(name, ntokens)` is called
-    after each shard is safely on disk.
+    is split across shards, so shards are exactly full. The CRC-32 of each shard's tokens is
+    computed as they stream by. `on_shard(name, ntokens, checksum)` is called after each shard
+    is safely on disk.
 
     Resumable: sync() makes the .tmp durable and returns a state; load_state_dict(state)
     after a crash truncates the .tmp back to that state (tokens added after it are dropped,
@@ -186,6 +228,8 @@ class ShardWriter:
         self.file = None  # the open .tmp file, once a token was added
         self.on_shard = on_shard
         self.written = {}  # shard file name -> token count
+        self.checksums = {}  # shard file name -> checksum
+        self.crc = 0  # CRC-32 of the tokens in the shard being filled
         self.total_tokens = 0
 
     def _paths(self):
@@ -202,7 +246,9 @@ class ShardWriter:
                     self.file = open(self._paths()[1], "wb", buffering=WRITE_BUFFER)
                     self.file.write(npy_header(0))  # placeholder, rewritten by _finish
                 n = min(len(tokens) - pos, self.shard_tokens - self.fill)
-                self.file.write(memoryview(np.ascontiguousarray(tokens[pos:pos + n], dtype=DTYPE)))
+                data = memoryview(np.ascontiguousarray(tokens[pos:pos + n], dtype=DTYPE)).cast("B")
+                self.file.write(data)
+                self.crc = zlib.crc32(data, self.crc)
                 self.fill += n
                 pos += n
                 if self.fill == self.shard_tokens:
@@ -223,10 +269,11 @@ class ShardWriter:
         os.replace(tmp, path)
         name = os.path.basename(path)
         self.written[name] = int(self.fill)
+        self.checksums[name] = checksum(self.crc)
         if self.on_shard is not None:
-            self.on_shard(name, int(self.fill))
+            self.on_shard(name, int(self.fill), self.checksums[name])
         self.index += 1
-        self.fill = 0
+        self.fill, self.crc = 0, 0
 
     @contextlib.contextmanager
     def _disk_full_is_data_error(self):
@@ -267,12 +314,13 @@ class ShardWriter:
         return self.state_dict()
 
     def state_dict(self):
-        return {"index": self.index, "fill": self.fill, "total_tokens": self.total_tokens}
+        return {"index": self.index, "fill": self.fill, "total_tokens": self.total_tokens, "crc": self.crc}
 
     def load_state_dict(self, state):
         """Continue from a state returned by sync() before a crash: the shard being filled
         then is reopened and cut back to the tokens it held at that point."""
         self.index, self.fill, self.total_tokens = state["index"], state["fill"], state["total_tokens"]
+        self.crc = state.get("crc", 0)
         if self.fill == 0:
             return
         path, tmp = self._paths()
@@ -284,6 +332,9 @@ class ShardWriter:
                             f"{self.index} and does not; re-run with --overwrite")
         self.file = open(tmp, "r+b", buffering=WRITE_BUFFER)
         self.file.truncate(want)
+        if "crc" not in state:  # a state saved by an older version: checksum what the .tmp keeps
+            self.file.seek(NPY_HEADER_BYTES)
+            self.crc = zlib.crc32(self.file.read(want - NPY_HEADER_BYTES))
         self.file.seek(want)
 
     def close(self):
@@ -295,106 +346,117 @@ class ShardWriter:
 
 # ----------------------------------------------------------------------------- reading
 
-def open_shard(path):
-    """Memory-map a shard (no data is read until used) after checking its format."""
+TOKEN_BYTES = np.dtype(DTYPE).itemsize
+CHECK_TOKENS = 1 << 23  # tokens read at a time to checksum a shard (16 MB)
+_HEADER_RE = re.compile(rb"\x93NUMPY\x01\x00v\x00\{'descr': '<u2', 'fortran_order': False, 'shape': \((\d+),\), \} *\n")
+_verified = set()  # (path, size, mtime, checksum) this process has checked: each shard is checksummed once
+
+
+def _describe_npy(path, f):
+    """What a .npy file that is not a shard holds, for the error message (numpy parses the header)."""
+    from numpy.lib import format as npy
     try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"shard {path} is unreadable ({e}); delete it and re-run the prepare script") from None
-    if arr.dtype != DTYPE or arr.ndim != 1:
-        raise DataError(f"shard {path} is {arr.dtype} with shape {arr.shape}, expected 1-D uint16 GPT-2 tokens; re-create it with the prepare scripts")
-    return arr
+        f.seek(0)
+        version = npy.read_magic(f)
+        read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, _, dtype = read(f)
+    except Exception:  # a damaged header fails in many ways (ValueError, tokenize.TokenError, SyntaxError...)
+        return f"shard {path} has a damaged .npy header"
+    return f"shard {path} is {dtype} with shape {shape}, expected 1-D uint16 GPT-2 tokens"
+
+
+class ShardReader:
+    """One shard, opened after checking its header and size (and the manifest's token count, if given).
+    verify(checksum) reads it once to check the manifest's CRC-32 and that every id is a GPT-2 token.
+    read(start, n) is a positioned read; a shard cut short under a running reader is a DataError."""
+
+    def __init__(self, path, expected=None):
+        self.path = path
+        try:
+            self.file = open(path, "rb", buffering=0)
+        except OSError as e:
+            raise DataError(f"shard {path} is unreadable ({e.strerror}); re-create the dataset with the prepare "
+                            f"scripts") from None
+        try:
+            m = _HEADER_RE.fullmatch(self.file.read(NPY_HEADER_BYTES))
+            if not m or npy_header(int(m.group(1))) != m.group(0):
+                raise DataError(f"{_describe_npy(path, self.file)}; re-create it with the prepare scripts")
+            self.length = int(m.group(1))
+            size = os.fstat(self.file.fileno()).st_size
+            if size != NPY_HEADER_BYTES + TOKEN_BYTES * self.length:
+                raise DataError(f"shard {path} is {size:,} bytes but its header says {self.length:,} tokens "
+                                f"({NPY_HEADER_BYTES + TOKEN_BYTES * self.length:,} bytes): it was truncated or "
+                                f"damaged; re-create the dataset")
+            if expected is not None and expected != self.length:
+                raise DataError(f"shard {path} holds {self.length:,} tokens but manifest.json says {expected:,}: the "
+                                f"dataset was changed after it was prepared; re-create it")
+        except BaseException:
+            self.file.close()
+            raise
+
+    def __len__(self):
+        return self.length
+
+    def read(self, start, n):
+        """Tokens [start, start + n) as a uint16 array."""
+        out = np.empty(n, dtype=DTYPE)
+        view, got = memoryview(out).cast("B"), 0
+        self.file.seek(NPY_HEADER_BYTES + TOKEN_BYTES * start)
+        while got < len(view):
+            k = self.file.readinto(view[got:])
+            if not k:
+                raise DataError(f"shard {self.path} ended early while being read: it was truncated or replaced "
+                                f"under this run (the last checkpoint is intact); re-create the dataset, then resume")
+            got += k
+        return out
+
+    def verify(self, want):
+        """Check the manifest's checksum (and that every id is below VOCAB_SIZE), once per process."""
+        st = os.stat(self.path)
+        key = (os.path.abspath(self.path), st.st_size, st.st_mtime_ns, want)
+        if key in _verified:
+            return
+        crc, top = 0, 0
+        for lo in range(0, self.length, CHECK_TOKENS):
+            chunk = self.read(lo, min(CHECK_TOKENS, self.length - lo))
+            crc = zlib.crc32(memoryview(chunk).cast("B"), crc)
+            top = max(top, int(chunk.max()))
+        if checksum(crc) != want:
+            raise DataError(f"shard {self.path} does not match the checksum in manifest.json ({checksum(crc)}, "
+                            f"recorded {want}): it was changed, damaged or swapped after prepare; re-create the "
+                            f"dataset (or pass --verify_data=False to train on it anyway)")
+        if top >= VOCAB_SIZE:
+            raise DataError(f"shard {self.path} holds token id {top} >= vocab size {VOCAB_SIZE}: not GPT-2 tokens; "
+                            f"re-create the dataset with the prepare scripts")
+        _verified.add(key)
+
+    def close(self):
+        self.file.close()
+
+
+def read_shard(path):
+    """A whole shard in memory (tests and small tools; the loader reads pieces)."""
+    r = ShardReader(path)
+    try:
+        return r.read(0, len(r))
+    finally:
+        r.close()
 
 
 def shard_lengths(paths):
-    """Token counts of shards, read from the .npy headers only."""
+    """Token counts of shards, read from their headers only."""
     lengths = []
     for p in paths:
-        lengths.append(len(open_shard(p)))
+        r = ShardReader(p)
+        lengths.append(len(r))
+        r.close()
     return lengths
 
 
-class TokenLoader:
-    """Yields (x, y) batches of shape (B, T) from one split, resumably.
-
-    The split is read as one continuous token stream: the shards concatenated in an
-    order shuffled per epoch (seeded, without replacement), so every token is seen once
-    per epoch and batches may straddle shard boundaries. Each call to next_batch
-    consumes world*B*T tokens of the stream; rank r takes the r-th B*T slice, so ranks
-    read disjoint data. The state is one global position (epoch, offset) that does not
-    depend on B or world size, so a run resumed with another micro-batch or number of
-    ranks continues where the stream stopped. Only the epoch's tail shorter than one
-    global batch is dropped.
-    """
-
-    def __init__(self, data_dir, split, B, T, rank=0, world_size=1, seed=1337, shuffle=True):
-        self.paths = list_shards(data_dir, split)
-        if not self.paths:
-            raise DataError(f"no '{split}' shards ({split}_000000.npy, ...) in {data_dir}; run a prepare script to create them")
-        self.split, self.B, self.T = split, B, T
-        self.rank, self.world_size = rank, world_size
-        self.seed, self.shuffle = seed, shuffle
-        self.lengths = shard_lengths(self.paths)
-        self.total_tokens = sum(self.lengths)
-        if self.total_tokens < world_size * B * T + 1:
-            raise DataError(f"split '{split}' in {data_dir} has {self.total_tokens:,} tokens, fewer than one batch "
-                            f"({world_size}x{B}x{T}+1); lower batch_size or block_size, or prepare more data")
-        self.epoch, self.offset = 0, 0
-        self._set_epoch(0)
-
-    def _set_epoch(self, epoch):
-        self.epoch = epoch
-        order = np.arange(len(self.paths))
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch]).permutation(order)
-        self.order = order
-        self.starts = np.concatenate([[0], np.cumsum([self.lengths[i] for i in order])])  # stream offset of each shard
-        self._open = (None, None)  # (position in order, memmap): only one shard is open
-
-    def _shard(self, k):
-        if self._open[0] != k:
-            self._open = (k, open_shard(self.paths[self.order[k]]))
-        return self._open[1]
-
-    def _read(self, start, n):
-        """n tokens of this epoch's stream from offset start."""
-        out = np.empty(n, dtype=np.int64)
-        got = 0
-        k = int(np.searchsorted(self.starts, start, side="right")) - 1
-        while got < n:
-            shard = self._shard(k)
-            lo = start + got - self.starts[k]
-            take = min(n - got, len(shard) - lo)
-            out[got:got + take] = shard[lo:lo + take]
-            got += take
-            k += 1
-        return out
-
-    def next_batch(self):
-        import torch
-        B, T, W = self.B, self.T, self.world_size
-        if self.offset + W * B * T + 1 > self.total_tokens:
-            self._set_epoch(self.epoch + 1)
-            self.offset = 0
-        buf = self._read(self.offset + self.rank * B * T, B * T + 1)
-        self.offset += W * B * T
-        if buf.max() >= VOCAB_SIZE:
-            raise DataError(f"split '{self.split}' holds token id {int(buf.max())} >= vocab size {VOCAB_SIZE}: "
-                            f"not GPT-2 tokens; re-create the dataset with the prepare scripts")
-        buf = torch.from_numpy(buf)
-        x = buf[:-1].view(B, T)  # (B*T+1,) -> (B, T) inputs
-        y = buf[1:].view(B, T)  # targets, shifted by one
-        return x, y
-
-    def state_dict(self):
-        return {"split": self.split, "seed": self.seed, "epoch": self.epoch, "offset": self.offset,
-                "num_shards": len(self.paths), "total_tokens": self.total_tokens}
-
-    def load_state_dict(self, state):
-        if state["num_shards"] != len(self.paths) or state["total_tokens"] != self.total_tokens:
-            raise DataError(f"the '{self.split}' shards changed since the checkpoint ({state['num_shards']} shards, "
-                            f"{state['total_tokens']:,} tokens then; {len(self.paths)} and {self.total_tokens:,} now); "
-                            f"resume on the same data, or start with init_from='scratch'")
-        self.seed = state["seed"]
-        self._set_epoch(state["epoch"])
-        self.offset = state["offset"]
+def fingerprint(manifest, split):
+    """A short id of a split's exact contents (names, token counts, checksums), kept in checkpoints so a
+    resume on other data with the same token count is refused."""
+    import hashlib
+    items = sorted((n, manifest["shards"][n], manifest.get("checksums", {}).get(n, ""))
+                   for n in manifest["shards"] if split_of(n) == split)
+    return hashlib.blake2b(json.dumps(items).encode(), digest_size=8).hexdigest()

@@ -1,0 +1,16 @@
+"""The library behind the commands (train.py, sample.py, eval.py, ...): everything but the model.
+
+    errors      one error policy: UserError and its exit codes, run_command() for every script
+    settings    settings declared once (default, range, comment), parsed without running code, validated
+    shards      the token-shard format: names, manifest, checksums, streaming writer, checked reader
+    loader      the resumable training loader and the device prefetcher
+    prepare     the streaming parquet/text -> shards pipeline both prepare scripts use
+    runtime     devices, precision, torch.compile, torchrun
+    checkpoint  atomic checkpoints, their versions, and the training loop's state as one unit
+    optim       optimizers (AdamW, Muon) and learning-rate schedules, for train.py and bench.py
+    locks       one process at a time per run directory and dataset
+    evals       validation loss, HellaSwag, HumanEval
+    monitor     FLOPs, MFU, the run planner, metrics.jsonl, trackers
+    pretrained  OpenAI GPT-2 weights in, transformers layout out
+Nothing here runs on import.
+"""

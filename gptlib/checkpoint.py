@@ -1,0 +1,166 @@
+"""Checkpoints: written atomically, loaded without running code, versioned; and the training loop's
+resumable state as one unit (LoopState).
+
+A training checkpoint (version 2) holds:
+    model, model_args   the weights and the model.GPTConfig that builds them
+    config              the run's settings (gptlib/settings.py TrainConfig) as a dict
+    optimizer, scaler   their state_dicts (gptlib/optim.py), and `dtype`, the precision they were made in
+    loop                LoopState.state_dict(): iteration, tokens seen, best val, loss sums, loader position
+    world_size          how many ranks wrote it (any number may resume it)
+Version 1 checkpoints (loop fields at the top level, and RNG states) are upgraded when loaded.
+"""
+import dataclasses
+import errno
+import glob
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import CheckpointError, short
+
+CKPT_FORMAT = "gpt2-shards-ckpt"  # marks our checkpoints; anything else is refused with a clear message
+CKPT_VERSION = 2
+CKPT_NAME, BEST_NAME = "ckpt.pt", "ckpt_best.pt"
+
+
+@dataclass
+class LoopState:
+    """Everything the training loop carries from one step to the next, saved and restored as one unit:
+    a field added here is checkpointed and resumed with no other edit."""
+    iter_num: int = 0  # optimizer steps done
+    tokens: int = 0  # tokens trained on so far: a running total, right even when total_batch_size changed on resume
+    best_val: float = math.inf  # lowest primary val loss so far (what ckpt_best.pt holds)
+    bad_evals: int = 0  # evals since the last new best (early stopping)
+    last_eval_iter: int = -1  # iteration of the last eval, so a resume does not repeat it
+    loss_ema: float = None  # running mean of the step loss, for spike detection (None: no step yet)
+    train_loss_sum: float = 0.0  # step losses since the last eval, for the eval line
+    train_loss_n: int = 0
+    log_loss_sum: float = 0.0  # step losses since the last log line, so a resumed run logs what an unbroken one would
+    log_loss_n: int = 0
+    loader: dict = field(default_factory=dict)  # the training loader's stream position (loader.TokenLoader.state_dict)
+
+    def state_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, state):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in state.items() if k in names})
+
+
+def _upgrade_v1(ckpt):
+    """Version 1 kept the loop's fields at the top level, and RNG states (dropout now reseeds per step)."""
+    cfg = ckpt.get("config") or {}
+    loop = {"iter_num": ckpt.get("iter_num", 0), "best_val": ckpt.get("best_val_loss", math.inf)}
+    for k in ("bad_evals", "last_eval_iter", "loss_ema", "train_loss_sum", "train_loss_n", "loader"):
+        if k in ckpt:
+            loop[k] = ckpt[k]
+    loop["tokens"] = loop["iter_num"] * cfg.get("total_batch_size", 0)
+    dtype = "float16" if (ckpt.get("scaler") or {}).get("scale") is not None else None
+    return {**{k: v for k, v in ckpt.items() if k in ("model", "model_args", "config", "optimizer", "scaler",
+                                                     "world_size")},
+            "loop": loop, "dtype": dtype, "format": CKPT_FORMAT, "version": CKPT_VERSION}
+
+
+def _tensor_bytes(obj):
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def temp_name(path):
+    """A temporary file beside `path`, unique to this process: two writers never share one."""
+    return f"{path}.{os.getpid()}.tmp"
+
+
+def remove_stale_temps(out_dir):
+    """Temporary checkpoint files that a killed process left (call it while holding the out_dir lock)."""
+    for p in glob.glob(os.path.join(glob.escape(out_dir), "ckpt*.pt.*.tmp")):
+        os.remove(p)
+
+
+def save_checkpoint(path, obj):
+    """torch.save to a temporary file, fsync, then rename: a crash leaves the previous checkpoint intact.
+    A full disk is a one-line CheckpointError that says how much space a checkpoint needs."""
+    obj = {"format": CKPT_FORMAT, "version": CKPT_VERSION, **obj}
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if hasattr(os, "O_DIRECTORY"):  # POSIX: fsync the directory too, so the rename survives a power cut
+            fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CheckpointError(f"disk full while writing {path} (the previous checkpoint is intact): each "
+                                  f"checkpoint needs about {_tensor_bytes(obj) / 1e9:.2f} GB in "
+                                  f"{os.path.dirname(os.path.abspath(path))}; free space there, then resume "
+                                  f"with --init_from=resume") from None
+        raise
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Load with weights_only=True, so a downloaded checkpoint cannot run code; upgrade older versions."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"no checkpoint at {path}; train one first, or check out_dir")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # a corrupt file fails in many ways (UnpicklingError, EOFError, IndexError, KeyError...)
+        raise CheckpointError(f"{path} is corrupt or not a checkpoint this code can load safely "
+                              f"({short(e, 160) or type(e).__name__}); use another checkpoint or start with "
+                              f"init_from='scratch'") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this toolkit (foreign or nanoGPT-style file); "
+                              f"start with init_from='scratch', or load OpenAI weights with init_from='gpt2'")
+    if ckpt.get("version") == 1:
+        ckpt = _upgrade_v1(ckpt)
+    if ckpt.get("version") != CKPT_VERSION:
+        raise CheckpointError(f"{path} is checkpoint version {ckpt.get('version')!r}, this code reads versions 1 "
+                              f"and {CKPT_VERSION}; use the version of this toolkit that wrote it")
+    ckpt.setdefault("loop", {})
+    return ckpt
+
+
+def describe(ckpt):
+    """'iter 120, best val loss 3.2100' for messages."""
+    loop = ckpt.get("loop", {})
+    best = loop.get("best_val", math.inf)
+    return f"iter {loop.get('iter_num', '?')}" + (f", best val loss {best:.4f}" if math.isfinite(best) else "")
+
+
+def find_checkpoint(out_dir, prefer_best=True):
+    """ckpt_best.pt if present (and preferred), else ckpt.pt."""
+    if not os.path.isdir(out_dir):
+        raise CheckpointError(f"out_dir {out_dir!r} does not exist; pass the --out_dir of a training run "
+                              f"(or its config file, e.g. config/train_tiny_cpu.py)")
+    names = [BEST_NAME, CKPT_NAME] if prefer_best else [CKPT_NAME]
+    for name in names:
+        path = os.path.join(out_dir, name)
+        if os.path.exists(path):
+            return path
+    raise CheckpointError(f"no {' or '.join(names)} in {out_dir!r}; train a model there first, or check --out_dir")
+
+
+def model_from_checkpoint(ckpt):
+    from model import GPT, GPTConfig
+    try:
+        model = GPT(GPTConfig(**ckpt["model_args"]))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as e:  # a newer toolkit's settings, or mismatched weights
+        raise CheckpointError(f"the checkpoint's model cannot be built by this model.py ({short(e, 160)}); "
+                              f"use the version of this toolkit that wrote it") from None
+    return model

@@ -1,0 +1,97 @@
+"""One error policy for every command.
+
+A UserError is a mistake the user can fix: a bad setting, missing or corrupt data, a checkpoint that
+does not fit, a destination that cannot be written. A command reports it as one line on stderr,
+`error: <what is wrong and how to fix it>`, and exits with the error's code; it never shows a
+traceback for one. Any other exception is a bug and keeps its traceback.
+
+    2    usage: a bad setting, option or config file (ConfigError)
+    1    bad data or files: datasets, checkpoints, downloads, destinations (every other UserError)
+    3    training diverged (train.py)
+    130  interrupted (Ctrl-C); 128 + the signal for a run stopped by a signal after its checkpoint
+"""
+import os
+import re
+import sys
+
+EXIT_USAGE, EXIT_DATA, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 1, 3, 130
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the message says what is wrong and what to do."""
+    exit_code = EXIT_DATA
+
+
+class ConfigError(UserError):
+    """A bad setting: unknown key, wrong type, out of range, unparsable file, absent device."""
+    exit_code = EXIT_USAGE
+
+
+class DataError(UserError):
+    """A dataset directory, shard or input file that cannot be used as it is."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, unreadable, foreign, incompatible, or cannot be written."""
+
+
+class OutOfMemory(UserError):
+    """A batch that does not fit in device memory."""
+
+
+class Interrupted(UserError):
+    """Ctrl-C (a second one, in train.py) or a signal: the command stopped before it finished."""
+    exit_code = EXIT_INTERRUPTED
+
+
+def one_line(text):
+    """A message as one line: newlines and runs of white space folded into single spaces."""
+    return re.sub(r"\s+", " ", str(text)).strip()
+
+
+def short(text, limit=200):
+    """The first line of a library's (often long) message, cut at a word boundary within `limit`."""
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    first = one_line(lines[0]) if lines else ""
+    if len(first) <= limit:
+        return first
+    cut = first[:limit].rsplit(" ", 1)[0]
+    return cut.rstrip(",;:") + " ..."
+
+
+def is_out_of_memory(e):
+    """torch.cuda.OutOfMemoryError, or the plain RuntimeError MPS and some CUDA paths raise."""
+    return type(e).__name__ == "OutOfMemoryError" or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+
+
+def _rank():
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def report(e):
+    """Print a UserError's one line. Under torchrun every rank runs the same checks, so a settings
+    mistake is printed by rank 0 alone; other errors name the rank that hit them."""
+    rank = _rank()
+    if rank and isinstance(e, ConfigError):
+        return
+    where = f" (rank {rank})" if rank else ""
+    print(f"error{where}: {one_line(e)}", file=sys.stderr, flush=True)
+
+
+def run_command(main, argv=None, oom_hint="lower --batch_size"):
+    """Run a command's main(argv) under the error policy; returns its exit code (scripts sys.exit it).
+    main returns None or an int exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return main(argv) or 0
+    except UserError as e:
+        report(e)
+        return e.exit_code
+    except KeyboardInterrupt:
+        report(Interrupted("interrupted; what was written before is intact"))
+        return EXIT_INTERRUPTED
+    except RuntimeError as e:
+        if not is_out_of_memory(e):
+            raise
+        report(OutOfMemory(f"out of device memory ({short(e, 120)}); {oom_hint}"))
+        return EXIT_DATA

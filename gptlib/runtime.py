@@ -1,0 +1,130 @@
+"""Where a command runs: the device and precision, torch.compile, and processes under torchrun."""
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+
+
+# ----------------------------------------------------------------------------- device and precision
+
+def pick_device(name="auto"):
+    """'auto': cuda, then mps, then cpu. A device asked for by name must be there: on a machine without it
+    the answer is one ConfigError line, not a traceback from deep inside torch."""
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
+            raise ConfigError(f"device={name!r} but CUDA is not available here (torch {torch.__version__} is {build}); "
+                              f"use --device=cpu or --device=auto")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device={name!r} but this machine has {torch.cuda.device_count()} visible GPU(s), "
+                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if name == "mps" and not has_mps:
+        raise ConfigError("device='mps' but Apple's MPS backend is not available here; use --device=cpu or --device=auto")
+    return name
+
+
+def bf16_supported(device):
+    """Native bf16 tensor cores: compute capability 8.0 (Ampere) or newer. torch.cuda.is_bf16_supported()
+    is also True on GPUs that only emulate bf16 (T4, V100), where it is slow; those get fp16 instead."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def pick_dtype(device, name="auto"):
+    """bf16 where the GPU has it natively, else fp16 (with GradScaler); fp32 on CPU and MPS."""
+    if name != "auto":
+        return name
+    if device.startswith("cuda"):
+        return "bfloat16" if bf16_supported(device) else "float16"
+    return "float32"
+
+
+def autocast(device, dtype):
+    """Mixed precision for forward passes; nothing to do in fp32."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))
+
+
+def compile_available(device):
+    """(ok, reason): torch.compile needs Triton on GPU and is not supported on MPS or Windows."""
+    if os.name == "nt":
+        return False, "torch.compile is not supported on Windows"
+    if device.startswith("mps"):
+        return False, "torch.compile is not supported on MPS"
+    if device.startswith("cuda"):
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False, "Triton is not installed"
+    return True, ""
+
+
+def synchronize(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    elif device.startswith("mps"):
+        torch.mps.synchronize()
+
+
+def step_seed(seed, rank, step):
+    """The torch seed of one optimizer step on one rank: dropout masks differ between ranks and steps,
+    and a resumed run (on any number of ranks) draws exactly the masks an uninterrupted one would,
+    with no generator state to save."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> 1)
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+@dataclass
+class Processes:
+    """This process's place in the run: one process, or one rank of a torchrun job."""
+    ddp: bool
+    rank: int
+    local_rank: int
+    world: int
+    device: str
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+
+def start_processes(device="auto", backend="", timeout_min=30):
+    """Processes for a run. Under torchrun (RANK is set) each rank uses the GPU cuda:LOCAL_RANK with NCCL,
+    or the CPU with gloo, and joins the process group; a device that cannot work that way is refused.
+    timeout_min: how long a collective waits for a rank that is busy (a long eval or checkpoint on rank 0)."""
+    if "RANK" not in os.environ:
+        return Processes(False, 0, 0, 1, pick_device(device))
+    import torch.distributed as dist
+    rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    if device.startswith("cuda:"):
+        raise ConfigError(f"device={device!r} under torchrun: each rank uses the GPU cuda:LOCAL_RANK; pass "
+                          f"--device=cuda (or auto) and choose the GPUs with CUDA_VISIBLE_DEVICES")
+    if device == "mps":
+        raise ConfigError("torchrun with device='mps' is not supported; use --device=cpu")
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"torchrun started {local_rank + 1}+ processes on this node but it has "
+                              f"{torch.cuda.device_count()} visible GPU(s); lower --nproc_per_node")
+        dev = f"cuda:{local_rank}"
+        torch.cuda.set_device(dev)
+    else:  # 'cuda' on a machine without it is refused by pick_device, never a silent CPU run
+        dev = "cpu" if device == "auto" else pick_device(device)
+    dist.init_process_group(backend=backend or ("nccl" if dev.startswith("cuda") else "gloo"),
+                            timeout=datetime.timedelta(minutes=timeout_min))
+    return Processes(True, rank, local_rank, world, dev)
+
+
+def stop_processes():
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

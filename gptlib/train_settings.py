@@ -1,0 +1,88 @@
+"""train.py's settings (also bench.py's, and the defaults sample.py, eval.py and export.py share).
+
+The model's own settings (n_layer, block_size, ...) are model.GPTConfig's fields, declared there once
+and inherited here; everything else a run needs is declared below, once, with its default, its valid
+range and a one-line comment (see gptlib/settings.py).
+"""
+from dataclasses import dataclass
+
+from model import GPTConfig
+
+from .settings import DEVICE_PATTERN, DTYPES, setting
+
+INIT_FROM = ["scratch", "resume", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
+
+
+@dataclass
+class TrainConfig(GPTConfig):
+    """train.py's settings: model.GPTConfig's, then these."""
+    # I/O
+    out_dir: str = setting("out", path="dir")  # checkpoints, log.txt, metrics.jsonl and config.json go here
+    data_dir: str = setting("data/fineweb")  # dataset directory of train_*/val_* shards and manifest.json
+    init_from: str = setting("scratch", choices=INIT_FROM)  # 'scratch', 'resume' (from out_dir/ckpt.pt), or OpenAI's 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
+    overwrite: bool = setting(False)  # allow init_from='scratch' to replace checkpoints already in out_dir
+    log_interval: int = setting(1, ge=1)  # print a log line every this many iterations
+    ckpt_interval: int = setting(1000, ge=1)  # write out_dir/ckpt.pt every this many iterations (and at the end)
+    keep_last_n: int = setting(0, ge=0)  # also keep this many numbered step checkpoints ckpt_NNNNNNN.pt (0: none)
+    plan: bool = setting(False)  # print the run plan (tokens, Chinchilla ratio, epochs, wall time) and exit
+    tokens_per_sec: float = setting(0.0, ge=0)  # throughput for the plan's wall-time estimates (from bench.py); 0: measure as the run goes
+    peak_tflops: float = setting(0.0, ge=0)  # the GPU's dense bf16/fp16 peak for MFU; 0: look it up in monitor.PEAK_TFLOPS
+    # evaluation
+    eval_interval: int = setting(250, ge=1)  # evaluate every this many iterations
+    eval_iters: int = setting(20, ge=1)  # batches per validation set per evaluation (the same batches every time)
+    eval_batch_size: int = setting(0, ge=0)  # eval micro-batch; 0: same as batch_size (never larger: eval must fit where training fits)
+    val_sets: list[str] = setting(["val"])  # validation sets: 'split' in data_dir, or 'DIR:split'
+    primary_val: str = setting("")  # the val set that ckpt_best.pt and early stopping follow; '': the first of val_sets
+    early_stop_patience: int = setting(0, ge=0)  # stop after this many evals without a new best val loss (0: never)
+    hellaswag_interval: int = setting(0, ge=0)  # run HellaSwag every this many iterations (0: never)
+    hellaswag_path: str = setting("")  # HellaSwag jsonl; '': download with huggingface_hub
+    hellaswag_limit: int = setting(0, ge=0)  # evaluate only the first N HellaSwag items (0: all 10,042)
+    humaneval_interval: int = setting(0, ge=0)  # HumanEval solution loss every this many iterations (0: never)
+    humaneval_path: str = setting("")  # HumanEval.jsonl.gz path (required when humaneval_interval > 0)
+    # logging services
+    wandb_log: bool = setting(False)  # log to Weights & Biases (needs the wandb package)
+    wandb_project: str = setting("gpt2")  # wandb project
+    wandb_run_name: str = setting("")  # wandb run name; '': out_dir's name
+    tensorboard_log: bool = setting(False)  # write TensorBoard events to out_dir/tb (needs the tensorboard package)
+    # data
+    batch_size: int = setting(8, ge=1)  # micro-batch size per GPU, in sequences
+    total_batch_size: int = setting(524288, ge=1)  # tokens per optimizer step (2**19, ~0.5M as GPT-3 Small); sets gradient accumulation
+    seed: int = setting(1337, ge=0)  # seeds the model init, dropout and the shard order
+    data_order: str = setting("stream", choices=["stream", "windows"])  # within a shard: 'stream' (front to back) or 'windows' (block_size windows shuffled per epoch)
+    verify_data: bool = setting(True)  # check each shard against manifest.json's checksum when first read (~0.1 s per 100M tokens)
+    # optimizer and schedule (gptlib/optim.py): AdamW, linear warmup then cosine decay to min_lr
+    learning_rate: float = setting(6e-4, gt=0)  # peak learning rate (GPT-3 Small)
+    min_lr: float = setting(6e-5, ge=0)  # final learning rate, ~learning_rate/10 per Chinchilla
+    warmup_iters: int = setting(715, ge=0)  # linear warmup steps (375M tokens at 2**19 tokens/step, as GPT-3)
+    max_iters: int = setting(19073, ge=1)  # total optimizer steps (10B tokens at 2**19 tokens/step)
+    lr_decay_iters: int = setting(0, ge=0)  # iteration where the cosine reaches min_lr; 0: max_iters (follows an extended run)
+    weight_decay: float = setting(0.1, ge=0)  # AdamW weight decay on 2-D weights only
+    beta1: float = setting(0.9, ge=0, lt=1)  # AdamW beta1
+    beta2: float = setting(0.95, ge=0, lt=1)  # AdamW beta2
+    grad_clip: float = setting(1.0, ge=0)  # clip the global gradient norm to this (0: off)
+    # faults
+    spike_factor: float = setting(0.0, ge=0)  # skip an update whose loss exceeds this times the running mean (0: only NaN/inf are skipped)
+    max_bad_steps: int = setting(5, ge=1)  # stop after this many skipped updates in a row
+    # system
+    device: str = setting("auto", pattern=DEVICE_PATTERN)  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'mps'
+    dtype: str = setting("auto", choices=DTYPES)  # 'auto' (bf16 where supported, else fp16 on GPU, fp32 on CPU), 'bfloat16', 'float16', 'float32'
+    compile: bool = setting(True)  # torch.compile the model (switched off where Triton is unavailable)
+    backend: str = setting("", choices=["", "nccl", "gloo"])  # torch.distributed backend under torchrun; '': nccl on GPU, gloo on CPU
+    dist_timeout_min: int = setting(30, ge=1)  # torchrun: minutes a rank waits for the others (a long eval or checkpoint) before failing
+
+    def problems(self):
+        out = super().problems()
+        if self.min_lr > self.learning_rate:
+            out.append(f"min_lr={self.min_lr:g} is above learning_rate={self.learning_rate:g}; the schedule decays "
+                       f"from learning_rate down to min_lr, so lower min_lr")
+        if self.eval_batch_size > self.batch_size:
+            out.append(f"eval_batch_size={self.eval_batch_size} is larger than batch_size={self.batch_size}; eval must "
+                       f"fit where training fits, so lower eval_batch_size (0: batch_size)")
+        if 0 < self.spike_factor <= 1:
+            out.append(f"spike_factor={self.spike_factor:g} would skip ordinary steps (a loss above its running "
+                       f"mean is normal); use a factor above 1, e.g. 3, or 0 (off)")
+        if not self.val_sets:
+            out.append("val_sets is empty; give at least one validation split, e.g. --val_sets=val")
+        if self.humaneval_interval and not self.humaneval_path:
+            out.append("humaneval_interval needs humaneval_path=.../HumanEval.jsonl.gz")
+        return out
