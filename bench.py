@@ -79,6 +79,8 @@ class Bench:
         torch.backends.cuda.matmul.allow_tf32 = True  # as train.py
         torch.backends.cudnn.allow_tf32 = True
         self.ctx = runtime.autocast(self.device, self.dtype)
+        if self.device_type == "cpu":
+            runtime.keep_freed_memory()  # as train.py
         torch.manual_seed(cfg.seed)
         model_args = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(GPTConfig)}
         self.raw_model = GPT(GPTConfig(**model_args)).to(self.device)
@@ -115,10 +117,10 @@ class Bench:
         self.scaler.scale(loss).backward()
 
     def optimizer_step(self):
-        self.scaler.unscale_(self.optimizer)
+        self.optimizer.unscale_(self.scaler)
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
-        self.scaler.step(self.optimizer)
+        self.optimizer.step(self.scaler)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
 

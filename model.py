@@ -1,8 +1,12 @@
-"""GPT-2 in one file, with nanoGPT's parameter names so checkpoints interoperate.
+"""GPT-2 in one file, with nanoGPT's parameter names so checkpoints interoperate, and the switches of a
+modern recipe, each off by default so the defaults are exactly GPT-2.
 
 References:
 1) GPT-2 paper, "Language Models are Unsupervised Multitask Learners" (Radford et al. 2019)
 2) OpenAI's GPT-2 TensorFlow code: https://github.com/openai/gpt-2/blob/master/src/model.py
+3) The switches (README "The modern recipe"): rotary positions (Su et al. 2021, RoFormer), RMSNorm
+   (Zhang & Sennrich 2019), QK-norm (Dehghani et al. 2023), ReLU^2 (So et al. 2021, Primer), zero-init
+   projections and head, and logit soft-capping (Gemma 2, 2024), as combined by modded-nanogpt.
 Only the model lives here: optimizer policy, FLOP/MFU accounting and hardware tables are elsewhere.
 """
 import math
@@ -12,14 +16,14 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-
 INIT_STD = 0.02  # GPT-2's weight init std (OpenAI's model.py, `normal_initializer(0.02)`)
+LOSS_CHUNK = 2048  # rows of logits the loss holds at a time: (2048, 50304) fp32 is 0.4 GB, never (B*T, vocab)
 
 
 @dataclass
 class GPTConfig:
     # each setting's valid range is in its metadata, which gptlib/settings.py checks for every command
-    block_size: int = field(default=1024, metadata={"ge": 1})  # longest context the model can see (positions in wpe)
+    block_size: int = field(default=1024, metadata={"ge": 1})  # longest context the model can see
     vocab_size: int = field(default=50304, metadata={"ge": 1})  # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
     n_layer: int = field(default=12, metadata={"ge": 1})  # number of transformer blocks
     n_head: int = field(default=12, metadata={"ge": 1})  # attention heads per block
@@ -27,6 +31,13 @@ class GPTConfig:
     dropout: float = field(default=0.0, metadata={"ge": 0, "lt": 1})  # dropout probability (0 for pre-training, 0.1+ for fine-tuning)
     bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2; False is a bit faster and better
     tie_weights: bool = True  # share wte and lm_head weights, as GPT-2 (Press & Wolf 2017)
+    pos_emb: str = field(default="learned", metadata={"choices": ["learned", "rope"]})  # positions: a learned table wpe (GPT-2) or rotary (RoPE)
+    rope_base: float = field(default=10000.0, metadata={"gt": 1})  # RoPE: base of the rotation frequencies
+    norm: str = field(default="layernorm", metadata={"choices": ["layernorm", "rmsnorm"]})  # LayerNorm (GPT-2) or RMSNorm
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys before attention
+    mlp_act: str = field(default="gelu", metadata={"choices": ["gelu", "relu2"]})  # MLP activation: tanh GELU (GPT-2) or ReLU^2
+    zero_init: bool = False  # start the residual output projections and the head at zero (needs tie_weights=False)
+    logit_softcap: float = field(default=0.0, metadata={"ge": 0})  # squash logits smoothly into (-cap, cap); 0: off
 
     def problems(self):
         """Why these settings cannot build a model, as messages (empty when they can)."""
@@ -34,6 +45,12 @@ class GPTConfig:
         if self.n_embd % self.n_head:
             out.append(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; each head gets n_embd/n_head "
                        f"channels, so pick values that divide")
+        elif self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
+            out.append(f"pos_emb='rope' rotates channel pairs, but n_embd/n_head={self.n_embd // self.n_head} is odd; "
+                       f"pick an even head size")
+        if self.zero_init and self.tie_weights:
+            out.append("zero_init starts the head at zero, which would zero the tied token embedding too; "
+                       "set tie_weights=False")
         return out
 
 
@@ -60,6 +77,31 @@ class KVCache:
         return k, v
 
 
+class Rotary(nn.Module):
+    """Rotary position embedding (Su et al. 2021): channel pairs of q and k are rotated by an angle that
+    grows with the position, so q.k depends on the distance between positions, not on where they are."""
+
+    def __init__(self, head_size, block_size, base):
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)  # (hs/2,)
+        angles = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq)  # (block_size, hs/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)  # recomputed, never in a checkpoint
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x, start):
+        """x (B, nh, T, hs) at positions start .. start+T-1, rotated."""
+        T, half = x.size(2), x.size(3) // 2
+        cos, sin = self.cos[start:start + T].to(x.dtype), self.sin[start:start + T].to(x.dtype)  # (T, hs/2)
+        x1, x2 = x[..., :half], x[..., half:]
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def make_norm(config):
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config, layer_idx):
@@ -68,20 +110,24 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
+        self.qk_norm = config.qk_norm
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, kv_cache=None):
+    def forward(self, x, rotary=None, kv_cache=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
         hs = C // self.n_head
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, T, C) -> (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
-        past = 0
+        past = kv_cache.length(self.layer_idx) if kv_cache is not None else 0
+        if self.qk_norm:  # bounded attention logits: stable at higher learning rates (Dehghani et al. 2023)
+            q, k = F.rms_norm(q, (hs,)), F.rms_norm(k, (hs,))
+        if rotary is not None:  # new tokens sit at positions past .. past + T - 1
+            q, k = rotary(q, past), rotary(k, past)
         if kv_cache is not None:
-            past = kv_cache.length(self.layer_idx)
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, past + T, hs)
         dropout_p = self.dropout if self.training else 0.0
         if past == 0:
@@ -102,28 +148,83 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.relu2 = config.mlp_act == "relu2"
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2 used the tanh approximation of GELU
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        h = F.relu(h).square() if self.relu2 else self.gelu(h)  # ReLU^2: sparse, and better per FLOP (Primer)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block (GPT-2 paper section 2.3)."""
+    """Pre-norm transformer block (GPT-2 paper section 2.3)."""
 
     def __init__(self, config, layer_idx):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), kv_cache)
+    def forward(self, x, rotary=None, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), rotary, kv_cache)
         x = x + self.mlp(self.ln_2(x))
         return x
+
+
+def _loss_chunks(x, weight, targets, softcap, want_grads):
+    """Summed cross-entropy of the logits x @ weight.T against targets (-1: ignored), LOSS_CHUNK rows at a
+    time, and with want_grads the gradients of that sum w.r.t. x and weight, made in the same pass.
+    One (LOSS_CHUNK, vocab) fp32 buffer holds a chunk's logits, then (in place) their gradient."""
+    loss = torch.zeros((), dtype=torch.float32, device=x.device)
+    grad_x = torch.empty_like(x) if want_grads else None
+    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grads else None
+    for lo in range(0, x.size(0), LOSS_CHUNK):
+        xc, yc = x[lo:lo + LOSS_CHUNK], targets[lo:lo + LOSS_CHUNK]  # (n, C), (n,)
+        z = (xc @ weight.t()).float()  # (n, V): the matmul in the autocast dtype, the softmax in fp32
+        if softcap:
+            t = torch.tanh(z / softcap)  # kept for the gradient of the cap
+            z = softcap * t
+        rows, safe, valid = torch.arange(len(yc), device=yc.device), yc.clamp(min=0), (yc != -1)
+        lse = torch.logsumexp(z, dim=1)  # (n,)
+        loss += ((lse - z[rows, safe]) * valid).sum()
+        if want_grads:
+            g = z.sub_(lse[:, None]).exp_()  # d loss / d logits = softmax - one-hot, on the rows that count
+            g[rows, safe] -= 1
+            g *= valid[:, None]
+            if softcap:
+                g *= 1 - t * t  # back through the cap
+            grad_x[lo:lo + LOSS_CHUNK] = g @ weight  # autocast runs both matmuls in its dtype, as autograd would
+            grad_w += g.t() @ xc
+    return loss, grad_x, grad_w
+
+
+class _FusedHeadLoss(torch.autograd.Function):
+    """The head matmul and the cross-entropy as one op whose backward is a multiply: the loss is the last
+    op of the graph, so its gradients are made in the forward pass, chunk by chunk, and full (B*T, vocab)
+    logits never exist, neither for the loss nor for its backward (nor in fp32)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, softcap, n):
+        loss, grad_x, grad_w = _loss_chunks(x, weight, targets, softcap, want_grads=True)
+        ctx.save_for_backward(grad_x / n, (grad_w / n).to(weight.dtype))
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_out * grad_x, grad_out * grad_w, None, None, None
+
+
+def head_loss(x, weight, targets, softcap=0.0):
+    """Mean cross-entropy of the logits x @ weight.T over targets != -1, without full logits. x (N, C)."""
+    n = (targets != -1).sum().clamp(min=1)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _FusedHeadLoss.apply(x, weight, targets, softcap, n)
+    return _loss_chunks(x, weight, targets, softcap, want_grads=False)[0] / n
 
 
 class GPT(nn.Module):
@@ -133,22 +234,24 @@ class GPT(nn.Module):
         if config.problems():
             raise ValueError(config.problems()[0])
         self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-        ))
+        layers = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.pos_emb == "learned":
+            layers["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        layers.update(drop=nn.Dropout(config.dropout), h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+                      ln_f=make_norm(config))
+        self.transformer = nn.ModuleDict(layers)
+        self.rotary = Rotary(config.n_embd // config.n_head, config.block_size, config.rope_base) \
+            if config.pos_emb == "rope" else None
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
-        # GPT-2 paper section 2.3: scale the weights of residual projections by 1/sqrt(N),
-        # N = number of residual layers = 2 per block (attention and MLP)
         for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * config.n_layer))
+            if name.endswith("c_proj.weight") or (name == "lm_head.weight" and config.zero_init):
+                if config.zero_init:  # every block starts as the identity, the model as the unigram-free guess
+                    nn.init.zeros_(p)
+                else:  # GPT-2 section 2.3: residual projections scaled by 1/sqrt(N), N = 2 residual layers per block
+                    nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -163,46 +266,53 @@ class GPT(nn.Module):
         the token and position embeddings and an untied lm_head, the count used in scaling laws."""
         n = sum(p.numel() for p in self.parameters())  # parameters() yields a shared tensor once
         if non_embedding:
-            n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
+            n -= self.transformer.wte.weight.numel()
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
             if not self.config.tie_weights:
                 n -= self.lm_head.weight.numel()
         return n
 
-    def forward(self, idx, targets=None):
-        """idx, targets: (B, T) int64. Returns logits (B, T, vocab_size) and the mean
-        cross-entropy over targets != -1 (or None without targets)."""
-        B, T = idx.size()
-        if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}; crop the input")
-        pos = torch.arange(0, T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+    def _hidden(self, idx, kv_cache=None):
+        """The final normalised hidden states (B, T, C) of tokens idx (B, T) that follow the cached ones."""
+        past = len(kv_cache) if kv_cache is not None else 0
+        T = idx.size(1)
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence length {past + T} exceeds block_size {self.config.block_size}; crop the input")
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe(torch.arange(past, past + T, dtype=torch.long, device=idx.device))
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-        return logits, loss
+            x = block(x, self.rotary, kv_cache)
+        return self.transformer.ln_f(x)
+
+    def _logits(self, x):
+        logits = self.lm_head(x)
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap else logits
+
+    def forward(self, idx, targets=None):
+        """idx, targets: (B, T) int64. Without targets: (logits (B, T, vocab_size), None). With targets:
+        (None, the mean cross-entropy over targets != -1), computed without ever holding full logits."""
+        x = self._hidden(idx)
+        if targets is None:
+            return self._logits(x), None
+        C = x.size(-1)
+        return None, head_loss(x.reshape(-1, C), self.lm_head.weight, targets.reshape(-1), self.config.logit_softcap)
 
     def forward_cached(self, idx, kv_cache):
         """Incremental forward for generation: idx (B, T) are the tokens after the len(kv_cache)
         cached ones. Appends their keys/values to kv_cache; returns logits of the last position (B, vocab_size)."""
-        past = len(kv_cache)
-        T = idx.size(1)
-        if past + T > self.config.block_size:
-            raise ValueError(f"cached length {past} + {T} new tokens exceeds block_size {self.config.block_size}")
-        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
-        for block in self.transformer.h:
-            x = block(x, kv_cache)
-        return self.lm_head(self.transformer.ln_f(x[:, -1, :]))  # (B, vocab_size)
+        return self._logits(self._hidden(idx, kv_cache)[:, -1, :])
 
     def crop_block_size(self, block_size):
         """Shrink the context length, e.g. to fine-tune GPT-2 (1024) with a smaller block."""
         if not 0 < block_size <= self.config.block_size:
             raise ValueError(f"can only crop block_size to 1..{self.config.block_size}, got {block_size}")
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
+        if "wpe" in self.transformer:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eot_token=None,

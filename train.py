@@ -32,7 +32,8 @@ from model import GPT, GPTConfig
 
 MODEL_KEYS = [f.name for f in dataclasses.fields(GPTConfig)]  # the settings that define the model
 RESUME_MAY_CHANGE = ("block_size", "dropout")  # model settings a resume may change (a smaller block_size only)
-NOT_COMPARED = ("init_from", "overwrite", "plan")  # settings that describe the command, not the run
+NOT_COMPARED = ("init_from", "overwrite", "plan", "resume_from")  # settings that describe the command, not the run
+PREDECAY_NAME = "ckpt_predecay.pt"  # wsd: the checkpoint at the start of the decay, from which a run can be extended
 OOM_HINT = ("lower batch_size (gradient accumulation keeps total_batch_size); bench.py --find_batch_size finds "
             "the largest that fits")
 
@@ -85,9 +86,26 @@ def model_args_for(cfg, ckpt):
     return args
 
 
+def saved_settings(saved):
+    """The TrainConfig a checkpoint was written with (settings it predates take their defaults)."""
+    return TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+
+
+def check_wsd_extension(cfg, saved, it):
+    """A warmup-stable-decay run whose decay has begun cannot be extended from where it is: the larger
+    max_iters would move the decay later, and the rate would jump from its decayed value back up to the
+    peak, undoing the annealing (a loss spike, then a worse model). Extend from the checkpoint written where
+    the decay began instead: it is stable-phase, so the new schedule continues it exactly as planned."""
+    old = saved_settings(saved)
+    if old.lr_schedule == "wsd" and it > optim.decay_start(old) and optim.lr_at(it, cfg) > optim.lr_at(it, old) * (1 + 1e-9):
+        raise ConfigError(f"this run's learning rate has been decaying since iter {optim.decay_start(old)} (wsd); the new "
+                          f"settings would raise it from {optim.lr_at(it, old):.2e} back to {optim.lr_at(it, cfg):.2e}. "
+                          f"Extend from the checkpoint taken where the decay began: --resume_from={PREDECAY_NAME}")
+
+
 def changed_settings(cfg, saved, it):
     """One line per setting that differs from the checkpoint's, saying what the change does."""
-    old = TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    old = saved_settings(saved)
     lines = []
     for f in dataclasses.fields(TrainConfig):
         k = f.name
@@ -127,9 +145,12 @@ def run_training(cfg, procs, cleanup):
     torch.backends.cudnn.allow_tf32 = True
     ctx = runtime.autocast(device, dtype)
     cuda = device_type == "cuda"
+    if device_type == "cpu":
+        runtime.keep_freed_memory()  # ~2x faster CPU steps: no page faults for re-allocated activations
     grad_accum = monitor.grad_accum_steps(cfg.total_batch_size, cfg.batch_size, cfg.block_size, world)
     eval_batch_size = cfg.eval_batch_size or cfg.batch_size
     ckpt_path = os.path.join(cfg.out_dir, CKPT_NAME)
+    resume_path = os.path.join(cfg.out_dir, cfg.resume_from or CKPT_NAME)  # an absolute resume_from stays itself
     best_path = os.path.join(cfg.out_dir, BEST_NAME)
     pending = []  # log lines held back until every check has passed: a refused run writes nothing
 
@@ -143,7 +164,7 @@ def run_training(cfg, procs, cleanup):
 
     # ------------------------------------------------------------------ plan only: needs no data, writes nothing
     if cfg.plan:
-        ckpt = load_checkpoint(ckpt_path) if cfg.init_from == "resume" else None
+        ckpt = load_checkpoint(resume_path) if cfg.init_from == "resume" else None
         with torch.device("meta"):  # parameter counts without allocating a byte
             model = GPT(GPTConfig(**model_args_for(cfg, ckpt)))
         manifest = shards.read_manifest(cfg.data_dir, required=False) if os.path.isdir(cfg.data_dir) else None
@@ -156,7 +177,7 @@ def run_training(cfg, procs, cleanup):
             print(f"gradient accumulation {grad_accum} x {cfg.batch_size} x {cfg.block_size} x {world} GPU(s) "
                   f"= {cfg.total_batch_size:,} tokens/step")
             print("\n".join(monitor.format_plan(plan)))
-            print(f"checkpoints: {optim.checkpoint_bytes(model.get_num_params(), cfg) / 1e9:.2f} GB each")
+            print(f"checkpoints: {optim.checkpoint_bytes(model, cfg) / 1e9:.2f} GB each")
         return 0
 
     # ------------------------------------------------------------------ output dir: one train.py at a time
@@ -192,7 +213,7 @@ def run_training(cfg, procs, cleanup):
 
     # ------------------------------------------------------------------ model
     torch.manual_seed(cfg.seed)
-    ckpt = load_checkpoint(ckpt_path) if cfg.init_from == "resume" else None
+    ckpt = load_checkpoint(resume_path) if cfg.init_from == "resume" else None
     model_args = model_args_for(cfg, ckpt)
     if ckpt is not None:
         model = GPT(GPTConfig(**{**model_args, "block_size": ckpt["model_args"]["block_size"]}))
@@ -213,6 +234,7 @@ def run_training(cfg, procs, cleanup):
     optimizer = optim.make_optimizer(model, cfg, device)
     loop = LoopState()
     if ckpt is not None:
+        check_wsd_extension(cfg, ckpt.get("config", {}), ckpt["loop"].get("iter_num", 0))
         for line in changed_settings(cfg, ckpt.get("config", {}), ckpt["loop"].get("iter_num", 0)):
             log(line)
         cfg.seed = ckpt.get("config", {}).get("seed", cfg.seed)  # the run's own seed: data order and dropout continue
@@ -228,11 +250,11 @@ def run_training(cfg, procs, cleanup):
             log(f"resume: dtype {ckpt['dtype']} -> {dtype}: the fp16 loss scaler starts afresh")
         loop = LoopState.from_state_dict(ckpt["loop"])
         train_loader.load_state_dict(loop.loader)
-        log(f"resumed from {ckpt_path} at iter {loop.iter_num} (epoch {train_loader.epoch}, "
+        log(f"resumed from {resume_path} at iter {loop.iter_num} (epoch {train_loader.epoch}, "
             f"best {primary_val} loss {loop.best_val:.4f})")
     train_loader.check()  # the shard the run starts on: bad data fails here, before anything is written
     start_iter, resumed = loop.iter_num, ckpt is not None
-    last_good = ckpt_path if resumed else None  # the checkpoint a failure can go back to
+    last_good = resume_path if resumed else None  # the checkpoint a failure can go back to
     del ckpt  # free the host copy of the weights and optimizer state
 
     # ------------------------------------------------------------------ DDP, then compile (PyTorch's order for overlap)
@@ -256,7 +278,7 @@ def run_training(cfg, procs, cleanup):
                             train_tokens=train_loader.total_tokens, tokens_per_sec=cfg.tokens_per_sec or None)
     for line in monitor.format_plan(plan):
         log(line)
-    log(f"checkpoints: {optim.checkpoint_bytes(n_params, cfg) / 1e9:.2f} GB each (ckpt.pt, ckpt_best.pt"
+    log(f"checkpoints: {optim.checkpoint_bytes(raw_model, cfg) / 1e9:.2f} GB each (ckpt.pt, ckpt_best.pt"
         + (f", {cfg.keep_last_n} numbered" if cfg.keep_last_n else "") + ")")
     if peak_note:
         log(peak_note)
@@ -353,8 +375,13 @@ def run_training(cfg, procs, cleanup):
             stopping = stop.signal
         if stop_reason is None and stopping is not None:
             stop_reason = f"stopped by {stopping.name} after iter {loop.iter_num}; resume with --init_from=resume"
-        if last or stop_reason or (loop.iter_num % cfg.ckpt_interval == 0 and loop.iter_num > start_iter):
+        predecay = cfg.lr_schedule == "wsd" and loop.iter_num == optim.decay_start(cfg) and loop.iter_num > start_iter
+        if last or stop_reason or predecay or (loop.iter_num % cfg.ckpt_interval == 0 and loop.iter_num > start_iter):
             saved = save(ckpt_path)
+            if predecay and saved:  # the point a wsd run can be extended from (a hard link: no extra disk yet)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(cfg.out_dir, PREDECAY_NAME))
+                os.link(ckpt_path, os.path.join(cfg.out_dir, PREDECAY_NAME))
             if cfg.keep_last_n and saved and loop.iter_num % cfg.ckpt_interval == 0:
                 step_path = os.path.join(cfg.out_dir, f"ckpt_{loop.iter_num:07d}.pt")
                 if not os.path.exists(step_path):
@@ -382,7 +409,7 @@ def run_training(cfg, procs, cleanup):
             del loss  # nothing of the micro-step outlives it
         if procs.ddp:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        scaler.unscale_(optimizer)
+        optimizer.unscale_(scaler)
         norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         loss_val, norm_val = loss_sum.item(), norm.item()
 
@@ -404,7 +431,7 @@ def run_training(cfg, procs, cleanup):
                 raise Diverged(f"training diverged: {msg}")
         else:
             bad_steps = 0
-            scaler.step(optimizer)
+            optimizer.step(scaler)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             loop.loss_ema = loss_val if loop.loss_ema is None else 0.95 * loop.loss_ema + 0.05 * loss_val

@@ -1,9 +1,9 @@
 """Optimizers and learning-rate schedules, the one place train.py and bench.py get them from.
 
-    make_optimizer(model, cfg, device)   AdamW, weight decay on matmul/embedding weights only
-    lr_at(it, cfg)                       the learning rate of iteration `it`
-    set_lr(optimizer, it, cfg)           apply it to every parameter group; returns it
-    checkpoint_bytes(n_params, cfg)      the size of one training checkpoint
+    make_optimizer(model, cfg, device)   AdamW alone ('adamw'), or Muon + AdamW ('muon'), as one Optimizers
+    lr_at(it, cfg)                       the peak-relative schedule: cosine (GPT-3) or warmup-stable-decay
+    set_lr(optimizer, it, cfg)           apply the schedule (and Muon's momentum warmup) to every group
+    checkpoint_bytes(model, cfg)         the size of one training checkpoint
 Schedules are pure functions of the iteration and the current settings, so a resumed run needs no
 schedule state and a run extended with a larger max_iters recomputes its schedule.
 """
@@ -12,42 +12,121 @@ import math
 
 import torch
 
-ADAMW_MOMENTS = 2  # fp32 tensors AdamW keeps per parameter (exp_avg, exp_avg_sq)
+MUON_MOMENTUM_START = 0.85  # Muon's momentum at iteration 0, rising to muon_momentum (modded-nanogpt)
+STATE_FLOATS = {"adamw": 2, "muon": 1}  # fp32 tensors each optimizer keeps per parameter (moments; momentum)
+
+
+class Optimizers:
+    """One or two torch optimizers used as one: AdamW, or Muon for the hidden matrices + AdamW for the rest.
+    A GradScaler unscales and steps each of them (PyTorch's recipe for several optimizers)."""
+
+    def __init__(self, parts):
+        self.parts = parts  # name -> torch.optim.Optimizer
+
+    @property
+    def param_groups(self):
+        return [g for opt in self.parts.values() for g in opt.param_groups]
+
+    def unscale_(self, scaler):
+        for opt in self.parts.values():
+            scaler.unscale_(opt)
+
+    def step(self, scaler):
+        for opt in self.parts.values():
+            scaler.step(opt)
+
+    def zero_grad(self, set_to_none=True):
+        for opt in self.parts.values():
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return {name: opt.state_dict() for name, opt in self.parts.items()}
+
+    def load_state_dict(self, state):
+        """Raises ValueError when the state is another optimizer's (a plain AdamW state is a version 1 one)."""
+        if "state" in state and "param_groups" in state:
+            state = {"adamw": state}
+        if set(state) != set(self.parts):
+            raise ValueError(f"it holds {' + '.join(sorted(state))}, the settings make {' + '.join(sorted(self.parts))}")
+        for name, opt in self.parts.items():
+            opt.load_state_dict(state[name])
+
+    @property
+    def state(self):
+        return {p: s for opt in self.parts.values() for p, s in opt.state.items()}
+
+
+def muon_params(model):
+    """The 2-D weight matrices inside the transformer blocks: what Muon orthogonalises. Embeddings, the head,
+    norm gains and biases are not hidden matrices (Jordan et al. 2024) and stay with AdamW."""
+    return [p for p in model.transformer.h.parameters() if p.requires_grad and p.dim() == 2]
 
 
 def make_optimizer(model, cfg, device):
-    """AdamW (Loshchilov & Hutter 2019) with GPT-3's betas; weight decay on matmul and embedding weights
-    (dim >= 2), not on biases and norm gains. Fused on CUDA."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW (Loshchilov & Hutter 2019) with weight decay on matmul and embedding weights (dim >= 2), not on
+    biases and norm gains, fused on CUDA; with optimizer='muon', torch.optim.Muon for the hidden matrices."""
+    hidden = {id(p) for p in muon_params(model)} if cfg.optimizer == "muon" else set()
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in hidden]
+    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay, "kind": "adamw"},
+              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "kind": "adamw"}]
     fused = device.startswith("cuda") and "fused" in inspect.signature(torch.optim.AdamW).parameters
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **({"fused": True} if fused else {}))
+    parts = {"adamw": torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate,
+                                        betas=(cfg.beta1, cfg.beta2), **({"fused": True} if fused else {}))}
+    if hidden:
+        parts["muon"] = torch.optim.Muon([{"params": muon_params(model), "kind": "muon"}], lr=cfg.muon_lr,
+                                         momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay)
+    return Optimizers(parts)
+
+
+def decay_start(cfg):
+    """wsd: the iteration where the linear decay to min_lr begins."""
+    return cfg.max_iters - max(1, round(cfg.decay_frac * cfg.max_iters))
 
 
 def lr_at(it, cfg):
-    """Linear warmup to learning_rate, then cosine decay to min_lr at lr_decay_iters (GPT-3 paper, appendix B).
-    Computed from the current settings, so a resumed run with a larger max_iters stretches the schedule."""
-    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    """The learning rate of iteration `it` (AdamW's; Muon's is muon_lr times the same ratio).
+    cosine: linear warmup to learning_rate, then cosine decay to min_lr at lr_decay_iters (GPT-3 paper, app. B).
+    wsd: linear warmup, constant, then linear decay to min_lr over the last decay_frac of max_iters
+    (warmup-stable-decay; Hu et al. 2024, MiniCPM; Hagele et al. 2024)."""
     if it < cfg.warmup_iters:
         return cfg.learning_rate * (it + 1) / cfg.warmup_iters
+    if cfg.lr_schedule == "wsd":
+        start = decay_start(cfg)
+        if it < start:
+            return cfg.learning_rate
+        frac = min(1.0, (it - start) / max(1, cfg.max_iters - start))
+        return cfg.learning_rate + frac * (cfg.min_lr - cfg.learning_rate)
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
     if it >= decay_iters:
         return cfg.min_lr
     ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
 
 
+def muon_momentum_at(it, cfg):
+    """Muon's momentum rises linearly from 0.85 over muon_momentum_warmup iterations (modded-nanogpt)."""
+    frac = min(1.0, it / cfg.muon_momentum_warmup) if cfg.muon_momentum_warmup else 1.0
+    return MUON_MOMENTUM_START + frac * (cfg.muon_momentum - MUON_MOMENTUM_START)
+
+
 def set_lr(optimizer, it, cfg):
+    """Set every group's learning rate (and Muon's momentum) for iteration `it`; returns AdamW's rate.
+    The peaks come from the settings, never from a loaded state, so a resume may change them."""
     lr = lr_at(it, cfg)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        if group.get("kind") == "muon":
+            group["lr"] = cfg.muon_lr * lr / cfg.learning_rate
+            group["momentum"] = muon_momentum_at(it, cfg)
+        else:
+            group["lr"] = lr
     return lr
 
 
-def checkpoint_bytes(n_params, cfg):
-    """One training checkpoint: fp32 weights plus the optimizer's fp32 state."""
-    return 4 * n_params * (1 + ADAMW_MOMENTS)
+def checkpoint_bytes(model, cfg):
+    """One training checkpoint: fp32 weights plus the optimizers' fp32 state."""
+    n = model.get_num_params()
+    n_muon = sum(p.numel() for p in muon_params(model)) if cfg.optimizer == "muon" else 0
+    return 4 * (n + STATE_FLOATS["adamw"] * (n - n_muon) + STATE_FLOATS["muon"] * n_muon)
 
 
 def fit_state_to_params(optimizer):

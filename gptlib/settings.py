@@ -173,6 +173,8 @@ def _check_type(key, value, ftype):
         item = (typing.get_args(ftype) or (str,))[0]
         if isinstance(value, str):  # --val_sets=val,val-python  or  --languages "Python, C"
             value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):  # --classic_lrs=1e-3: one item
+            value = [value]
         if isinstance(value, (list, tuple)):
             return [_check_type(key, v, item) for v in value]
     tname = getattr(ftype, "__name__", str(ftype))

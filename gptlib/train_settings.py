@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from model import GPTConfig
 
+from .optim import decay_start
 from .settings import DEVICE_PATTERN, DTYPES, setting
 
 INIT_FROM = ["scratch", "resume", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
@@ -20,6 +21,7 @@ class TrainConfig(GPTConfig):
     out_dir: str = setting("out", path="dir")  # checkpoints, log.txt, metrics.jsonl and config.json go here
     data_dir: str = setting("data/fineweb")  # dataset directory of train_*/val_* shards and manifest.json
     init_from: str = setting("scratch", choices=INIT_FROM)  # 'scratch', 'resume' (from out_dir/ckpt.pt), or OpenAI's 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
+    resume_from: str = setting("")  # init_from='resume': the checkpoint to continue, in out_dir or a path; '': ckpt.pt
     overwrite: bool = setting(False)  # allow init_from='scratch' to replace checkpoints already in out_dir
     log_interval: int = setting(1, ge=1)  # print a log line every this many iterations
     ckpt_interval: int = setting(1000, ge=1)  # write out_dir/ckpt.pt every this many iterations (and at the end)
@@ -50,15 +52,22 @@ class TrainConfig(GPTConfig):
     seed: int = setting(1337, ge=0)  # seeds the model init, dropout and the shard order
     data_order: str = setting("stream", choices=["stream", "windows"])  # within a shard: 'stream' (front to back) or 'windows' (block_size windows shuffled per epoch)
     verify_data: bool = setting(True)  # check each shard against manifest.json's checksum when first read (~0.1 s per 100M tokens)
-    # optimizer and schedule (gptlib/optim.py): AdamW, linear warmup then cosine decay to min_lr
-    learning_rate: float = setting(6e-4, gt=0)  # peak learning rate (GPT-3 Small)
+    # optimizer and schedule (gptlib/optim.py)
+    optimizer: str = setting("adamw", choices=["adamw", "muon"])  # 'adamw', or 'muon': Muon for the hidden matrices, AdamW for the rest
+    learning_rate: float = setting(6e-4, gt=0)  # peak learning rate of AdamW (GPT-3 Small's 6e-4)
     min_lr: float = setting(6e-5, ge=0)  # final learning rate, ~learning_rate/10 per Chinchilla
+    lr_schedule: str = setting("cosine", choices=["cosine", "wsd"])  # 'cosine' (GPT-3), or 'wsd': warmup, stable, then linear decay
     warmup_iters: int = setting(715, ge=0)  # linear warmup steps (375M tokens at 2**19 tokens/step, as GPT-3)
     max_iters: int = setting(19073, ge=1)  # total optimizer steps (10B tokens at 2**19 tokens/step)
-    lr_decay_iters: int = setting(0, ge=0)  # iteration where the cosine reaches min_lr; 0: max_iters (follows an extended run)
+    lr_decay_iters: int = setting(0, ge=0)  # cosine: iteration where it reaches min_lr; 0: max_iters (follows an extended run)
+    decay_frac: float = setting(0.2, gt=0, le=1)  # wsd: the last fraction of max_iters over which the rate decays to min_lr
     weight_decay: float = setting(0.1, ge=0)  # AdamW weight decay on 2-D weights only
     beta1: float = setting(0.9, ge=0, lt=1)  # AdamW beta1
     beta2: float = setting(0.95, ge=0, lt=1)  # AdamW beta2
+    muon_lr: float = setting(0.02, gt=0)  # Muon's peak learning rate (it follows the same schedule as learning_rate)
+    muon_momentum: float = setting(0.95, ge=0, lt=1)  # Muon's momentum once warmed up
+    muon_momentum_warmup: int = setting(300, ge=0)  # iterations over which Muon's momentum rises from 0.85 to muon_momentum
+    muon_weight_decay: float = setting(0.0, ge=0)  # Muon's decoupled weight decay (multiplied by its learning rate)
     grad_clip: float = setting(1.0, ge=0)  # clip the global gradient norm to this (0: off)
     # faults
     spike_factor: float = setting(0.0, ge=0)  # skip an update whose loss exceeds this times the running mean (0: only NaN/inf are skipped)
@@ -81,6 +90,9 @@ class TrainConfig(GPTConfig):
         if 0 < self.spike_factor <= 1:
             out.append(f"spike_factor={self.spike_factor:g} would skip ordinary steps (a loss above its running "
                        f"mean is normal); use a factor above 1, e.g. 3, or 0 (off)")
+        if self.lr_schedule == "wsd" and self.warmup_iters > decay_start(self):
+            out.append(f"warmup_iters={self.warmup_iters} runs into the decay, which starts at iter {decay_start(self)} "
+                       f"(wsd, decay_frac={self.decay_frac:g}); lower warmup_iters or decay_frac")
         if not self.val_sets:
             out.append("val_sets is empty; give at least one validation split, e.g. --val_sets=val")
         if self.humaneval_interval and not self.humaneval_path:
