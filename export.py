@@ -107,6 +107,9 @@ def write_atomic(path, data):
 def export(model, to, overwrite=False):
     """Write `model` (model.GPT) as a transformers GPT2LMHeadModel folder; returns the files written."""
     from safetensors.torch import save_file
+    if model.config.not_gpt2():
+        raise ExportError(f"this model is not GPT-2 ({', '.join(model.config.not_gpt2())}: the modern recipe), so "
+                          f"transformers' GPT2LMHeadModel cannot run it; sample.py and eval.py work on it directly")
     if os.path.isdir(to) and os.listdir(to) and not overwrite:
         raise ExportError(f"{to} already holds files; choose an empty folder or pass --overwrite=True")
     n_vocab = min(model.config.vocab_size, VOCAB_SIZE)

@@ -39,6 +39,13 @@ class GPTConfig:
     zero_init: bool = False  # start the residual output projections and the head at zero (needs tie_weights=False)
     logit_softcap: float = field(default=0.0, metadata={"ge": 0})  # squash logits smoothly into (-cap, cap); 0: off
 
+    def not_gpt2(self):
+        """The settings that make this model compute something other than GPT-2 (so OpenAI's weights, or
+        transformers' GPT2LMHeadModel, cannot stand in for it), as 'key=value' strings."""
+        gpt2 = GPTConfig()
+        return [f"{k}={getattr(self, k)!r}" for k in ("pos_emb", "norm", "qk_norm", "mlp_act", "logit_softcap")
+                if getattr(self, k) != getattr(gpt2, k)]
+
     def problems(self):
         """Why these settings cannot build a model, as messages (empty when they can)."""
         out = []

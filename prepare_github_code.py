@@ -46,6 +46,7 @@ class GithubCodeConfig(PrepareConfig):
     licenses: list[str] = setting([])  # keep only these licenses, e.g. mit,apache-2.0; empty: all
     val_repo_fraction: float = setting(0.01, ge=0, lt=1)  # fraction of repositories (by hash of repo_name) held out for validation
     val_tokens_per_language: int = setting(1_000_000, ge=0)  # tokens of each per-language val set val-<language>
+    max_file_bytes: int = setting(1_000_000, ge=1)  # files larger than this are skipped and counted (github-code's own cap is 1 MB)
 
 
 def language_of(path):
@@ -58,10 +59,11 @@ class DirectorySource:
     component, language comes from the extension (None: not code, dropped by the filter).
     Files are listed in sorted order, so the dataset is deterministic."""
 
-    def __init__(self, root, skip_dirs=()):
+    def __init__(self, root, skip_dirs=(), max_file_bytes=None):
         if not os.path.isdir(root):
             raise DataError(f"--source_dir {root!r} is not a directory")
         self.root = os.path.abspath(root)
+        self.max_file_bytes = max_file_bytes
         self.paths = []
         for d, dirs, files in os.walk(self.root):
             dirs[:] = sorted(x for x in dirs if x not in skip_dirs)
@@ -78,11 +80,13 @@ class DirectorySource:
             rows = {c: [] for c in COLUMNS}
             for rel in self.paths[lo:lo + batch_rows]:
                 lang = language_of(rel)
-                code = None
+                code, size = None, 0
                 if lang is not None:
                     try:
-                        with open(os.path.join(self.root, rel), "rb") as f:
-                            code = f.read()
+                        size = os.path.getsize(os.path.join(self.root, rel))
+                        if self.max_file_bytes is None or size <= self.max_file_bytes:  # a huge file is never read
+                            with open(os.path.join(self.root, rel), "rb") as f:
+                                code = f.read()
                     except OSError:  # unreadable (permissions, broken link): a null document, counted
                         pass
                 top = rel.split(os.sep, 1)[0]
@@ -91,7 +95,7 @@ class DirectorySource:
                 rows["path"].append(rel.replace(os.sep, "/"))
                 rows["language"].append(lang)
                 rows["license"].append(SOURCE_DIR_LICENSE)
-                rows["size"].append(len(code) if code is not None else 0)
+                rows["size"].append(size)
             schema = pa.schema([("code", pa.binary()), ("repo_name", pa.string()), ("path", pa.string()),
                                 ("language", pa.string()), ("license", pa.string()), ("size", pa.int64())])
             yield pa.RecordBatch.from_pydict(rows, schema=schema).select(columns)
@@ -113,6 +117,11 @@ def make_spec(cfg):
     def keep(batch):
         mask = pc.is_valid(batch.column("language"))  # --source_dir: files that are not code
         dropped = {"not_code": batch.num_rows - pc.sum(mask).as_py()} if batch.num_rows else {}
+        # a file over the limit is dropped before its text is decoded: a 2 GB file took 2.4 GB of RAM and then
+        # failed in Arrow (issue 10)
+        small = pc.fill_null(pc.less_equal(batch.column("size"), cfg.max_file_bytes), True)
+        dropped["too_large"] = pc.sum(pc.and_(mask, pc.invert(small))).as_py() or 0
+        mask = pc.and_(mask, small)
         for name, col, allowed in (("language", "language", languages), ("license", "license", licenses)):
             if len(allowed):
                 ok = pc.fill_null(pc.is_in(pc.utf8_lower(batch.column(col)), value_set=allowed), False)
@@ -121,16 +130,16 @@ def make_spec(cfg):
         return mask, dropped
 
     return DatasetSpec(name=cfg.dataset if not cfg.source_dir else "source_dir", text_column="code",
-                       columns=["code", "repo_name", "language"] + (["license"] if cfg.licenses else []), keep=keep,
+                       columns=["code", "repo_name", "language", "size"] + (["license"] if cfg.licenses else []), keep=keep,
                        split_column="repo_name", val_fraction=cfg.val_repo_fraction,
                        language_column="language", language_val_tokens=cfg.val_tokens_per_language,
-                       filters={"not_code": "--source_dir", "language_filtered": f"--languages={','.join(cfg.languages)}",
+                       filters={"not_code": "--source_dir", "too_large": f"--max_file_bytes={cfg.max_file_bytes}", "language_filtered": f"--languages={','.join(cfg.languages)}",
                                 "license_filtered": f"--licenses={','.join(cfg.licenses)}"})
 
 
 def make_sources(cfg):
     if cfg.source_dir:
-        return [DirectorySource(cfg.source_dir, cfg.skip_dirs)], {}
+        return [DirectorySource(cfg.source_dir, cfg.skip_dirs, cfg.max_file_bytes)], {}
     if cfg.data_files:
         return local_sources(cfg.data_files), {}
     sources, commit = hub_sources(cfg.dataset, HUB_FOLDER, cfg.num_files, pinned_revision(cfg, cfg.dataset))

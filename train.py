@@ -31,7 +31,7 @@ from gptlib.train_settings import TrainConfig
 from model import GPT, GPTConfig
 
 MODEL_KEYS = [f.name for f in dataclasses.fields(GPTConfig)]  # the settings that define the model
-RESUME_MAY_CHANGE = ("block_size", "dropout")  # model settings a resume may change (a smaller block_size only)
+RESUME_MAY_CHANGE = ("block_size", "dropout", "zero_init")  # model settings a resume may change (a smaller block_size only)
 NOT_COMPARED = ("init_from", "overwrite", "plan", "resume_from")  # settings that describe the command, not the run
 PREDECAY_NAME = "ckpt_predecay.pt"  # wsd: the checkpoint at the start of the decay, from which a run can be extended
 OOM_HINT = ("lower batch_size (gradient accumulation keeps total_batch_size); bench.py --find_batch_size finds "
@@ -50,8 +50,11 @@ class StopRequest:
 
     def __init__(self):
         self.signal = None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
         if self.signal is not None:  # a second Ctrl-C: stop now, the last checkpoint is intact
@@ -80,6 +83,10 @@ def model_args_for(cfg, ckpt):
                                   f"the position embeddings cannot grow: use block_size <= {saved['block_size']}")
         args.update({k: v for k, v in saved.items() if k in MODEL_KEYS and k not in RESUME_MAY_CHANGE})
     elif cfg.init_from in pretrained.HUB_REPOS:
+        if GPTConfig(**args).not_gpt2():
+            raise ConfigError(f"init_from={cfg.init_from!r} loads OpenAI's GPT-2, which these model settings would change "
+                              f"({', '.join(GPTConfig(**args).not_gpt2())}); fine-tune it without the modern model "
+                              f"settings (the optimizer and schedule settings may stay)")
         n_layer, n_head, n_embd = pretrained.GPT2_SHAPES[cfg.init_from]
         args.update(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=pretrained.GPT2_VOCAB, bias=True,
                     tie_weights=True, block_size=min(cfg.block_size, pretrained.GPT2_CONTEXT))
@@ -191,10 +198,12 @@ def run_training(cfg, procs, cleanup):
                               f"pick another out_dir, or pass --overwrite=True to replace it")
 
     # ------------------------------------------------------------------ data: no prepare may change it while we read
+    if master:  # first, so a dataset being prepared is named as such rather than found incomplete
+        cleanup.enter_context(DirLock(cfg.data_dir, "train.py", shared=True))
     val_sets = evals.parse_val_sets(cfg.val_sets, cfg.data_dir)
     primary_val = evals.check_primary_val(cfg.primary_val, val_sets)
     if master:
-        for data_dir in dict.fromkeys([cfg.data_dir] + [d for _, d, _ in val_sets]):
+        for data_dir in {d for _, d, _ in val_sets} - {cfg.data_dir}:
             cleanup.enter_context(DirLock(data_dir, "train.py", shared=True))
     manifest = shards.check_dataset(cfg.data_dir)  # complete, and its shards are the ones it lists
     for data_dir in {d for _, d, _ in val_sets} - {cfg.data_dir}:
@@ -331,6 +340,7 @@ def run_training(cfg, procs, cleanup):
 
     # ------------------------------------------------------------------ training loop
     stop = StopRequest()
+    cleanup.callback(stop.restore)
     stopping = None  # the signal this process acts on; under DDP only the all-reduced flag sets it, so all ranks agree
     stop_reason, bad_steps, dt_ema = None, 0, None
     while True:

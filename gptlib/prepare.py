@@ -35,8 +35,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import shards
+from . import locks, shards
 from .errors import DataError, Interrupted, short
+from .locks import DirLock
 from .settings import setting
 from .shards import EOT
 
@@ -558,7 +559,8 @@ def summary(m):
     for lang, n in sorted(m.get("tokens_by_language", {}).items(), key=lambda kv: -kv[1]):
         lines.append(f"  language {lang:<16} {n:>15,} tokens")
     for reason, n in sorted(m.get("skipped", {}).items()):
-        lines.append(f"  skipped ({reason}): {n:,} documents")
+        if n:
+            lines.append(f"  skipped {n:>15,} documents {SKIP_REASONS.get(reason, reason)}")
     return "\n".join(lines)
 
 
@@ -623,15 +625,23 @@ def run(cfg, make_spec, make_sources):
     spec = make_spec(cfg)
     sources, extra = make_sources(cfg)
     t0 = time.time()
-    try:
-        m = prepare(cfg, spec, sources, extra)
-    except KeyboardInterrupt:
-        raise Interrupted("interrupted; re-run the same command to resume") from None
-    print(summary(m))
-    if not any(name.startswith("train_") for name in m["shards"]):
-        _remove_dataset(cfg.out_dir)  # a dataset with nothing to train on is of no use, and would block a re-run
-        with contextlib.suppress(OSError):
-            os.rmdir(cfg.out_dir)
+    existed = os.path.isdir(cfg.out_dir)
+    empty = True
+    try:  # one writer per dataset, and never under a train.py reading it (issue 10: mixed datasets, replaced shards)
+        with DirLock(cfg.out_dir, locks.command_name()):
+            try:
+                m = prepare(cfg, spec, sources, extra)
+            except KeyboardInterrupt:
+                raise Interrupted("interrupted; re-run the same command to resume") from None
+            print(summary(m))
+            empty = not any(name.startswith("train_") for name in m["shards"])
+            if empty:
+                _remove_dataset(cfg.out_dir)  # a dataset with nothing to train on is of no use, and would block a re-run
+    finally:
+        if not existed:  # a refused or empty run leaves no folder behind
+            with contextlib.suppress(OSError):
+                os.rmdir(cfg.out_dir)
+    if empty:
         raise DataError(f"{cfg.out_dir} got no train tokens: {why_no_train(m, spec, cfg)}")
     print(f"done in {time.time() - t0:.2f}s -> {cfg.out_dir}")
 

@@ -101,6 +101,29 @@ def overwrite_train_shard(e, tmp):
     return str(dst)
 
 
+def damaged_data(e, tmp, how):
+    """A copy of the dataset with one fault: 'incomplete' (prepare did not finish), 'header' (bytes of a
+    shard's .npy header overwritten), 'count' (manifest token count off by one), 'swapped' (the train shard
+    replaced by other valid tokens of the same length, manifest updated to match: another dataset)."""
+    dst = tmp / "data"
+    shutil.copytree(e.data, dst)
+    m = shards.read_manifest(str(dst))
+    path = shards.list_shards(str(dst), "train")[0]
+    name = os.path.basename(path)
+    if how == "incomplete":
+        m["progress"] = {"complete": False}
+    elif how == "header":
+        with open(path, "r+b") as f:
+            f.seek(20)
+            f.write(b"\x00'(){}\"'")
+    elif how == "count":
+        m["shards"][name] += 1
+    elif how == "swapped":
+        m["checksums"][name] = shards.write_shard(path, np.full(len(shards.read_shard(path)), 464, np.uint16))
+    shards.write_manifest(str(dst), m)
+    return str(dst)
+
+
 def run_dir(e, tmp, ckpt_bytes=None, ckpt_obj=None):
     """An out_dir whose ckpt.pt is the good one, given bytes, or a torch.save of an object."""
     dst = tmp / "run"
@@ -214,6 +237,10 @@ CASES = [
     ("ids >= vocab", "train", tr(lambda e, tmp: f"--data_dir={copy_data(e, tmp, np.full(5000, 60000, np.uint16))}"), 1, "token id 60000 >= vocab size 50257"),
     ("shard changed after prepare", "train", tr(lambda e, tmp: f"--data_dir={overwrite_train_shard(e, tmp)}"), 1, "does not match the checksum in manifest.json"),
     ("shard missing from manifest", "train", tr(lambda e, tmp: f"--data_dir={copy_data(e, tmp, np.zeros(5000, np.uint16)) and os.remove(tmp / 'data' / 'train_000000.npy') or tmp / 'data'}"), 1, "train_000000.npy is missing"),
+    ("incomplete dataset", "train", tr(lambda e, tmp: f"--data_dir={damaged_data(e, tmp, 'incomplete')}"), 1, "is not completely prepared"),
+    ("damaged shard header", "train", tr(lambda e, tmp: f"--data_dir={damaged_data(e, tmp, 'header')}"), 1, "has a damaged .npy header"),
+    ("manifest count mismatch", "train", tr(lambda e, tmp: f"--data_dir={damaged_data(e, tmp, 'count')}"), 1, "but manifest.json says"),
+    ("dataset swapped on resume", "train", lambda e, tmp: TINY + [f"--data_dir={damaged_data(e, tmp, 'swapped')}", "--init_from=resume", f"--out_dir={run_dir(e, tmp)}"], 1, "holds other 'train' data than the checkpoint"),
     # ---- checkpoints (the 7 of the earlier suite, and more)
     ("missing checkpoint", "train", lambda e, tmp: TINY + [f"--data_dir={e.data}", "--init_from=resume", f"--out_dir={tmp / 'nockpt'}"], 1, "no checkpoint at"),
     ("truncated checkpoint", "train", resume(ckpt_bytes=lambda e: (e.run / "ckpt.pt").read_bytes()[:5000]), 1, "is corrupt or not a checkpoint"),

@@ -210,6 +210,8 @@ def test_github_code_filters(tmp_path):
     assert 0 < len(kept) < len(rows["code"])
     assert np.array_equal(stream(cfg.out_dir, "train"), np.concatenate(docs_tokens(kept)))
     assert m["skipped"]["language_filtered"] + m["skipped"]["license_filtered"] == len(rows["code"]) - len(kept)
+    small = run_code(replace(cfg, out_dir=str(tmp_path / "small"), max_file_bytes=100))  # the size column decides
+    assert small["skipped"]["too_large"] == sum(size > 100 for size in rows["size"]) > 0  # before the other filters
     with pytest.raises(ConfigError, match="unknown language 'Pyhton'"):
         prepare_github_code.make_spec(replace(cfg, languages=["Pyhton"]))
 
@@ -224,12 +226,16 @@ def test_source_dir_quickstart(tmp_path):
     (src / "bad.py").write_bytes(b"x = '\xff\xfe'\n")
     (src / "site-packages").mkdir()
     (src / "site-packages" / "skip.py").write_text("skipped = True\n")
+    with open(src / "huge.py", "wb") as f:  # 3 GB, sparse: reading it would take 3 GB of RAM (issue 10)
+        f.truncate(3 * 10**9)
     cfg = code_cfg(tmp_path, "", source_dir=str(src), val_repo_fraction=0.0)
     m = run_code(cfg)
     expect = docs_tokens(["print('<|endoftext|>')\n", "def f():\n    return 1\n", "int main(void) { return 0; }\n"])
     train = stream(cfg.out_dir, "train")
     assert sorted(map(bytes, np.split(train, np.flatnonzero(train == EOT)[1:]))) == sorted(map(bytes, expect))
-    assert m["skipped"] == {"not_code": 1, "invalid_utf8": 1} and m["tokens_by_language"].keys() == {"Python", "C"}
+    assert {k: n for k, n in m["skipped"].items() if n} == {"not_code": 1, "invalid_utf8": 1, "too_large": 1}
+    assert m["tokens_by_language"].keys() == {"Python", "C"} and m["args"]["max_file_bytes"] == 1_000_000
+    assert "1 documents larger than the size limit" in prepare.summary(m)
 
 
 def test_stats_percentiles_and_png(tmp_path, shared_data, capsys):
