@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gptlib import monitor, optim, runtime, shards
+from gptlib import evals, monitor, optim, runtime, shards
 from gptlib.errors import ConfigError, OutOfMemory, is_out_of_memory, run_command
 from gptlib.loader import TokenLoader
 from gptlib.settings import load_config, setting
@@ -42,6 +42,7 @@ class BenchConfig(TrainConfig):
     find_batch_size: bool = setting(False)  # search the largest micro-batch that fits (training step and eval), then bench it
     max_batch_size: int = setting(0, ge=0)  # upper bound of the search; 0: 1024 on GPU, 16 on CPU
     use_data: bool = setting(False)  # read batches from data_dir's train shards instead of random tokens
+    memory_margin: float = setting(0.10, ge=0, lt=1)  # --find_batch_size on GPU: fraction of the card kept free (fragmentation, other processes)
 
     def problems(self):
         out = super().problems()
@@ -96,6 +97,7 @@ class Bench:
                 print(f"compile switched off: {why}", file=sys.stderr)
         self.loader = None
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.last_fit = None  # (bytes the last fitting run needed, the card's bytes) on CUDA
 
     def batch(self, B):
         T = self.cfg.block_size
@@ -125,13 +127,19 @@ class Bench:
         self.optimizer.zero_grad(set_to_none=True)
 
     def eval_step(self, B):
-        self.model.eval()
-        try:
-            with torch.inference_mode(), self.ctx:
-                x, y = self.batch(B)
-                self.model(x, y)
-        finally:
-            self.model.train()
+        """An eval batch as train.py runs it: the raw model, no_grad, the chunked loss."""
+        with torch.no_grad(), self.ctx:
+            x, y = self.batch(B)
+            self.raw_model(x, y)
+
+    def scored_rows_step(self):
+        """The largest batch HellaSwag and HumanEval score during a run: rows of up to block_size tokens."""
+        rows = max(evals.HELLASWAG_BATCH_ITEMS * 4 if self.cfg.hellaswag_interval else 0,
+                   evals.HUMANEVAL_BATCH_ROWS if self.cfg.humaneval_interval else 0)
+        if rows:
+            with torch.no_grad(), self.ctx:
+                x, y = self.batch(rows)
+                self.raw_model.token_losses(x, y)
 
     def clock(self):
         runtime.synchronize(self.device)
@@ -155,12 +163,24 @@ class Bench:
         return statistics.median(micro_ms), statistics.median(opt_ms)
 
     def fits(self, B):
-        """Whether a training step (fwd+bwd+optimizer) and an eval forward at micro-batch B fit in memory."""
+        """Whether a whole train.py run fits at micro-batch B: a training step (fwd+bwd+optimizer), an eval
+        batch, the HellaSwag/HumanEval batches if the config runs them, and on a GPU what the allocator
+        reserved (not just allocated) plus the CUDA context and anything else on the card, within
+        (1 - memory_margin) of its memory."""
+        cuda = self.device_type == "cuda"
         try:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
             self.micro_step(B, 1)
             self.optimizer_step()
-            self.eval_step(B)
+            self.eval_step(self.cfg.eval_batch_size or B)
+            self.scored_rows_step()
             runtime.synchronize(self.device)
+            if cuda:
+                free, total = torch.cuda.mem_get_info(self.device)
+                others = total - free - torch.cuda.memory_reserved(self.device)  # CUDA context, other processes
+                self.last_fit = (torch.cuda.max_memory_reserved(self.device) + others, total)
+                return self.last_fit[0] <= (1 - self.cfg.memory_margin) * total
             return True
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
             if not is_out_of_memory(e):
@@ -207,12 +227,17 @@ def run_bench(cfg):
         default_cap = DEFAULT_MAX_BATCH_CUDA if bench.device_type == "cuda" else DEFAULT_MAX_BATCH_CPU
         cap = cfg.max_batch_size or default_cap
         max_fit = find_max_batch(bench, cap)
+        bench.fits(max_fit)  # again, for its memory figures
         suggestion = monitor.suggest_batch_size(max_fit, cfg.total_batch_size, cfg.block_size)
         if suggestion is None:
             raise ConfigError(f"total_batch_size={cfg.total_batch_size} is not a multiple of block_size={cfg.block_size}; "
                               f"no micro-batch divides it, so pick a total_batch_size that is")
         cfg.batch_size = suggestion[0]
-        result.update(max_batch_size_fits=max_fit, batch_size_cap=cap, cap_reached=max_fit == cap)
+        result.update(max_batch_size_fits=max_fit, batch_size_cap=cap, cap_reached=max_fit == cap,
+                      fit_needs_gb=bench.last_fit and bench.last_fit[0] / GIB, card_gb=bench.last_fit and bench.last_fit[1] / GIB,
+                      memory_margin=cfg.memory_margin if bench.device_type == "cuda" else None,
+                      fit_checks="train step, eval" + (", HellaSwag" if cfg.hellaswag_interval else "")
+                      + (", HumanEval" if cfg.humaneval_interval else ""))
     if bench.device_type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     B, T = cfg.batch_size, cfg.block_size
@@ -286,7 +311,10 @@ def format_table(r):
     ]
     if "max_batch_size_fits" in r:
         cap = " (the cap: raise --max_batch_size to search further)" if r["cap_reached"] else ""
-        rows.append(("largest micro-batch", f"{r['max_batch_size_fits']}{cap}; training and eval both fit"))
+        margin = "" if r["memory_margin"] is None else \
+            (f"; needs {r['fit_needs_gb']:.2f} of {r['card_gb']:.2f} GiB (reserved by PyTorch + CUDA context + other "
+             f"processes), {100 * r['memory_margin']:.0f}% of the card kept free")
+        rows.append(("largest micro-batch", f"{r['max_batch_size_fits']}{cap}; fits: {r['fit_checks']}{margin}"))
         rows.append(("suggested", f"--batch_size={r['batch_size']} with {r['grad_accum']} gradient accumulation "
                                   f"steps for total_batch_size={r['tokens_per_iter']:,} (one GPU; on N GPUs "
                                   f"under torchrun, train.py divides the accumulation by N)"))

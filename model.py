@@ -182,10 +182,11 @@ class Block(nn.Module):
         return x
 
 
-def _loss_chunks(x, weight, targets, softcap, want_grads):
+def _loss_chunks(x, weight, targets, softcap, want_grads, per_row=None):
     """Summed cross-entropy of the logits x @ weight.T against targets (-1: ignored), LOSS_CHUNK rows at a
-    time, and with want_grads the gradients of that sum w.r.t. x and weight, made in the same pass.
-    One (LOSS_CHUNK, vocab) fp32 buffer holds a chunk's logits, then (in place) their gradient."""
+    time, and with want_grads the gradients of that sum w.r.t. x and weight, made in the same pass; each
+    row's loss goes into per_row (N,) if given. One (LOSS_CHUNK, vocab) fp32 buffer holds a chunk's logits,
+    then (in place) their gradient."""
     loss = torch.zeros((), dtype=torch.float32, device=x.device)
     grad_x = torch.empty_like(x) if want_grads else None
     grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grads else None
@@ -197,7 +198,10 @@ def _loss_chunks(x, weight, targets, softcap, want_grads):
             z = softcap * t
         rows, safe, valid = torch.arange(len(yc), device=yc.device), yc.clamp(min=0), (yc != -1)
         lse = torch.logsumexp(z, dim=1)  # (n,)
-        loss += ((lse - z[rows, safe]) * valid).sum()
+        row_loss = (lse - z[rows, safe]) * valid  # (n,)
+        loss += row_loss.sum()
+        if per_row is not None:
+            per_row[lo:lo + LOSS_CHUNK] = row_loss
         if want_grads:
             g = z.sub_(lse[:, None]).exp_()  # d loss / d logits = softmax - one-hot, on the rows that count
             g[rows, safe] -= 1
@@ -307,6 +311,16 @@ class GPT(nn.Module):
             return self._logits(x), None
         C = x.size(-1)
         return None, head_loss(x.reshape(-1, C), self.lm_head.weight, targets.reshape(-1), self.config.logit_softcap)
+
+    @torch.no_grad()
+    def token_losses(self, idx, targets):
+        """Cross-entropy of each position (B, T), 0 where targets == -1: for evals that score rows apart
+        (HellaSwag endings), without full logits either."""
+        x = self._hidden(idx)
+        out = torch.empty(targets.numel(), dtype=torch.float32, device=idx.device)
+        _loss_chunks(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1), self.config.logit_softcap,
+                     want_grads=False, per_row=out)
+        return out.view_as(targets)
 
     def forward_cached(self, idx, kv_cache):
         """Incremental forward for generation: idx (B, T) are the tokens after the len(kv_cache)

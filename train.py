@@ -339,6 +339,7 @@ def run_training(cfg, procs, cleanup):
         return True
 
     # ------------------------------------------------------------------ training loop
+    to_device = runtime.BatchCopier(device)
     stop = StopRequest()
     cleanup.callback(stop.restore)
     stopping = None  # the signal this process acts on; under DDP only the all-reduced flag sets it, so all ranks agree
@@ -407,9 +408,8 @@ def run_training(cfg, procs, cleanup):
         torch.manual_seed(runtime.step_seed(cfg.seed, rank, loop.iter_num))  # dropout: per rank and step, resumable
         lr = optim.set_lr(optimizer, loop.iter_num, cfg)
         loss_sum = torch.zeros((), device=device)
+        x, y = to_device(*train_loader.next_batch())
         for micro in range(grad_accum):
-            x, y = train_loader.next_batch()
-            x, y = x.to(device, non_blocking=cuda), y.to(device, non_blocking=cuda)  # async only where it is safe: CUDA
             sync = contextlib.nullcontext() if (not procs.ddp or micro == grad_accum - 1) else ddp_model.no_sync()
             with sync:  # gradients are all-reduced once per step, on the last micro-step
                 with ctx:
@@ -417,6 +417,8 @@ def run_training(cfg, procs, cleanup):
                 scaler.scale(loss).backward()
             loss_sum += loss.detach()
             del loss  # nothing of the micro-step outlives it
+            if micro + 1 < grad_accum:  # the next micro-batch is read and copied while the GPU computes this one;
+                x, y = to_device(*train_loader.next_batch())  # never across a step, so checkpoints stay exact
         if procs.ddp:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
         optimizer.unscale_(scaler)

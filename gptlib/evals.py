@@ -8,10 +8,12 @@ have varying shapes and would make a compiled model recompile.
 import math
 
 import torch
-import torch.nn.functional as F
 
 from . import shards
 from .loader import TokenLoader
+
+HELLASWAG_BATCH_ITEMS = 8  # items scored together (x 4 endings = rows of up to block_size tokens)
+HUMANEVAL_BATCH_ROWS = 4  # HumanEval rows scored together
 
 
 def _distributed(world_size):
@@ -193,11 +195,8 @@ def _row_losses(model, rows, device, autocast_ctx, batch_rows):
             y[i, :n] = torch.tensor(targets)
             m[i, :n] = torch.tensor(mask, dtype=torch.bool)
         x, y, m = x.to(device), y.to(device), m.to(device)
-        with autocast_ctx:
-            logits, _ = model(x)  # (B, T, vocab)
-        # only the scored positions go through the float32 softmax: (N, vocab), N = m.sum()
-        token_loss = F.cross_entropy(logits[m].float(), y[m], reduction="none")  # (N,)
-        per_row = torch.zeros(len(batch), device=device).index_add_(0, m.nonzero()[:, 0], token_loss)  # (B,)
+        with autocast_ctx:  # per-position losses in chunks: never (B, T, vocab) logits (issue 12)
+            per_row = model.token_losses(x, y.masked_fill(~m, -1)).sum(dim=1)  # (B, T) -> (B,)
         sums += per_row.tolist()
         counts += m.sum(dim=1).tolist()
     return sums, counts
@@ -251,7 +250,7 @@ def hellaswag_predict(sums, counts):
     return pred, pred_norm
 
 
-def hellaswag(model, device, autocast_ctx, path=None, limit=None, batch_items=8, rank=0, world_size=1,
+def hellaswag(model, device, autocast_ctx, path=None, limit=None, batch_items=HELLASWAG_BATCH_ITEMS, rank=0, world_size=1,
               block_size=None, items=None):
     """Completion-style HellaSwag accuracy, as in the published GPT-2 / GPT-3 small-model numbers.
 
@@ -307,7 +306,7 @@ def load_humaneval(path):
     return items
 
 
-def humaneval(model, device, autocast_ctx, path, limit=None, batch_rows=4, rank=0, world_size=1, block_size=None):
+def humaneval(model, device, autocast_ctx, path, limit=None, batch_rows=HUMANEVAL_BATCH_ROWS, rank=0, world_size=1, block_size=None):
     """Loss and perplexity of HumanEval's canonical solutions given their prompts.
 
     loss = summed cross-entropy over all solution tokens / number of solution tokens

@@ -97,6 +97,33 @@ def keep_freed_memory():
     return bool(mallopt(M_MMAP_THRESHOLD, MALLOC_KEEP_BYTES) and mallopt(M_TRIM_THRESHOLD, MALLOC_KEEP_BYTES))
 
 
+class BatchCopier:
+    """Host batches onto the device. On CUDA each batch is staged in pinned memory, so the copy is truly
+    asynchronous (non_blocking from pageable memory synchronises), and the caller can fetch the next
+    micro-batch while the GPU computes. Two pinned buffer pairs are used in turn; a pair is refilled only
+    after the event recorded behind its last copy has completed, so a copy in flight is never overwritten."""
+
+    def __init__(self, device):
+        self.device, self.cuda = device, device.startswith("cuda")
+        self.buffers, self.events, self.turn = [None, None], [None, None], 0
+
+    def __call__(self, x, y):
+        if not self.cuda:
+            return x.to(self.device), y.to(self.device)  # a no-op on CPU
+        i, self.turn = self.turn, self.turn ^ 1
+        if self.events[i] is not None:
+            self.events[i].synchronize()  # the copy out of this pair has finished
+        if self.buffers[i] is None or self.buffers[i][0].shape != x.shape:
+            self.buffers[i] = tuple(torch.empty(x.shape, dtype=x.dtype, pin_memory=True) for _ in range(2))
+        hx, hy = self.buffers[i]
+        hx.copy_(x)
+        hy.copy_(y)
+        out = hx.to(self.device, non_blocking=True), hy.to(self.device, non_blocking=True)
+        self.events[i] = torch.cuda.Event()
+        self.events[i].record()
+        return out
+
+
 def step_seed(seed, rank, step):
     """The torch seed of one optimizer step on one rank: dropout masks differ between ranks and steps,
     and a resumed run (on any number of ranks) draws exactly the masks an uninterrupted one would,

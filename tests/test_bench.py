@@ -84,6 +84,26 @@ def test_batch_search_stops_at_out_of_memory_and_frees_between_tries():
     assert all(p.grad is None for p in b.raw_model.parameters())  # nothing left allocated after a failed try
 
 
+def test_batch_search_counts_the_eval_and_hellaswag_batches():
+    """Training fits at every size but the eval batch runs out of memory above B=3 (the real user's failure):
+    the answer is 3; and with hellaswag_interval the HellaSwag batch is part of every try."""
+    cfg = load_config(bench.BenchConfig, TINY + ["--hellaswag_interval=100"])
+    b = bench.Bench(cfg)
+    real_eval, scored = b.eval_step, []
+
+    def eval_step(B):
+        if B > 3:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        real_eval(B)
+    b.eval_step = eval_step
+    real_rows = b.scored_rows_step
+    b.scored_rows_step = lambda: scored.append(1) or real_rows()
+    assert bench.find_max_batch(b, cap=16) == 3 and scored
+    res = bench.run_bench(load_config(bench.BenchConfig, TINY + ["--hellaswag_interval=100", "--find_batch_size",
+                                                                 "--max_batch_size=2", "--iters=1"]))
+    assert res["fit_checks"] == "train step, eval, HellaSwag" and res["memory_margin"] is None  # no margin on CPU
+
+
 def test_batch_search_arithmetic_large_cap():
     class Fake:
         def __init__(self, limit):

@@ -127,6 +127,8 @@ def test_fused_loss_matches_cross_entropy_and_its_gradients(tokens):
         assert torch.allclose(loss, want, rtol=1e-6)
         for n, p in model.named_parameters():
             assert torch.allclose(p.grad, grads[n], atol=1e-6, rtol=1e-4), n
+        per_position = F.cross_entropy(logits.view(-1, 50304), y.view(-1), ignore_index=-1, reduction="none")
+        assert torch.allclose(model.token_losses(x, y), per_position.view(3, 32), atol=1e-5)  # what evals score
 
 
 def test_flops_and_params_of_the_modern_model():
