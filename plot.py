@@ -5,7 +5,8 @@
 
 Reads each OUT_DIR/metrics.jsonl written by train.py (monitor.MetricsLog). The train curve is the mean
 step loss over each interval between plotted points, not single noisy micro-batch losses; the best
-checkpoint (lowest primary validation loss) is starred.
+checkpoint (lowest primary validation loss) is starred. A lower panel shows the learning rate, and a
+dotted line marks each point where the run was resumed (labelled with the settings changed there).
 """
 import math
 import os
@@ -47,9 +48,10 @@ def load_run(out_dir):
             raise MonitorError(f"{path} record {k + 1} has a non-numeric {bad[0]} ({r[bad[0]]!r}); fix or delete that line")
     steps = [r for r in records if r.get("kind") == "train" and r.get("tokens") is not None]
     evals = [r for r in records if r.get("kind") == "eval" and r.get("tokens") is not None]
+    resumes = [r for r in records if r.get("kind") == "resume" and r.get("tokens") is not None]
     if not steps and not evals:
         raise MonitorError(f"{path} holds no train or eval records yet; let the run log a few steps first")
-    return steps, evals
+    return steps, evals, resumes
 
 
 def _is_number(v):
@@ -107,14 +109,23 @@ def plot_runs(out_dirs, out_path, points=DEFAULT_POINTS):
     from matplotlib.ticker import FuncFormatter
 
     runs = [(d, *load_run(d)) for d in out_dirs]  # read everything first: a bad dir fails before drawing
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(9, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     styles = ["--", ":", "-."]
-    for k, (out_dir, steps, evals) in enumerate(runs):
+    for k, (out_dir, steps, evals, resumes) in enumerate(runs):
         name = os.path.basename(os.path.normpath(out_dir))
         color = f"C{k % 10}"
         if steps:
             xs, ys = average_intervals(steps, points)
             ax.plot(xs, ys, color=color, lw=1.2, alpha=0.85, label=f"{name} train")
+            lr = [(r["tokens"], r["lr"]) for r in steps if _is_number(r.get("lr"))]
+            if lr:
+                ax_lr.plot(*zip(*lr), color=color, lw=1.2, label=name)
+        for r in resumes:
+            for a in (ax, ax_lr):
+                a.axvline(r["tokens"], color=color, ls=":", lw=1)
+            what = "; ".join(c.split(":")[0] for c in r.get("changes") or []) or "same settings"
+            ax.annotate(f"resumed ({what})", (r["tokens"], 1), xycoords=("data", "axes fraction"), rotation=90,
+                        fontsize=7, color=color, va="top", ha="right")
         curves = val_curves(evals)
         for j, (key, (xs, ys)) in enumerate(curves.items()):
             ax.plot(xs, ys, styles[j % len(styles)], color=color, lw=1.6, marker=".", label=f"{name} {key}")
@@ -123,10 +134,12 @@ def plot_runs(out_dirs, out_path, points=DEFAULT_POINTS):
             key, x, y = best
             ax.plot([x], [y], "*", color=color, markersize=14, markeredgecolor="black",
                     label=f"{name} best {key} {y:.4f} @ {human_count(x)} tok")
-    ax.set_xlabel("tokens seen")
+    ax_lr.set_xlabel("tokens seen")
     ax.set_ylabel("loss (cross-entropy, nats)")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_count(v) if v else "0"))
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_count(v) if v else "0"))
     ax.grid(alpha=0.3)
+    ax_lr.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("train / val loss")
     fig.tight_layout()

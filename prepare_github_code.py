@@ -84,7 +84,8 @@ class DirectorySource:
                 if lang is not None:
                     try:
                         size = os.path.getsize(os.path.join(self.root, rel))
-                        if self.max_file_bytes is None or size <= self.max_file_bytes:  # a huge file is never read
+                        if "code" in columns and (self.max_file_bytes is None or size <= self.max_file_bytes):
+                            # (a huge file is never read, nor any file by the held-out pre-pass)
                             with open(os.path.join(self.root, rel), "rb") as f:
                                 code = f.read()
                     except OSError:  # unreadable (permissions, broken link): a null document, counted
@@ -132,7 +133,7 @@ def make_spec(cfg):
     return DatasetSpec(name=cfg.dataset if not cfg.source_dir else "source_dir", text_column="code",
                        columns=["code", "repo_name", "language", "size"] + (["license"] if cfg.licenses else []), keep=keep,
                        split_column="repo_name", val_fraction=cfg.val_repo_fraction,
-                       language_column="language", language_val_tokens=cfg.val_tokens_per_language,
+                       language_column="language", language_val_tokens=cfg.val_tokens_per_language, size_column="size",
                        filters={"not_code": "--source_dir", "too_large": f"--max_file_bytes={cfg.max_file_bytes}", "language_filtered": f"--languages={','.join(cfg.languages)}",
                                 "license_filtered": f"--licenses={','.join(cfg.licenses)}"})
 
@@ -141,7 +142,7 @@ def make_sources(cfg):
     if cfg.source_dir:
         return [DirectorySource(cfg.source_dir, cfg.skip_dirs, cfg.max_file_bytes)], {}
     if cfg.data_files:
-        return local_sources(cfg.data_files), {}
+        return local_sources(cfg.data_files, cfg.txt_documents), {}
     sources, commit = hub_sources(cfg.dataset, HUB_FOLDER, cfg.num_files, pinned_revision(cfg, cfg.dataset))
     return sources, {"hub": {"repo": cfg.dataset, "folder": HUB_FOLDER, "revision": cfg.revision, "commit": commit}}
 

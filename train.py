@@ -244,7 +244,8 @@ def run_training(cfg, procs, cleanup):
     loop = LoopState()
     if ckpt is not None:
         check_wsd_extension(cfg, ckpt.get("config", {}), ckpt["loop"].get("iter_num", 0))
-        for line in changed_settings(cfg, ckpt.get("config", {}), ckpt["loop"].get("iter_num", 0)):
+        changes = changed_settings(cfg, ckpt.get("config", {}), ckpt["loop"].get("iter_num", 0))
+        for line in changes:
             log(line)
         cfg.seed = ckpt.get("config", {}).get("seed", cfg.seed)  # the run's own seed: data order and dropout continue
         try:
@@ -315,6 +316,8 @@ def run_training(cfg, procs, cleanup):
             json.dump(dataclasses.asdict(cfg), f, indent=1)
     metrics = monitor.MetricsLog(os.path.join(cfg.out_dir, monitor.METRICS_FILE),
                                  resume_iter=start_iter if resumed else None) if master else None
+    if master and resumed:  # plot.py marks where a run was resumed, and what changed there
+        metrics.log("resume", start_iter, tokens=loop.tokens, changes=[c.removeprefix("resume: ") for c in changes])
     tracker = monitor.make_tracker(cfg.wandb_log, cfg.tensorboard_log, cfg.wandb_project,
                                    cfg.wandb_run_name or os.path.basename(os.path.abspath(cfg.out_dir)),
                                    dataclasses.asdict(cfg), os.path.join(cfg.out_dir, "tb")) if master else None

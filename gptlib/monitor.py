@@ -143,8 +143,12 @@ def grad_accum_steps(total_batch_size, batch_size, block_size, world_size=1):
     """Micro-steps per optimizer step so that each step sees total_batch_size tokens; it must divide exactly."""
     tokens_per_micro = batch_size * block_size * world_size
     if total_batch_size % tokens_per_micro:
+        fit = suggest_batch_size(batch_size, total_batch_size, block_size, world_size)
+        fix = (f"--batch_size={fit[0]} keeps total_batch_size" if fit else
+               f"make total_batch_size a multiple of {block_size * world_size}")
         raise ConfigError(f"total_batch_size={total_batch_size} is not a multiple of batch_size*block_size*world_size "
-                           f"= {batch_size}*{block_size}*{world_size} = {tokens_per_micro}; change total_batch_size or batch_size")
+                          f"= {batch_size}*{block_size}*{world_size} = {tokens_per_micro}; {fix} (or set "
+                          f"total_batch_size={tokens_per_micro * max(1, round(total_batch_size / tokens_per_micro))})")
     return total_batch_size // tokens_per_micro
 
 

@@ -24,6 +24,7 @@ import errno
 import glob
 import functools
 import hashlib
+import json
 import os
 import queue
 import re
@@ -42,6 +43,7 @@ from .settings import setting
 from .shards import EOT
 
 READ_BUFFER = 1 << 20  # bytes read from a parquet file at a time
+BYTES_PER_TOKEN = 4.0  # rough UTF-8 bytes per GPT-2 token of English text, to size the input before a pass
 QUEUE_BATCHES = 2  # encoded chunks buffered between the reader thread and the writer
 CHUNK_CHARS = 1 << 21  # characters of text encoded at once (~0.6-1M tokens, a few MB as uint32 arrays)
 HIST_PNG = "doc_lengths.png"  # --stats writes the document-length histogram here, inside the dataset dir
@@ -52,7 +54,8 @@ PERCENTILES = (10, 50, 90, 99)  # document-length percentiles printed by --stats
 @dataclass
 class PrepareConfig:
     out_dir: str = setting("", path="dir")  # output directory of shards and manifest.json; '': data/<dataset>
-    data_files: str = setting("")  # local parquet files, comma-separated paths or globs; never touches the network
+    data_files: str = setting("")  # local .parquet, .jsonl or .txt files or directories of them, comma-separated paths or globs; never touches the network
+    txt_documents: str = setting("paragraphs", choices=["paragraphs", "lines", "file"])  # .txt inputs: what one document is (blank-line-separated blocks, single lines, or the whole file)
     num_files: int = setting(1, ge=1)  # download mode (no data_files): how many parquet files of the dataset to fetch
     revision: str = setting("main")  # download mode: hub branch, tag or commit; the resolved commit goes in manifest.json
     shard_tokens: int = setting(shards.DEFAULT_SHARD_TOKENS, ge=1)  # tokens per shard (2 bytes each)
@@ -79,6 +82,7 @@ class DatasetSpec:
     val_fraction: float = 0.0  # with split_column: fraction of its values (e.g. repositories) held out for val
     language_column: str = ""  # with it: per-language token counts and val-<language> sets
     language_val_tokens: int = 0  # tokens of each val-<language> set
+    size_column: str = ""  # with it: the column of document sizes (bytes), to size repositories
     filters: dict = dataclasses.field(default_factory=dict)  # skip reason -> the setting behind it, for messages
 
 
@@ -138,15 +142,156 @@ class ParquetSource:
         return {"name": self.name, "bytes": self.size}
 
 
-def local_sources(data_files):
-    """ParquetSources of comma-separated paths/globs, sorted within each glob."""
+    def estimated_tokens(self, column):
+        """Tokens the text column holds, roughly, from the file's metadata alone (nothing is read)."""
+        md = self._file().metadata
+        i = self._file().schema_arrow.names.index(column)
+        total = 0
+        for g in range(md.num_row_groups):
+            col = md.row_group(g).column(i)
+            if not (col.statistics and col.statistics.has_null_count and col.statistics.null_count == col.num_values):
+                total += col.total_uncompressed_size  # (a row group of null texts holds no tokens)
+        return total / BYTES_PER_TOKEN
+
+
+class JsonlSource:
+    """One .jsonl file: a JSON object per line, e.g. {"text": "..."}; read batch_rows lines at a time."""
+
+    def __init__(self, path):
+        self.path, self.size = path, os.path.getsize(path)
+
+    def _lines(self):
+        with open(self.path, "rb") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    yield n, line
+
+    def check(self, columns):
+        """Every line parsed once before anything is written, so a bad line is an error, not a half dataset."""
+        self.num_rows = 0
+        for n, line in self._lines():
+            row = self._parse(n, line)
+            missing = [c for c in columns if c not in row]
+            if missing:
+                raise DataError(f"{self.path} line {n} has no field {missing[0]!r} (it has "
+                                f"{', '.join(row) or 'none'}); each line must be a JSON object with {', '.join(columns)}")
+            self.num_rows += 1
+
+    def _parse(self, n, line):
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise DataError(f"{self.path} line {n} is not valid JSON ({e.msg}); fix or remove that line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{self.path} line {n} is a JSON {type(row).__name__}, not an object like {{\"text\": ...}}")
+        return row
+
+    def batches(self, columns, start_row, batch_rows):
+        import pyarrow as pa
+        rows = []
+        for i, (n, line) in enumerate(self._lines()):
+            if i < start_row:
+                continue
+            row = self._parse(n, line)
+            rows.append({c: row.get(c) for c in columns})
+            if len(rows) == batch_rows:
+                yield pa.RecordBatch.from_pylist(rows)
+                rows = []
+        if rows:
+            yield pa.RecordBatch.from_pylist(rows)
+
+    def identity(self):
+        return {"name": os.path.abspath(self.path), "bytes": self.size}
+
+    def estimated_tokens(self, column):
+        return self.size / BYTES_PER_TOKEN
+
+
+class TextSource:
+    """One plain-text file (UTF-8), as documents: blank-line-separated blocks ('paragraphs'), single lines
+    ('lines') or the whole file ('file'). It has one column, the text."""
+
+    def __init__(self, path, documents="paragraphs"):
+        self.path, self.documents, self.size = path, documents, os.path.getsize(path)
+
+    def _docs(self):
+        with open(self.path, encoding="utf-8", errors="strict", newline="") as f:
+            try:
+                if self.documents == "file":
+                    yield f.read()
+                    return
+                block = []
+                for line in f:
+                    if self.documents == "lines":
+                        if line.strip():
+                            yield line.rstrip("\r\n")
+                    elif line.strip():
+                        block.append(line)
+                    elif block:
+                        yield "".join(block).rstrip("\r\n")
+                        block = []
+                if block:
+                    yield "".join(block).rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{self.path} is not UTF-8 text (byte {e.start}); convert it to UTF-8") from None
+
+    def check(self, columns):
+        if len(columns) != 1:
+            raise DataError(f"{self.path}: a .txt file holds only text, and this dataset needs the columns "
+                            f"{', '.join(columns)}; use parquet or jsonl inputs")
+        self.num_rows = sum(1 for _ in self._docs())
+
+    def batches(self, columns, start_row, batch_rows):
+        import pyarrow as pa
+        texts = []
+        for i, doc in enumerate(self._docs()):
+            if i >= start_row:
+                texts.append(doc)
+            if len(texts) == batch_rows:
+                yield pa.RecordBatch.from_pydict({columns[0]: texts})
+                texts = []
+        if texts:
+            yield pa.RecordBatch.from_pydict({columns[0]: texts})
+
+    def identity(self):
+        return {"name": os.path.abspath(self.path), "bytes": self.size, "documents": self.documents}
+
+    def estimated_tokens(self, column):
+        return self.size / BYTES_PER_TOKEN
+
+
+INPUT_KINDS = (".parquet", ".jsonl", ".txt")
+
+
+def local_sources(data_files, txt_documents="paragraphs"):
+    """Sources of comma-separated paths, globs and directories (every .parquet/.jsonl/.txt below them),
+    sorted within each, so a dataset is made in the same order every time."""
     paths = []
     for pattern in [p.strip() for p in data_files.split(",") if p.strip()]:
         found = sorted(glob.glob(os.path.expanduser(pattern)))
         if not found:
             raise DataError(f"--data_files: nothing matches {pattern!r}; check the path (quote globs in the shell)")
-        paths.extend(found)
-    return [ParquetSource(p) for p in paths]
+        for path in found:
+            if os.path.isdir(path):
+                inside = sorted(os.path.join(d, n) for d, _, names in os.walk(path) for n in names
+                                if n.endswith(INPUT_KINDS))
+                if not inside:
+                    raise DataError(f"--data_files: the directory {path} holds no {', '.join(INPUT_KINDS)} files")
+                paths.extend(inside)
+            else:
+                paths.append(path)
+    out = []
+    for p in paths:
+        if p.endswith(".jsonl"):
+            out.append(JsonlSource(p))
+        elif p.endswith(".txt"):
+            out.append(TextSource(p, txt_documents))
+        elif p.endswith(".parquet"):
+            out.append(ParquetSource(p))
+        else:
+            raise DataError(f"--data_files: {p} is not a .parquet, .jsonl or .txt file; convert it, or remove it "
+                            f"from the inputs")
+    return out
 
 
 def pinned_revision(cfg, repo_id):
@@ -427,6 +572,54 @@ def _existing(out_dir, args, sources, overwrite):
     return m
 
 
+def held_out_per_language(spec, sources, batch_rows):
+    """{language: repository} for each language none of whose repositories falls in the held-out fraction
+    (a language of 75M tokens used to get no val-<language> set): its smallest repository is held out too,
+    unless that one alone holds more than val_fraction of the input, which would move too much out of
+    train (then the language gets no val set, and this says so before the pass). Two pre-passes over the
+    split, language and size columns only: which languages lack a held-out repository and which
+    repositories could serve, then the sizes of those candidates."""
+    cols = [spec.split_column, spec.language_column] + ([spec.size_column] if spec.size_column else [])
+
+    def rows():
+        for source in sources:
+            for batch in source.batches(cols, 0, batch_rows):
+                values = [batch.column(c).to_pylist() for c in cols]
+                sizes = values[2] if spec.size_column else [1] * batch.num_rows
+                yield from zip(values[0], values[1], sizes)
+
+    covered, candidates = set(), {}  # languages with a held-out repository; language -> repositories with it
+    for key, lang, _ in rows():
+        if lang is None or key is None or lang in covered:
+            continue
+        if key_fraction(key) < spec.val_fraction:
+            covered.add(lang)
+            candidates.pop(lang, None)
+        else:
+            candidates.setdefault(lang, set()).add(key)
+    if not candidates:
+        return {}
+    wanted = set().union(*candidates.values())
+    size, total = dict.fromkeys(wanted, 0), 0
+    for key, _, n in rows():
+        total += n or 0
+        if key in size:
+            size[key] += n or 0
+    extra = {}
+    for lang, repos in sorted(candidates.items()):
+        key = min(repos, key=lambda r: (size[r], r))
+        if size[key] <= spec.val_fraction * total or key in extra.values():
+            extra[lang] = key
+            print(f"{language_split(lang)}: no {lang} repository falls in the held-out fraction "
+                  f"({spec.val_fraction:g}); holding out its smallest, {key}", file=sys.stderr)
+        else:
+            print(f"{language_split(lang)}: no {lang} repository falls in the held-out fraction, and the smallest "
+                  f"one ({key}) holds {size[key] / max(1, total):.0%} of the input, more than val_repo_fraction="
+                  f"{spec.val_fraction:g}: {lang} gets no val set (raise val_repo_fraction to give it one)",
+                  file=sys.stderr)
+    return extra
+
+
 def save_manifest(out_dir, m):
     """shards.write_manifest, with a full disk reported as a DataError (the old manifest stays intact)."""
     try:
@@ -447,6 +640,12 @@ def prepare(cfg, spec, sources, extra=None, enc=None):
         raise DataError("no input files; pass --data_files=... or download with --num_files=N")
     for s in sources:
         s.check(list(dict.fromkeys(spec.columns)))
+    if not spec.split_column and cfg.val_tokens:  # the first val_tokens go to val: check they leave some to train
+        estimate = sum(s.estimated_tokens(spec.text_column) for s in sources)
+        if estimate and cfg.val_tokens >= estimate / 2:
+            raise DataError(f"the input holds about {estimate:,.0f} tokens (from its size), and val_tokens="
+                            f"{cfg.val_tokens:,} would take {'all' if cfg.val_tokens >= estimate else 'half or more'} "
+                            f"of it; lower --val_tokens (e.g. --val_tokens={max(1, int(estimate / 20))}, 5%)")
     args = dataset_args(cfg)
     m = _existing(out_dir, args, sources, cfg.overwrite)
     if m is not None and m.get("progress", {}).get("complete"):
@@ -460,6 +659,8 @@ def prepare(cfg, spec, sources, extra=None, enc=None):
         m.update({"dataset": spec.name, "docs": {}, "tokens": {}, "skipped": {}, "tokens_by_language": {},
                   "progress": {"complete": False, "position": [0, 0], "writers": {}}})
         m.update(extra or {})
+        if spec.split_column and spec.language_column and spec.language_val_tokens and spec.val_fraction:
+            m["held_out_extra"] = held_out_per_language(spec, sources, cfg.batch_rows)
         save_manifest(out_dir, m)  # before any shard: shards without a manifest are never ours
     prog = m["progress"]
 
@@ -489,6 +690,7 @@ def prepare(cfg, spec, sources, extra=None, enc=None):
         state["flushed"], state["saved"] = False, dict(prog["writers"])
 
     position = tuple(prog["position"])
+    extra_held_out = set(m.get("held_out_extra", {}).values())
     docs, skipped, lang_tokens, routed = m["docs"], m["skipped"], m["tokens_by_language"], m["tokens"]
     num_threads = cfg.num_threads or os.cpu_count() or 1
     num_rows = sum(s.num_rows for s in sources)
@@ -505,7 +707,7 @@ def prepare(cfg, spec, sources, extra=None, enc=None):
                 n = int(hi - lo)  # the document's tokens and its EOT
                 lang = item["langs"][i] if item["langs"] else None
                 if spec.split_column:
-                    held_out = key_fraction(item["keys"][i]) < spec.val_fraction
+                    held_out = key_fraction(item["keys"][i]) < spec.val_fraction or item["keys"][i] in extra_held_out
                 else:  # the first documents fill val
                     held_out = routed.get("val", 0) < cfg.val_tokens
                 dests = []

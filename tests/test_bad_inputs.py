@@ -61,6 +61,16 @@ def env(tmp_path_factory):
     (root / "badtokens" / "metrics.jsonl").write_text('{"kind": "train", "iter": 1, "tokens": "many", "loss": 3.0}\n')
     pq.write_table(pa.table({"text": pa.array([None, None, None], pa.string())}), root / "nulls.parquet")
     pq.write_table(pa.table({"text": ["A document. " * 40] * 30}), root / "docs.parquet")
+    pq.write_table(pa.table({"text": ["A document. " * 40] * 30, "int_score": [1, 2, 3] * 10}), root / "edu.parquet")
+    pq.write_table(pa.table({"code": ["print(1)\n" * 20] * 30, "repo_name": [f"o/r{i}" for i in range(30)],
+                             "path": ["a.py"] * 30, "language": ["Python"] * 30, "license": ["mit"] * 30,
+                             "size": [180] * 30}), root / "code.parquet")
+    (root / "notcode").mkdir()
+    (root / "notcode" / "notes.bin").write_bytes(b"\x00\x01")
+    (root / "bad.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
+    (root / "nofield.jsonl").write_text('{"body": "no text field"}\n')
+    (root / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1") * 100)
+    (root / "table.csv").write_text("text\nhello\n")
     return types.SimpleNamespace(root=root, data=data, run=root / "run")
 
 
@@ -228,6 +238,17 @@ CASES = [
     ("github unknown language", "prepare_github_code", fw("--languages=Pyhton"), 2, "unknown language 'Pyhton'"),
     ("prepare all-null parquet", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'nulls.parquet'}", f"--out_dir={tmp / 'ds'}"],
      1, "no document was kept (3 with null text)"),
+    ("prepare min_int_score keeps nothing", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'edu.parquet'}", f"--out_dir={tmp / 'ds'}", "--val_tokens=100", "--min_int_score=4"],
+     1, "no document was kept (30 below the minimum int_score (--min_int_score=4)); change --min_int_score=4"),
+    ("github --languages absent", "prepare_github_code", lambda e, tmp: [f"--data_files={e.root / 'code.parquet'}", f"--out_dir={tmp / 'ds'}", "--languages=C"],
+     1, "no document was kept (30 in other languages (--languages=C)); change --languages=C"),
+    ("github source_dir with no code", "prepare_github_code", lambda e, tmp: [f"--source_dir={e.root / 'notcode'}", f"--out_dir={tmp / 'ds'}"],
+     1, "no document was kept (1 not code (no known language extension) (--source_dir))"),
+    ("jsonl bad line", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'bad.jsonl'}", f"--out_dir={tmp / 'ds'}", "--val_tokens=1"], 1, "line 2 is not valid JSON"),
+    ("jsonl without text", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'nofield.jsonl'}", f"--out_dir={tmp / 'ds'}"], 1, "line 1 has no field 'text' (it has body)"),
+    ("txt not utf-8", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'latin1.txt'}", f"--out_dir={tmp / 'ds'}", "--val_tokens=1"], 1, "is not UTF-8 text"),
+    ("csv input", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'table.csv'}", f"--out_dir={tmp / 'ds'}"], 1, "is not a .parquet, .jsonl or .txt file"),
+    ("txt for github-code", "prepare_github_code", lambda e, tmp: [f"--data_files={e.root / 'latin1.txt'}", f"--out_dir={tmp / 'ds'}"], 1, "a .txt file holds only text"),
     ("prepare nothing matches", "prepare_fineweb", fw(lambda e, tmp: f"--data_files={tmp / 'missing*.parquet'}"), 1, "nothing matches"),
     # ---- data (the 6 of the earlier suite)
     ("missing data dir", "train", tr(lambda e, tmp: f"--data_dir={tmp / 'nope'}"), 1, "does not exist"),

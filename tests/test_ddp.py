@@ -125,3 +125,15 @@ def test_loader_stream_across_world_sizes(tmp_path, lengths, same_tail):
     assert state["offset"] == 800
     resumed, _ = loader_stream(tmp_path, 1, 8, state=state)
     assert resumed == one[4:12]
+
+
+def test_shipped_tiny_config_runs_on_two_ranks_and_a_bad_split_is_one_line(tmp_path):
+    """The tiny config divides over 2 ranks; a total batch that does not is one error line naming a micro-batch
+    that works (printed by rank 0 only; torchrun's own failure summary follows it)."""
+    r = torchrun(2, ["config/train_tiny_cpu.py", "--plan", f"--out_dir={tmp_path / 'run'}"])
+    assert "x 2 GPU(s)" in r.stdout
+    bad = torchrun(2, ["config/train_tiny_cpu.py", "--plan", "--total_batch_size=1024"], wait=False)
+    _, err = bad.communicate(timeout=240)
+    assert bad.returncode != 0
+    ours = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and "--batch_size=4 keeps total_batch_size" in ours[0], err[-2000:]

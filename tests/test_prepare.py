@@ -1,5 +1,6 @@
 """prepare.py pipeline through the two scripts' specs: token streams checked against tiktoken directly."""
 import glob
+import json
 import io
 import os
 from dataclasses import replace
@@ -190,6 +191,25 @@ def test_github_code_split_by_repository_and_per_language_val(tmp_path):
     assert prepare.language_split("C++") == "val-cpp" and prepare.language_split("Visual Basic") == "val-visual-basic"
 
 
+def test_every_language_gets_its_val_set_even_with_no_repository_in_the_held_out_fraction(tmp_path, capsys):
+    rows = code_rows()
+    solo = next(f"solo{i}/lib" for i in range(100) if prepare.key_fraction(f"solo{i}/lib") > 0.5)  # never held out
+    for i in range(5):  # one C repository: by its hash alone, C would get no val-c
+        for k, v in {"code": f"int f{i}(void) {{ return {i}; }}\n", "repo_name": solo, "path": f"f{i}.c",
+                     "language": "C", "license": "mit", "size": 30}.items():
+            rows[k].append(v)
+    cfg = code_cfg(tmp_path, write_code(tmp_path / "c.parquet", rows))
+    m = run_code(cfg)
+    assert m["held_out_extra"] == {"C": solo}
+    assert "val-c: no C repository falls in the held-out fraction" in capsys.readouterr().err
+    c_docs = docs_tokens(rows["code"][-5:])
+    assert np.array_equal(stream(cfg.out_dir, "val-c"), np.concatenate(c_docs))
+    assert "val-c" in shards.list_splits(cfg.out_dir) and m["tokens_by_language"]["C"] == sum(map(len, c_docs))
+    train = stream(cfg.out_dir, "train")
+    assert len(train) == sum(len(t) for t, r in zip(docs_tokens(rows["code"]), rows["repo_name"])
+                             if prepare.key_fraction(r) >= cfg.val_repo_fraction and r != solo)
+
+
 def test_github_code_val_budget_never_leaks_held_out_repos_into_train(tmp_path):
     rows = code_rows(300)
     cfg = code_cfg(tmp_path, write_code(tmp_path / "c.parquet", rows), val_tokens=3_000, val_tokens_per_language=2_000)
@@ -252,11 +272,43 @@ def test_stats_percentiles_and_png(tmp_path, shared_data, capsys):
     assert shards.list_splits(cfg.out_dir) == ["train", "val"]  # the PNG is not taken for a shard
 
 
-def test_input_smaller_than_the_val_split_is_an_error(tmp_path, shared_data, capsys):
-    """Everything going to val would leave nothing to train on: a one-line error, not a quiet success."""
+def test_input_smaller_than_the_val_split_is_refused_before_the_pass(tmp_path, shared_data, capsys):
+    """FineWeb's default val_tokens (10M) on a small input: refused up front from the input's size, not after
+    a full pass, and nothing is written."""
     path = tmp_path / "small.parquet"
     write_fineweb(path, sample_texts(shared_data, n=50))
     cfg = fw_cfg(tmp_path, str(path), val_tokens=10_000_000)
     assert run_command(lambda argv: prepare.run(cfg, prepare_fineweb.make_spec, prepare_fineweb.make_sources), []) == 1
-    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines
-    assert err.startswith("error:") and "no train tokens" in err and "--val_tokens" in err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "val_tokens=10,000,000 would take all of it" in err[0] and "--val_tokens=" in err[0]
+    assert not os.path.exists(cfg.out_dir)
+
+
+def test_filters_that_leave_only_val_name_the_cause(tmp_path, shared_data, capsys):
+    """The input is big enough for val_tokens, but the filter keeps so little that val takes it all."""
+    texts = sample_texts(shared_data, 200)
+    kept = sum(len(t) for i, t in enumerate(docs_tokens(texts)) if i % 6 == 5)  # int_score is i % 6
+    cfg = fw_cfg(tmp_path, write_fineweb(tmp_path / "e.parquet", texts, edu=True), min_int_score=5, val_tokens=kept + 1)
+    assert run_command(lambda argv: prepare.run(cfg, prepare_fineweb.make_spec, prepare_fineweb.make_sources), []) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error:") and "no train tokens: all" in err and "went to the val sets" in err, err
+    assert "lower --val_tokens" in err and not os.path.exists(cfg.out_dir)
+
+
+def test_text_jsonl_and_directory_inputs(tmp_path, shared_data):
+    """Tiny Shakespeare in one command (.txt: blank-line-separated blocks are documents), .jsonl with a text
+    field, and a directory holding both: the same tokens as tiktoken gives."""
+    text = (shared_data / "tinyshakespeare.txt").read_text()[:20_000]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text(text)
+    docs = [d.strip("\n") for d in text.split("\n\n") if d.strip()]
+    extra = ["first json document", "second one, with <|endoftext|> as text"]
+    (tmp_path / "in" / "b.jsonl").write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(extra)) + "\n")
+    cfg = fw_cfg(tmp_path, str(tmp_path / "in"), val_tokens=500)
+    m = run_fw(cfg)
+    assert [os.path.basename(s["name"]) for s in m["sources"]] == ["a.txt", "b.jsonl"]
+    everything = np.concatenate([stream(cfg.out_dir, "val"), stream(cfg.out_dir, "train")])
+    assert np.array_equal(everything, np.concatenate(docs_tokens(docs + extra)))
+    lines = run_fw(fw_cfg(tmp_path, str(tmp_path / "in" / "a.txt"), out_dir=str(tmp_path / "lines"),
+                          txt_documents="lines", val_tokens=500))
+    assert sum(lines["docs"].values()) == sum(1 for line in text.splitlines() if line.strip())

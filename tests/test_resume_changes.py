@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gptlib import checkpoint, evals
+import plot
 import train
 from conftest import SHARED_DATA
 from test_train import TINY, make_dataset, metrics
@@ -67,6 +68,13 @@ def test_extension_that_rewarms_the_lr_says_so(data, tmp_path):
     assert "resume: max_iters 6 -> 12" in lines
     assert any("the learning rate at iter 6 is now" in line and "set lr_decay_iters to the old max_iters" in line
                for line in lines)
+    # metrics.jsonl marks the resume with what changed; plot.py draws it, with the LR panel
+    steps, evals, resumes = plot.load_run(str(tmp_path))
+    assert [(r["iter"], r["tokens"]) for r in resumes] == [(6, 6 * 256)]
+    assert "max_iters 6 -> 12" in resumes[0]["changes"]
+    assert len(steps) == 12 and steps[6]["lr"] > steps[5]["lr"]  # the re-warm the message warned about
+    png = plot.plot_runs([str(tmp_path)], str(tmp_path / "loss.png"))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_checkpoint_at_iteration_0_resumes_with_its_eval_in_place(data, tmp_path, monkeypatch):
