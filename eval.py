@@ -96,19 +96,37 @@ def run(cfg):
     print(f"model: {described}, {model.get_num_params() / 1e6:.2f}M parameters, on {device} in {dtype}")
 
     results = {}
+
+    def bar(what):
+        """A progress bar on stderr for one evaluation (on a terminal; tqdm switches itself off elsewhere)."""
+        from tqdm import tqdm
+        state = {}
+
+        def update(done, total):
+            if "bar" not in state:
+                state["bar"] = tqdm(total=total, desc=what, unit="batch", leave=False, file=sys.stderr,
+                                    mininterval=1.0, disable=None)
+            state["bar"].update(done - state["bar"].n)
+            if done >= total:
+                state["bar"].close()
+        return update
+
     for split in splits:
         total = sum(shards.shard_lengths(shards.list_shards(data_dir, split)))
         n = evals.num_eval_batches(total, cfg.batch_size, block_size, cfg.eval_iters)
-        loss = evals.split_loss(model, data_dir, split, cfg.batch_size, block_size, cfg.eval_iters, device, ctx)
+        loss = evals.split_loss(model, data_dir, split, cfg.batch_size, block_size, cfg.eval_iters, device, ctx,
+                                progress=bar(split))
         results[split] = {"loss": loss, "ppl": math.exp(loss), "tokens": n * cfg.batch_size * block_size}
         print(f"{split:<16} loss {loss:.4f}  ppl {math.exp(loss):10.2f}  "
               f"({n} batches of {cfg.batch_size}x{block_size} tokens from {data_dir})")
     if cfg.hellaswag:
-        r = evals.hellaswag(model, device, ctx, items=hellaswag_items, limit=cfg.hellaswag_limit or None)
+        r = evals.hellaswag(model, device, ctx, items=hellaswag_items, limit=cfg.hellaswag_limit or None,
+                            progress=bar("hellaswag"))
         results["hellaswag"] = r
         print(f"{'hellaswag':<16} acc {r['acc']:.4f}  acc_norm {r['acc_norm']:.4f}  ({r['n']} items)")
     if cfg.humaneval:
-        r = evals.humaneval(model, device, ctx, cfg.humaneval_path, limit=cfg.humaneval_limit or None)
+        r = evals.humaneval(model, device, ctx, cfg.humaneval_path, limit=cfg.humaneval_limit or None,
+                            progress=bar("humaneval"))
         results["humaneval"] = r
         print(f"{'humaneval':<16} loss {r['loss']:.4f}  ppl {r['ppl']:10.2f}  "
               f"({r['n']} problems, {r['tokens']} solution tokens)")

@@ -10,7 +10,7 @@ HellaSwag (acc_norm; GPT-2 124M scores 0.2955) every 2,500 steps; the dataset do
 `datasets`, or give hellaswag_path to a local jsonl.
 """
 # GPT-2 124M with GPT-3 Small's optimisation (6e-4 peak LR, 715 warmup steps, cosine to 6e-5 over 19,073 steps,
-# 524,288 tokens/step, T=1024) is the default in config.py; this file sets only what differs.
+# 524,288 tokens/step, T=1024) is the default in gptlib/train_settings.py; this file sets only what differs.
 out_dir = "out-fineweb-edu-124m"
 data_dir = "data/fineweb_edu"
 hellaswag_interval = 2500

@@ -9,7 +9,7 @@ each language has its own val set, ckpt_best.pt follows the overall one, and the
 (3,000 steps) without a new best. HumanEval solution loss every 1,000 steps is a quick code-quality signal.
 """
 # GPT-2 124M with GPT-3 Small's optimisation (6e-4 peak LR, 715 warmup steps, cosine to 6e-5 over 19,073 steps,
-# 524,288 tokens/step, T=1024) is the default in config.py; this file sets only what differs.
+# 524,288 tokens/step, T=1024) is the default in gptlib/train_settings.py; this file sets only what differs.
 out_dir = "out-github-code-124m"
 data_dir = "data/github_code"
 val_sets = ["val", "val-python", "val-javascript"]

@@ -9,7 +9,7 @@ Multi-GPU: torchrun --standalone --nproc_per_node=N train.py config/train_gpt2_1
 (accumulation drops to 32/N; total_batch_size stays 524,288).
 """
 # GPT-2 124M with GPT-3 Small's optimisation (6e-4 peak LR, 715 warmup steps, cosine to 6e-5 over 19,073 steps,
-# 524,288 tokens/step, T=1024) is the default in config.py; this file sets only what differs.
+# 524,288 tokens/step, T=1024) is the default in gptlib/train_settings.py; this file sets only what differs.
 out_dir = "out-gpt2-124m"
 batch_size = 16  # micro-batch for 24 GB (see above); 32 accumulation steps
 keep_last_n = 2  # also keep the two latest numbered step checkpoints (1.5 GB each)

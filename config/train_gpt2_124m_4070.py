@@ -8,7 +8,7 @@ a 4070: confirm with `python bench.py config/train_gpt2_124m_4070.py --find_batc
 Time: measure with bench.py, then `python train.py config/train_gpt2_124m_4070.py --plan --tokens_per_sec=N`.
 """
 # GPT-2 124M with GPT-3 Small's optimisation (6e-4 peak LR, 715 warmup steps, cosine to 6e-5 over 19,073 steps,
-# 524,288 tokens/step, T=1024) is the default in config.py; this file sets only what differs.
+# 524,288 tokens/step, T=1024) is the default in gptlib/train_settings.py; this file sets only what differs.
 out_dir = "out-gpt2-124m"
 batch_size = 8  # micro-batch for 12 GB (see above); 64 accumulation steps
 keep_last_n = 2  # also keep the two latest numbered step checkpoints (1.5 GB each)

@@ -3,9 +3,9 @@
     errors      one error policy: UserError and its exit codes, run_command() for every script
     settings    settings declared once (default, range, comment), parsed without running code, validated
     shards      the token-shard format: names, manifest, checksums, streaming writer, checked reader
-    loader      the resumable training loader and the device prefetcher
+    loader      the resumable training loader (stream or shuffled-window order)
     prepare     the streaming parquet/text -> shards pipeline both prepare scripts use
-    runtime     devices, precision, torch.compile, torchrun
+    runtime     devices, precision, torch.compile, torchrun, pinned batch copies
     checkpoint  atomic checkpoints, their versions, and the training loop's state as one unit
     optim       optimizers (AdamW, Muon) and learning-rate schedules, for train.py and bench.py
     locks       one process at a time per run directory and dataset

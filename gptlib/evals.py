@@ -57,25 +57,27 @@ def num_eval_batches(total_tokens, batch_size, block_size, eval_iters, world_siz
 
 @torch.inference_mode()
 def split_loss(model, data_dir, split, batch_size, block_size, eval_iters, device, autocast_ctx,
-               rank=0, world_size=1, verify=True):
+               rank=0, world_size=1, verify=True, progress=None):
     """Mean cross-entropy over the first eval_iters batches of a split.
 
     The batches are the same at every call (read in order from the start of the split,
     no shuffling), so successive evals during training are comparable. Under DDP (call it
     on every rank with rank, world_size) each rank reads its own slice of each batch and
-    the result is averaged over ranks.
+    the result is averaged over ranks. progress(done, total) is called after each batch.
     """
     loader = TokenLoader(data_dir, split, batch_size, block_size, rank=rank, world_size=world_size, shuffle=False,
                          verify=verify)
     n = num_eval_batches(loader.total_tokens, batch_size, block_size, eval_iters, world_size)
     total = torch.zeros((), device=device)  # summed on the device: no GPU sync per batch
     with _eval_mode(model):
-        for _ in range(n):
+        for i in range(n):
             x, y = loader.next_batch()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast_ctx:
                 _, loss = model(x, y)
             total += loss.float()
+            if progress:
+                progress(i + 1, n)
     loss = total.item() / n
     if _distributed(world_size):  # every rank read n batches of the same size: the mean of means is the mean
         (loss,) = _all_reduce_sum([loss], device, world_size)
@@ -176,7 +178,7 @@ def _strided_windows(context, continuation, block_size):
 
 
 @torch.inference_mode()
-def _row_losses(model, rows, device, autocast_ctx, batch_rows):
+def _row_losses(model, rows, device, autocast_ctx, batch_rows, progress=None):
     """Summed cross-entropy and token count of the masked targets of each row.
 
     Rows are right-padded to the longest row of their batch; with causal attention the
@@ -199,6 +201,8 @@ def _row_losses(model, rows, device, autocast_ctx, batch_rows):
             per_row = model.token_losses(x, y.masked_fill(~m, -1)).sum(dim=1)  # (B, T) -> (B,)
         sums += per_row.tolist()
         counts += m.sum(dim=1).tolist()
+        if progress:
+            progress(b + len(batch), len(rows))
     return sums, counts
 
 
@@ -251,14 +255,14 @@ def hellaswag_predict(sums, counts):
 
 
 def hellaswag(model, device, autocast_ctx, path=None, limit=None, batch_items=HELLASWAG_BATCH_ITEMS, rank=0, world_size=1,
-              block_size=None, items=None):
+              block_size=None, items=None, progress=None):
     """Completion-style HellaSwag accuracy, as in the published GPT-2 / GPT-3 small-model numbers.
 
     For each item every ending (with a leading space) is appended to the context and the
     ending's tokens are scored; acc picks the ending with the least summed loss, acc_norm
     the least mean loss per token. Contexts too long for the model are left-truncated.
     Under DDP rank r scores items r, r+world, ... and the counts are summed over ranks.
-    Pass the raw model, not a torch.compile'd one (batch shapes vary).
+    Pass the raw model, not a torch.compile'd one (batch shapes vary). progress(done, total): after each batch.
     Reference acc_norm: GPT-2 124M 0.2955, GPT-3 Small 0.337.
     """
     if items is None:
@@ -282,6 +286,8 @@ def hellaswag(model, device, autocast_ctx, path=None, limit=None, batch_items=HE
             labels = torch.tensor([item["label"] for item in batch])
             correct += int((pred == labels).sum())
             correct_norm += int((pred_norm == labels).sum())
+            if progress:
+                progress(b + len(batch), len(mine))
     n = len(mine)
     n, correct, correct_norm = (int(v) for v in _all_reduce_sum([n, correct, correct_norm], device, world_size))
     return {"acc": correct / max(n, 1), "acc_norm": correct_norm / max(n, 1), "n": n}
@@ -306,7 +312,8 @@ def load_humaneval(path):
     return items
 
 
-def humaneval(model, device, autocast_ctx, path, limit=None, batch_rows=HUMANEVAL_BATCH_ROWS, rank=0, world_size=1, block_size=None):
+def humaneval(model, device, autocast_ctx, path, limit=None, batch_rows=HUMANEVAL_BATCH_ROWS, rank=0, world_size=1,
+              block_size=None, progress=None):
     """Loss and perplexity of HumanEval's canonical solutions given their prompts.
 
     loss = summed cross-entropy over all solution tokens / number of solution tokens
@@ -323,7 +330,7 @@ def humaneval(model, device, autocast_ctx, path, limit=None, batch_rows=HUMANEVA
     for item in mine:
         rows += _strided_windows(enc.encode(item["prompt"]), enc.encode(item["canonical_solution"]), T)
     with _eval_mode(model):
-        sums, counts = _row_losses(model, rows, device, autocast_ctx, batch_rows)
+        sums, counts = _row_losses(model, rows, device, autocast_ctx, batch_rows, progress)
     total, tokens, n = _all_reduce_sum([sum(sums), sum(counts), len(mine)], device, world_size)
     loss = total / max(tokens, 1)
     return {"loss": loss, "ppl": math.exp(loss), "n": int(n), "tokens": int(tokens)}

@@ -210,7 +210,10 @@ def test_hellaswag_on_real_items_parses_truncates_and_shards_by_rank(shared_data
     items = evals.load_hellaswag(str(path))
     assert len(items) == 10042 and all(len(it["endings"]) == 4 for it in items)
     model = tiny_model(block_size=16)  # shorter than many contexts: they are left-truncated
-    whole = evals.hellaswag(model, "cpu", NO_AUTOCAST, path=str(path), limit=10, batch_items=4)
+    calls = []
+    whole = evals.hellaswag(model, "cpu", NO_AUTOCAST, path=str(path), limit=10, batch_items=4,
+                            progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(4, 10), (8, 10), (10, 10)]  # eval.py's progress bar
     assert whole["n"] == 10 and 0.0 <= whole["acc"] <= 1.0 and 0.0 <= whole["acc_norm"] <= 1.0
     # DDP sharding: ranks take items i % world == rank; their counts add up to the single-process run
     parts = [evals.hellaswag(model, "cpu", NO_AUTOCAST, items=items, limit=10, rank=r, world_size=3)

@@ -261,3 +261,11 @@ def test_windows_order_shuffles_within_shards_each_window_once_per_epoch(tmp_pat
     _, state = window_stream(tmp_path, 2, 4)  # 16 windows read by 2 ranks, resumed on 1
     resumed, _ = window_stream(tmp_path, 1, 14, state=state)
     assert resumed == one[16:44]
+
+
+def test_shipped_modern_config_holds_the_recipe():
+    """config/train_modern_124m_4070.py == the 4070 config + config/recipe_modern.py, but for its own run length."""
+    one = load_config(TrainConfig, [str(REPO / "config" / "train_modern_124m_4070.py")])
+    layered = load_config(TrainConfig, [str(REPO / "config" / "train_gpt2_124m_4070.py"), MODERN])
+    own = {"out_dir", "max_iters", "warmup_iters"}
+    assert {k: v for k, v in vars(one).items() if k not in own} == {k: v for k, v in vars(layered).items() if k not in own}
