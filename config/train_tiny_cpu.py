@@ -1,9 +1,15 @@
 """A tiny GPT for CPU smoke runs and the quickstart (data/stdlib from prepare_github_code.py --source_dir).
 
-7.3M parameters, of which 6.4M are the 50304 x 128 token embedding shared with the output head.
-tokens/step: 8 x 128 x 1 = 1,024; 200 iters = 205K tokens = 0.03 tokens/param (0.001x Chinchilla):
-a smoke test that shows the loss falling, not a useful model.
-Memory: well under 1 GB of RAM; no GPU needed.
+    python train.py config/train_tiny_cpu.py                            # GPT-2's recipe
+    python train.py config/train_tiny_cpu.py config/recipe_modern.py    # the modern recipe (what quickstart.sh runs)
+
+7.3M parameters with GPT-2's recipe (6.4M of them the 50304 x 128 token embedding shared with the output
+head), 13.7M with the modern one (its head is untied).
+tokens/step: 8 x 128 x 2 accumulation steps = 2,048 (1 step each on 2 ranks under torchrun);
+200 iters = 410K tokens: a smoke test that shows the loss falling and, with the modern recipe, samples that
+look like Python; not a useful model.
+Measured on a 2-core AMD EPYC (CPU only), modern recipe: 200 steps at 1,400-1,700 tok/s in 4.5 minutes (5 min 10 s for the whole quickstart),
+val loss 10.83 -> 3.49, peak RSS 1.33 GB.
 """
 out_dir = "out-tiny"
 data_dir = "data/stdlib"
@@ -12,9 +18,9 @@ n_head = 4
 n_embd = 128
 block_size = 128
 batch_size = 8
-total_batch_size = batch_size * block_size
+total_batch_size = 2 * batch_size * block_size  # divides over 1 or 2 processes
 max_iters = 200
-warmup_iters = 20
+warmup_iters = 10
 learning_rate = 3e-3
 min_lr = 3e-4
 eval_interval = 50

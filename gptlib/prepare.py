@@ -640,18 +640,20 @@ def prepare(cfg, spec, sources, extra=None, enc=None):
         raise DataError("no input files; pass --data_files=... or download with --num_files=N")
     for s in sources:
         s.check(list(dict.fromkeys(spec.columns)))
+    args = dataset_args(cfg)
+    m = None if cfg.overwrite else _existing(out_dir, args, sources, overwrite=False)
+    if m is not None and m.get("progress", {}).get("complete"):
+        print(f"{out_dir} is already complete ({sum(m['shards'].values()):,} tokens); nothing to do "
+              f"(--overwrite re-creates it)", file=sys.stderr)
+        return m
     if not spec.split_column and cfg.val_tokens:  # the first val_tokens go to val: check they leave some to train
         estimate = sum(s.estimated_tokens(spec.text_column) for s in sources)
         if estimate and cfg.val_tokens >= estimate / 2:
             raise DataError(f"the input holds about {estimate:,.0f} tokens (from its size), and val_tokens="
                             f"{cfg.val_tokens:,} would take {'all' if cfg.val_tokens >= estimate else 'half or more'} "
                             f"of it; lower --val_tokens (e.g. --val_tokens={max(1, int(estimate / 20))}, 5%)")
-    args = dataset_args(cfg)
-    m = _existing(out_dir, args, sources, cfg.overwrite)
-    if m is not None and m.get("progress", {}).get("complete"):
-        print(f"{out_dir} is already complete ({sum(m['shards'].values()):,} tokens); nothing to do "
-              f"(--overwrite re-creates it)", file=sys.stderr)
-        return m
+    if cfg.overwrite:  # only now that the new dataset can be made is the old one removed
+        _existing(out_dir, args, sources, overwrite=True)
     os.makedirs(out_dir, exist_ok=True)
     enc = enc or shards.gpt2_encoding()
     if m is None:

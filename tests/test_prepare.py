@@ -312,3 +312,10 @@ def test_text_jsonl_and_directory_inputs(tmp_path, shared_data):
     lines = run_fw(fw_cfg(tmp_path, str(tmp_path / "in" / "a.txt"), out_dir=str(tmp_path / "lines"),
                           txt_documents="lines", val_tokens=500))
     assert sum(lines["docs"].values()) == sum(1 for line in text.splitlines() if line.strip())
+
+
+def test_list_settings_take_spaces_after_commas():
+    from gptlib.settings import load_config
+    cfg = load_config(prepare_github_code.GithubCodeConfig, ["--languages", "Python, C", "--licenses=mit , apache-2.0"])
+    assert cfg.languages == ["Python", "C"] and cfg.licenses == ["mit", "apache-2.0"]
+    prepare_github_code.make_spec(cfg)  # both are known languages

@@ -78,6 +78,10 @@ def test_no_clobbering_refusals_and_overwrite(tmp_path, shared_data):
     # --overwrite replaces it
     r = cli(f"--data_files={f}", f"--out_dir={out}", "--shard_tokens=50000", "--val_tokens=9000", "--overwrite")
     assert r.returncode == 0 and shards.read_manifest(out)["args"]["val_tokens"] == 9000
+    # an --overwrite that cannot be made (val_tokens larger than the input) leaves the old dataset as it was
+    before = files_bytes(out)
+    r = cli(f"--data_files={f}", f"--out_dir={out}", "--val_tokens=10000000", "--overwrite")
+    assert r.returncode == 1 and "would take all of it" in r.stderr and files_bytes(out) == before
     # shards with no manifest are not ours
     other = tmp_path / "other"
     other.mkdir()

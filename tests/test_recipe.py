@@ -18,7 +18,7 @@ from gptlib.loader import TokenLoader
 from gptlib.settings import load_config
 from gptlib.train_settings import TrainConfig
 from model import GPT, GPTConfig
-from test_ddp import assert_close, torchrun
+from test_ddp import assert_close, loader_stream, torchrun
 from test_train import TINY, make_dataset, metrics
 
 MODERN = str(REPO / "config" / "recipe_modern.py")
@@ -228,18 +228,8 @@ def test_gpt2_weights_and_export_refuse_a_modern_model(data, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- data order
 
-def window_stream(data_dir, world, micro_steps, B=2, T=50, state=None, seed=3):
-    loaders = [TokenLoader(str(data_dir), "train", B, T, r, world, seed=seed, order="windows") for r in range(world)]
-    for loader in loaders:
-        if state:
-            loader.load_state_dict(state)
-    out = []
-    for _ in range(micro_steps):
-        for loader in loaders:
-            x, y = loader.next_batch()
-            assert torch.equal(x[:, 1:], y[:, :-1])
-            out.extend((loader.epoch, tuple(row)) for row in x.tolist())
-    return out, loaders[0].state_dict()
+def window_stream(data_dir, world, micro_steps, state=None):
+    return loader_stream(data_dir, world, micro_steps, B=2, T=50, state=state, seed=3, order="windows", rows=True)
 
 
 def test_windows_order_shuffles_within_shards_each_window_once_per_epoch(tmp_path):
