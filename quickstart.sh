@@ -36,4 +36,4 @@ fi
 STDLIB=$("$PYTHON" -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])")
 "$PYTHON" prepare_github_code.py --source_dir="$STDLIB" --out_dir=data/stdlib --val_repo_fraction=0.05
 "$PYTHON" train.py config/train_tiny_cpu.py config/recipe_modern.py --overwrite=True
-"$PYTHON" sample.py config/train_tiny_cpu.py --start="def " --num_samples=2 --max_new_tokens=150 --temperature=0.7
+"$PYTHON" sample.py config/train_tiny_cpu.py --start="def " --num_samples=2 --max_new_tokens=150 --temperature=0.9

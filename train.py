@@ -5,7 +5,7 @@
     python train.py config/train_gpt2_124m_4070.py --init_from=resume --max_iters=30000   # extend a run
     python train.py config/train_gpt2_124m_4070.py --plan        # the arithmetic only; needs no data
 
-Settings and their defaults: gptlib/settings.py (TrainConfig) and model.py (GPTConfig), or --help.
+Settings and their defaults: gptlib/train_settings.py (TrainConfig) and model.py (GPTConfig), or --help.
 Nothing is written until every check has passed: a refused run leaves out_dir as it was.
 """
 import contextlib
