@@ -34,6 +34,7 @@ VARIANTS = {  # name -> settings layered on the best modern run
     "windows": ["--data_order=windows"],  # block_size windows shuffled within each shard
     "softcap": ["--logit_softcap=15"],  # logits squashed into (-15, 15) (Gemma 2; modded-nanogpt)
     "stream": ["--data_order=stream"],
+    "adam_lr_x3": ["--learning_rate=9e-3"],  # 3x the AdamW rate of embeddings, head and gains (Muon's unchanged)
 }
 
 
@@ -55,6 +56,7 @@ class RecipesConfig:
     modern_scales: list[float] = setting([0.5, 1.0, 2.0])  # multiples of the modern recipe's learning_rate and muon_lr tried
     variants: list[str] = setting([])  # extra runs on the best modern setting: windows, softcap
     seed: int = setting(1337, ge=0)  # the same for every run: same init draw, same data order
+    data_order: str = setting("stream", choices=["stream", "windows"])  # the data order of every run (both recipes)
     device: str = setting("cpu", pattern=r"auto|cpu|mps|cuda(:\d+)?")  # where the runs train
     compile: bool = setting(False)  # torch.compile the runs (on GPU)
     dtype: str = setting("auto")  # passed to train.py
@@ -89,7 +91,7 @@ def run(cfg, data_dir, name, extra):
                 f"--warmup_iters={round(cfg.warmup_frac * steps)}", f"--eval_interval={cfg.eval_interval}",
                 f"--eval_iters={cfg.eval_iters}", "--log_interval=10", f"--ckpt_interval={steps}",
                 f"--seed={cfg.seed}", f"--device={cfg.device}", f"--compile={cfg.compile}", f"--dtype={cfg.dtype}",
-                "--overwrite=True", *extra]
+                f"--data_order={cfg.data_order}", "--overwrite=True", *extra]
         t0 = time.time()
         print(f"--- {name}: {steps} steps", flush=True)
         subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], check=True, stdout=subprocess.DEVNULL)
