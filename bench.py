@@ -13,7 +13,6 @@ the time of a full step. Tokens are random (the speed does not depend on them) u
 import dataclasses
 import gc
 import json
-import platform
 import resource
 import statistics
 import sys
@@ -50,17 +49,6 @@ class BenchConfig(TrainConfig):
             out.append(f"use_data reads GPT-2 tokens (ids up to {shards.VOCAB_SIZE - 1}) but vocab_size={self.vocab_size}; "
                        f"raise vocab_size or bench on random tokens")
         return out
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def free_memory(device):
@@ -258,7 +246,7 @@ def run_bench(cfg):
     result = {
         "device": bench.device,
         "gpu_name": gpu_name,
-        "cpu": cpu_name(),
+        "cpu": runtime.cpu_name(),
         "torch": torch.__version__,
         "dtype": bench.dtype,
         "compile": bench.compiled,

@@ -11,12 +11,12 @@ block_size. 'full' computes the loss as the code did before (B*T x vocab logits,
 """
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 from dataclasses import dataclass
 
+from gptlib import runtime
 from gptlib.errors import run_command
 from gptlib.settings import load_config, setting
 
@@ -85,7 +85,7 @@ def main(argv):
         out = subprocess.run([sys.executable, "-m", "benchmarks.bench_memory", *argv, f"--case={case}"], cwd=repo,
                              capture_output=True, text=True, check=True).stdout
         results[case] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
-    where = platform.processor() or platform.machine()
+    where = runtime.cpu_name()
     if cfg.device.startswith("cuda"):
         import torch
         where = torch.cuda.get_device_name(cfg.device)

@@ -16,13 +16,12 @@ work_dir/results.json and work_dir/recipes.png.
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
-from gptlib import shards
+from gptlib import runtime, shards
 from gptlib.errors import run_command
 from gptlib.monitor import METRICS_FILE, read_metrics
 from gptlib.settings import load_config, setting
@@ -132,7 +131,7 @@ def main(argv):
     need = tokens_to_reach(runs[best_modern][0], target)
     total = runs[best_classic][0][-1][0]
 
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; device {cfg.device}; "
+    print(f"\nmachine: {runtime.cpu_name()}, {os.cpu_count()} cores; device {cfg.device}; "
           f"model {cfg.n_layer}x{cfg.n_embd}, context {cfg.block_size}; {cfg.tokens:,} tokens per run")
     print("final val loss of every run (lower is better):")
     for name, v in final.items():

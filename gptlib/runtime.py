@@ -2,6 +2,7 @@
 import contextlib
 import datetime
 import os
+import platform
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,6 +130,19 @@ def step_seed(seed, rank, step):
     and a resumed run (on any number of ranks) draws exactly the masks an uninterrupted one would,
     with no generator state to save."""
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def cpu_name():
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows: benchmarks name their machine."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
 
 
 # ----------------------------------------------------------------------------- torchrun

@@ -1,0 +1,40 @@
+"""The benchmark scripts run end to end at toy sizes and print what they measured, naming the machine."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from test_train import make_dataset
+
+
+def run_module(module, *argv, timeout=300):
+    r = subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def test_bench_memory_prints_train_and_eval_peaks_for_both_losses():
+    out = run_module("benchmarks.bench_memory", "--n_layer=1", "--n_embd=64", "--n_head=2", "--batch_size=2",
+                     "--block_size=256")
+    assert "machine: " in out and " cores; device cpu" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert set(rows) == {"full", "chunked"} and all("train step" in r and "eval" in r for r in rows.values())
+
+
+@pytest.mark.slow
+def test_bench_recipes_end_to_end(tmp_path):
+    from conftest import SHARED_DATA
+    (tmp_path / "data").mkdir()
+    data = make_dataset(tmp_path / "data", (SHARED_DATA / "tinyshakespeare.txt").read_text()[:60_000], val_docs=20)
+    args = [f"--data_dir={data}", f"--work_dir={tmp_path / 'work'}", "--n_layer=1", "--n_head=2", "--n_embd=32",
+            "--block_size=32", "--batch_size=4", "--tokens=1280", "--eval_interval=5", "--eval_iters=1",
+            "--classic_lrs=1e-3", "--modern_scales=1", "--variants=windows"]
+    out = run_module("benchmarks.bench_recipes", *args)
+    assert "the modern recipe reaches the classic recipe's final val loss" in out and "machine: " in out
+    res = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert set(res["final"]) == {"classic-lr0.001", "modern-x1", "modern-x1+windows"}
+    assert (tmp_path / "work" / "recipes.png").exists()
+    again = run_module("benchmarks.bench_recipes", *args)  # finished runs are not run again
+    assert "--- classic" not in again
