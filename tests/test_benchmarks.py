@@ -1,4 +1,5 @@
-"""The benchmark scripts run end to end at toy sizes and print what they measured, naming the machine."""
+"""The benchmark scripts run end to end at toy sizes and print what they measured, naming the machine.
+(slow: each starts several Python processes.)"""
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ def run_module(module, *argv, timeout=300):
     return r.stdout
 
 
+@pytest.mark.slow
 def test_bench_memory_prints_train_and_eval_peaks_for_both_losses():
     out = run_module("benchmarks.bench_memory", "--n_layer=1", "--n_embd=64", "--n_head=2", "--batch_size=2",
                      "--block_size=256")
