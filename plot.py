@@ -124,8 +124,9 @@ def plot_runs(out_dirs, out_path, points=DEFAULT_POINTS):
             for a in (ax, ax_lr):
                 a.axvline(r["tokens"], color=color, ls=":", lw=1)
             what = "; ".join(c.split(":")[0] for c in r.get("changes") or []) or "same settings"
-            ax.annotate(f"resumed ({what})", (r["tokens"], 1), xycoords=("data", "axes fraction"), rotation=90,
-                        fontsize=7, color=color, va="top", ha="right")
+            note = ax.annotate(f"resumed ({what})", (r["tokens"], 1), xycoords=("data", "axes fraction"), rotation=90,
+                               fontsize=7, color=color, va="top", ha="right")
+            note.set_in_layout(False)  # a long label may run off the plot; it must not squeeze the axes
         curves = val_curves(evals)
         for j, (key, (xs, ys)) in enumerate(curves.items()):
             ax.plot(xs, ys, styles[j % len(styles)], color=color, lw=1.6, marker=".", label=f"{name} {key}")

@@ -121,6 +121,8 @@ def changed_settings(cfg, saved, it):
         line = f"resume: {k} {saved[k]!r} -> {getattr(cfg, k)!r}"
         if k == "seed":
             line += ": kept at the checkpoint's seed, so the data order and dropout continue exactly"
+        if k == "data_order":
+            line += ": kept at the checkpoint's order, so the run reads exactly the data it would have"
         lines.append(line)
     lr_old, lr_new = optim.lr_at(it, old), optim.lr_at(it, cfg)
     if not math.isclose(lr_old, lr_new, rel_tol=1e-9):
@@ -248,6 +250,7 @@ def run_training(cfg, procs, cleanup):
         for line in changes:
             log(line)
         cfg.seed = ckpt.get("config", {}).get("seed", cfg.seed)  # the run's own seed: data order and dropout continue
+        cfg.data_order = ckpt["loop"].get("loader", {}).get("order", "stream")  # and its own data order (the loader keeps it)
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError) as e:

@@ -55,7 +55,7 @@ class RecipesConfig:
     modern_scales: list[float] = setting([0.5, 1.0, 2.0])  # multiples of the modern recipe's learning_rate and muon_lr tried
     variants: list[str] = setting([])  # extra runs on the best modern setting: windows, softcap
     seed: int = setting(1337, ge=0)  # the same for every run: same init draw, same data order
-    data_order: str = setting("stream", choices=["stream", "windows"])  # the data order of every run (both recipes)
+    data_order: str = setting("windows", choices=["stream", "windows"])  # the data order of every run (both recipes)
     device: str = setting("cpu", pattern=r"auto|cpu|mps|cuda(:\d+)?")  # where the runs train
     compile: bool = setting(False)  # torch.compile the runs (on GPU)
     dtype: str = setting("auto")  # passed to train.py

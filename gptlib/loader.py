@@ -35,20 +35,25 @@ class TokenLoader:
             raise DataError(f"no '{split}' shards ({split}_000000.npy, ...) in {data_dir}; run a prepare script to create them")
         self.data_dir, self.split, self.B, self.T = data_dir, split, B, T
         self.rank, self.world_size = rank, world_size
-        self.seed, self.shuffle, self.order_kind = seed, shuffle, order
+        self.seed, self.shuffle = seed, shuffle
         manifest = read_manifest(data_dir, required=False) or {"shards": {}}
         self.expected = manifest["shards"]
         self.checksums = manifest.get("checksums", {}) if verify else {}
         self.dataset = fingerprint(manifest, split) if manifest["shards"] else None
         self.lengths = shard_lengths(self.paths)
         self.total_tokens = sum(self.lengths)
-        # units: tokens ('stream') or block_size windows ('windows'); a sequence is T units or 1 window
-        self.units = [n for n in self.lengths] if order == "stream" else [max(0, (n - 1) // T) for n in self.lengths]
-        if self._epoch_units() < self._per_batch():
-            raise DataError(f"split '{split}' in {data_dir} has {self.total_tokens:,} tokens, fewer than one batch "
-                            f"({world_size}x{B}x{T}+1); lower batch_size or block_size, or prepare more data")
+        self._set_order(order)
         self.epoch, self.offset = 0, 0
         self._set_epoch(0)
+
+    def _set_order(self, order):
+        # units: tokens ('stream') or block_size windows ('windows'); a sequence is T units or 1 window
+        self.order_kind = order
+        self.units = list(self.lengths) if order == "stream" else [max(0, (n - 1) // self.T) for n in self.lengths]
+        if self._epoch_units() < self._per_batch():
+            raise DataError(f"split '{self.split}' in {self.data_dir} has {self.total_tokens:,} tokens, fewer than one "
+                            f"batch ({self.world_size}x{self.B}x{self.T}+1); lower batch_size or block_size, or "
+                            f"prepare more data")
 
     def _per_batch(self):
         """Units one global batch consumes (+1 in stream order: the last target)."""
@@ -153,9 +158,8 @@ class TokenLoader:
             raise DataError(f"{self.data_dir} holds other '{self.split}' data than the checkpoint was trained on "
                             f"(the same token count, but other shards or contents); resume on the same data_dir, "
                             f"or start with init_from='scratch'")
-        if state.get("order", "stream") != self.order_kind:
-            raise DataError(f"the checkpoint read its data in '{state.get('order', 'stream')}' order, the settings say "
-                            f"'{self.order_kind}'; resume with --data_order={state.get('order', 'stream')}")
+        if state.get("order", "stream") != self.order_kind:  # the run's own order, as its seed: it continues exactly
+            self._set_order(state.get("order", "stream"))
         self.seed = state["seed"]
         self._set_epoch(state["epoch"])
         offset = state["offset"]

@@ -50,7 +50,7 @@ class TrainConfig(GPTConfig):
     batch_size: int = setting(8, ge=1)  # micro-batch size per GPU, in sequences
     total_batch_size: int = setting(524288, ge=1)  # tokens per optimizer step (2**19, ~0.5M as GPT-3 Small); sets gradient accumulation
     seed: int = setting(1337, ge=0)  # seeds the model init, dropout and the shard order
-    data_order: str = setting("stream", choices=["stream", "windows"])  # within a shard: 'stream' (front to back) or 'windows' (block_size windows shuffled per epoch)
+    data_order: str = setting("windows", choices=["stream", "windows"])  # within a shard: block_size windows shuffled per epoch (windows; lower val loss for both recipes, BENCHMARKS.md) or front to back (stream)
     verify_data: bool = setting(True)  # check each shard against manifest.json's checksum when first read (~0.1 s per 100M tokens)
     # optimizer and schedule (gptlib/optim.py)
     optimizer: str = setting("adamw", choices=["adamw", "muon"])  # 'adamw', or 'muon': Muon for the hidden matrices, AdamW for the rest

@@ -18,7 +18,8 @@ from test_faults import ITER_LINE, last_logged_iter
 from test_train import TINY, make_dataset, metrics
 
 # B=4, T=32, 512 tokens/step: 4 micro-steps in one process, 2 per rank with 2 ranks
-COMMON = ["--total_batch_size=512", "--eval_interval=3", "--ckpt_interval=3", "--lr_decay_iters=6"]
+COMMON = ["--total_batch_size=512", "--eval_interval=3", "--ckpt_interval=3", "--lr_decay_iters=6",
+          "--data_order=stream"]  # offsets in tokens; the windows order under DDP: test_recipe
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,19 @@ def test_seed_change_is_logged_and_the_run_continues_on_its_own_seed(data, tmp_p
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # same data order and dropout masks as without the change
 
 
+def test_data_order_change_is_logged_and_the_run_keeps_its_own(data, tmp_path):
+    """As the seed: a resume reads the data in the order the run began with (so a changed default never
+    changes a run), and says so."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run(data, a, "--max_iters=4", "--data_order=stream") == 0
+    shutil.copytree(a, b)
+    assert run(data, a, "--max_iters=6", "--init_from=resume", "--data_order=stream") == 0
+    assert run(data, b, "--max_iters=6", "--init_from=resume", "--data_order=windows") == 0
+    assert "resume: data_order 'stream' -> 'windows': kept at the checkpoint's order" in "\n".join(log_lines(b))
+    assert [r["loss"] for r in metrics(a)] == [r["loss"] for r in metrics(b)]
+    assert checkpoint.load_checkpoint(str(b / "ckpt.pt"))["loop"]["loader"]["order"] == "stream"
+
+
 def test_tokens_are_a_running_total_across_a_batch_size_change(data, tmp_path):
     assert run(data, tmp_path, "--max_iters=4") == 0
     assert run(data, tmp_path, "--max_iters=6", "--init_from=resume", "--total_batch_size=512") == 0
