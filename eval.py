@@ -114,6 +114,10 @@ def run(cfg):
     for split in splits:
         total = sum(shards.shard_lengths(shards.list_shards(data_dir, split)))
         n = evals.num_eval_batches(total, cfg.batch_size, block_size, cfg.eval_iters)
+        if n < 1 and not cfg.split:  # found, not asked for: e.g. a github-code language with a handful of tokens
+            print(f"{split:<16} skipped: {total:,} tokens, less than one batch of {cfg.batch_size}x{block_size} "
+                  f"(pass --split={split} with a smaller --batch_size or --block_size to evaluate it)")
+            continue
         loss = evals.split_loss(model, data_dir, split, cfg.batch_size, block_size, cfg.eval_iters, device, ctx,
                                 progress=bar(split))
         results[split] = {"loss": loss, "ppl": math.exp(loss), "tokens": n * cfg.batch_size * block_size}

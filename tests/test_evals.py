@@ -344,3 +344,18 @@ def test_results_under_ddp_match_one_process(shard_dir, shared_data, tmp_path):
     assert r0["val"] == r1["val"] == pytest.approx(evals.split_loss(model, str(d), "val", 4, 32, 3, "cpu", NO_AUTOCAST), rel=1e-5)
     assert r0["hellaswag"] == r1["hellaswag"] == evals.hellaswag(model, "cpu", NO_AUTOCAST, path=hs, limit=7)
     assert r0["humaneval"] == pytest.approx(evals.humaneval(model, "cpu", NO_AUTOCAST, he, limit=2))
+
+
+def test_eval_script_skips_a_found_split_smaller_than_a_batch(ckpt_run, tmp_path, capsys):
+    """github-code gives every language a val set, some of a few tokens: evaluating "every val* split" skips
+    those with a line instead of failing; asked for by name, the split is still an error."""
+    import shutil
+    out, _, d = ckpt_run
+    data = tmp_path / "with_tiny_split"
+    shutil.copytree(d, data)
+    shards.write_shard(str(data / shards.shard_name("val-tiny", 0)), np.full(20, 464, np.uint16))
+    assert run_command(eval_script.main, [f"--out_dir={out}", f"--data_dir={data}", "--eval_iters=1", "--batch_size=2"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert set(lines) == {"val", "val-extra", "val-tiny"} and "val-tiny         skipped: 20 tokens" in lines["val-tiny"]
+    code, err = _run_main([f"--out_dir={out}", f"--data_dir={data}", "--split=val-tiny", "--batch_size=2"], capsys)
+    assert code == 1 and "fewer than one batch" in err
