@@ -62,12 +62,6 @@ class StopRequest:
         self.signal = signal.Signals(signum)
 
 
-def remove_new_dir(path):
-    """Undo the out_dir a refused run created for its lock (empty again once the lock is released)."""
-    with contextlib.suppress(OSError):
-        os.rmdir(path)
-
-
 def model_args_for(cfg, ckpt):
     """The GPTConfig fields this run trains: the checkpoint's on resume (a shape change is refused),
     OpenAI's for init_from='gpt2...', else the settings'."""
@@ -190,9 +184,7 @@ def run_training(cfg, procs, cleanup):
         return 0
 
     # ------------------------------------------------------------------ output dir: one train.py at a time
-    if master:
-        if not os.path.isdir(cfg.out_dir):  # made for the lock; removed again if the run is refused
-            cleanup.callback(lambda: pending is not None and remove_new_dir(cfg.out_dir))
+    if master:  # (an out_dir made for the lock is removed with it if the run is refused before writing)
         cleanup.enter_context(DirLock(cfg.out_dir, "train.py"))
         remove_stale_temps(cfg.out_dir)
     if cfg.init_from != "resume" and os.path.exists(ckpt_path) and not cfg.overwrite:

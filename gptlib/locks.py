@@ -11,6 +11,7 @@ releases such a lock when its process dies (kill -9, a crash), so a lock file le
 and the next process takes it over safely. The holder writes its pid and command into the file; readers
 holding shared locks are found in /proc/locks (Linux). Without fcntl (Windows) there is no locking.
 """
+import contextlib
 import os
 import socket
 import sys
@@ -59,11 +60,13 @@ class DirLock:
         self.directory, self.what, self.shared = directory, what, shared
         self.path = os.path.join(directory, LOCK_NAME)
         self.fd = None
+        self.created = False
 
     def acquire(self):
         if fcntl is None:
             return self
         if not self.shared:
+            self.created = not os.path.isdir(self.directory)  # made for the lock: removed with it if left empty
             os.makedirs(self.directory, exist_ok=True)
         while self.fd is None:
             fd = self._open()
@@ -129,6 +132,9 @@ class DirLock:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
         self.fd = None
+        if self.created:  # a refused or empty run leaves no folder behind
+            with contextlib.suppress(OSError):
+                os.rmdir(self.directory)
 
     def __enter__(self):
         return self.acquire()

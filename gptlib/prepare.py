@@ -829,22 +829,17 @@ def run(cfg, make_spec, make_sources):
     spec = make_spec(cfg)
     sources, extra = make_sources(cfg)
     t0 = time.time()
-    existed = os.path.isdir(cfg.out_dir)
-    empty = True
-    try:  # one writer per dataset, and never under a train.py reading it (issue 10: mixed datasets, replaced shards)
-        with DirLock(cfg.out_dir, locks.command_name()):
-            try:
-                m = prepare(cfg, spec, sources, extra)
-            except KeyboardInterrupt:
-                raise Interrupted("interrupted; re-run the same command to resume") from None
-            print(summary(m))
-            empty = not any(name.startswith("train_") for name in m["shards"])
-            if empty:
-                _remove_dataset(cfg.out_dir)  # a dataset with nothing to train on is of no use, and would block a re-run
-    finally:
-        if not existed:  # a refused or empty run leaves no folder behind
-            with contextlib.suppress(OSError):
-                os.rmdir(cfg.out_dir)
+    # one writer per dataset, and never under a train.py reading it (issue 10: mixed datasets, replaced shards);
+    # a folder made for the lock goes with it if the run is refused or leaves nothing
+    with DirLock(cfg.out_dir, locks.command_name()):
+        try:
+            m = prepare(cfg, spec, sources, extra)
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted; re-run the same command to resume") from None
+        print(summary(m))
+        empty = not any(name.startswith("train_") for name in m["shards"])
+        if empty:
+            _remove_dataset(cfg.out_dir)  # a dataset with nothing to train on is of no use, and would block a re-run
     if empty:
         raise DataError(f"{cfg.out_dir} got no train tokens: {why_no_train(m, spec, cfg)}")
     print(f"done in {time.time() - t0:.2f}s -> {cfg.out_dir}")
