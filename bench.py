@@ -42,6 +42,7 @@ class BenchConfig(TrainConfig):
     max_batch_size: int = setting(0, ge=0)  # upper bound of the search; 0: 1024 on GPU, 16 on CPU
     use_data: bool = setting(False)  # read batches from data_dir's train shards instead of random tokens
     memory_margin: float = setting(0.10, ge=0, lt=1)  # --find_batch_size on GPU: fraction of the card kept free (fragmentation, other processes)
+    memory_gib: float = setting(0.0, ge=0)  # GPU: act as a card of this many GiB (12 for a 4070, 24 for a 3090) by capping PyTorch's allocator; 0: the whole card
 
     def problems(self):
         out = super().problems()
@@ -49,6 +50,28 @@ class BenchConfig(TrainConfig):
             out.append(f"use_data reads GPT-2 tokens (ids up to {shards.VOCAB_SIZE - 1}) but vocab_size={self.vocab_size}; "
                        f"raise vocab_size or bench on random tokens")
         return out
+
+
+def progress(msg):
+    """What a long phase is doing, on stderr (stdout carries the result)."""
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def cap_memory(device, gib):
+    """Make this process see a card of `gib` GiB: PyTorch's allocator may reserve what such a card would leave
+    after the CUDA context and other processes already on this one. Returns the emulated card's bytes."""
+    free, total = torch.cuda.mem_get_info(device)
+    others = total - free - torch.cuda.memory_reserved(device)  # CUDA context, other processes
+    card = gib * GIB
+    if card > total:
+        raise ConfigError(f"memory_gib={gib:g} is more than this GPU's {total / GIB:.1f} GiB; pick memory_gib <= "
+                          f"{total / GIB:.1f}")
+    if card <= others:
+        raise ConfigError(f"memory_gib={gib:g} leaves nothing beside the {others / GIB:.2f} GiB of CUDA context here; "
+                          f"pick a larger memory_gib")
+    index = torch.device(device).index
+    torch.cuda.set_per_process_memory_fraction((card - others) / total, torch.cuda.current_device() if index is None else index)
+    return card
 
 
 def free_memory(device):
@@ -70,6 +93,13 @@ class Bench:
         self.ctx = runtime.autocast(self.device, self.dtype)
         if self.device_type == "cpu":
             runtime.keep_freed_memory()  # as train.py
+        self.card = None  # bytes of the card the fit is judged against (CUDA only)
+        if self.device_type == "cuda":
+            self.card = cap_memory(self.device, cfg.memory_gib) if cfg.memory_gib else \
+                torch.cuda.mem_get_info(self.device)[1]
+        elif cfg.memory_gib:
+            raise ConfigError(f"memory_gib emulates a smaller GPU, but this bench runs on {self.device}; drop "
+                              f"--memory_gib or run it on a CUDA GPU")
         torch.manual_seed(cfg.seed)
         model_args = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(GPTConfig)}
         self.raw_model = GPT(GPTConfig(**model_args)).to(self.device)
@@ -80,12 +110,29 @@ class Bench:
         if cfg.compile:
             ok, why = runtime.compile_available(self.device)
             if ok:
-                self.model, self.compiled = torch.compile(self.raw_model), True
+                self.compiled = True
+                if hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):  # never a silent eager fallback
+                    torch._dynamo.config.fail_on_recompile_limit_hit = True
+                self.recompile()
             else:
-                print(f"compile switched off: {why}", file=sys.stderr)
+                progress(f"compile switched off: {why}")
         self.loader = None
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.last_fit = None  # (bytes the last fitting run needed, the card's bytes) on CUDA
+
+    def recompile(self):
+        """A fresh torch.compile of the model, as train.py makes it for its one micro-batch size: after a batch
+        search, the batch that is timed runs in a graph of its own static shape, not the search's dynamic one."""
+        torch._dynamo.reset()
+        self.model = torch.compile(self.raw_model)
+        self.graphs_at_compile = compiled_graphs()
+
+    def check_compiled(self):
+        """Fail loudly where dynamo gave up and ran eager (it does silently by default): timings and memory would
+        be the eager model's under a 'compile: true' label."""
+        if self.compiled and compiled_graphs() == self.graphs_at_compile:
+            raise RuntimeError("torch.compile produced no graph for the timed steps, so they ran eager; "
+                               "the figures would be mislabelled")
 
     def batch(self, B):
         T = self.cfg.block_size
@@ -136,10 +183,13 @@ class Bench:
     def measure(self, B, grad_accum):
         """Median ms of a micro-step and of an optimizer step, over cfg.iters timed iterations."""
         cfg = self.cfg
-        for _ in range(cfg.warmup_iters_bench):
+        for i in range(cfg.warmup_iters_bench):
+            progress(f"warm-up {i + 1}/{cfg.warmup_iters_bench} at micro-batch {B}"
+                     + (" (the first compiles the model: a minute on a GPU)" if i == 0 and self.compiled else ""))
             self.micro_step(B, grad_accum)
             self.optimizer_step()
         micro_ms, opt_ms = [], []
+        progress(f"timing {cfg.iters} steps at micro-batch {B}")
         for _ in range(cfg.iters):
             t0 = self.clock()
             self.micro_step(B, grad_accum)
@@ -167,8 +217,8 @@ class Bench:
             if cuda:
                 free, total = torch.cuda.mem_get_info(self.device)
                 others = total - free - torch.cuda.memory_reserved(self.device)  # CUDA context, other processes
-                self.last_fit = (torch.cuda.max_memory_reserved(self.device) + others, total)
-                return self.last_fit[0] <= (1 - self.cfg.memory_margin) * total
+                self.last_fit = (torch.cuda.max_memory_reserved(self.device) + others, self.card)
+                return self.last_fit[0] <= (1 - self.cfg.memory_margin) * self.card
             return True
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
             if not is_out_of_memory(e):
@@ -179,18 +229,42 @@ class Bench:
             free_memory(self.device)
 
 
+def compiled_graphs():
+    """How many graphs dynamo has compiled in this process."""
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
+
+
 def find_max_batch(bench, cap):
-    """Largest B <= cap with bench.fits(B): double from 1 until a failure or the cap, then binary search."""
-    if not bench.fits(1):
+    """Largest B <= cap with bench.fits(B): double from 1 until a failure or the cap, then binary search.
+    Compiled, every candidate runs in a compiled graph: dynamo makes the batch dimension dynamic at the
+    second size, so the search costs two compilations, not one per size."""
+    tried = []
+
+    def fits(B):
+        progress(f"batch-size search: trying micro-batch {B}" + (" (compiling)" if bench.compiled and len(tried) < 2 else ""))
+        ok = bench.fits(B)
+        tried.append((B, ok))
+        progress(f"batch-size search: micro-batch {B} {'fits' if ok else 'does not fit'}")
+        return ok
+    best = _search(fits, cap)
+    if not best:
         raise OutOfMemory(f"even batch_size=1 at block_size={bench.cfg.block_size} does not fit; "
                           f"lower block_size or the model size, or use dtype=bfloat16/float16")
+    return best, tried
+
+
+def _search(fits, cap):
+    """Largest B <= cap with fits(B), 0 if none; fits must be monotone."""
+    if not fits(1):
+        return 0
     good = 1
-    while good < cap and bench.fits(min(2 * good, cap)):
+    while good < cap and fits(min(2 * good, cap)):
         good = min(2 * good, cap)
     bad = min(2 * good, cap + 1)  # first size known (or assumed, past the cap) not to fit
     while bad - good > 1:
         mid = (good + bad) // 2
-        if bench.fits(mid):
+        if fits(mid):
             good = mid
         else:
             bad = mid
@@ -214,14 +288,22 @@ def run_bench(cfg):
     if cfg.find_batch_size:
         default_cap = DEFAULT_MAX_BATCH_CUDA if bench.device_type == "cuda" else DEFAULT_MAX_BATCH_CPU
         cap = cfg.max_batch_size or default_cap
-        max_fit = find_max_batch(bench, cap)
-        bench.fits(max_fit)  # again, for its memory figures
+        max_fit, tried = find_max_batch(bench, cap)
         suggestion = monitor.suggest_batch_size(max_fit, cfg.total_batch_size, cfg.block_size)
         if suggestion is None:
             raise ConfigError(f"total_batch_size={cfg.total_batch_size} is not a multiple of block_size={cfg.block_size}; "
                               f"no micro-batch divides it, so pick a total_batch_size that is")
         cfg.batch_size = suggestion[0]
+        search_graphs = compiled_graphs() - bench.graphs_at_compile if bench.compiled else None
+        if bench.compiled:  # the batch to be timed, compiled for its own shape as train.py will compile it
+            bench.recompile()
+        progress(f"checking micro-batch {cfg.batch_size} again for its memory figures")
+        if not bench.fits(cfg.batch_size):
+            raise OutOfMemory(f"micro-batch {cfg.batch_size} fit during the search but not compiled for its own shape; "
+                              f"use --batch_size={max(1, cfg.batch_size // 2)} and check it with bench.py --batch_size")
         result.update(max_batch_size_fits=max_fit, batch_size_cap=cap, cap_reached=max_fit == cap,
+                      search=[[B, ok] for B, ok in tried],
+                      search_graphs=search_graphs,
                       fit_needs_gb=bench.last_fit and bench.last_fit[0] / GIB, card_gb=bench.last_fit and bench.last_fit[1] / GIB,
                       memory_margin=cfg.memory_margin if bench.device_type == "cuda" else None,
                       fit_checks="train step, eval" + (", HellaSwag" if cfg.hellaswag_interval else "")
@@ -237,6 +319,7 @@ def run_bench(cfg):
             raise
         raise OutOfMemory(f"batch_size={B} at block_size={T} does not fit in {bench.device} memory; "
                           f"lower --batch_size or run with --find_batch_size") from None
+    bench.check_compiled()
     step_ms = grad_accum * micro_ms + opt_ms
     tokens_per_sec = cfg.total_batch_size / (step_ms / 1000)
     flops_per_token = monitor.model_flops_per_token(bench.raw_model, T)
@@ -250,6 +333,7 @@ def run_bench(cfg):
         "torch": torch.__version__,
         "dtype": bench.dtype,
         "compile": bench.compiled,
+        "memory_gib": cfg.memory_gib or None,
         "data": f"shards in {cfg.data_dir}" if cfg.use_data else "random tokens",
         "n_params": bench.raw_model.get_num_params(),
         "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
@@ -284,6 +368,7 @@ def format_table(r):
         ("machine", f"{machine}, {r['device']}, torch {r['torch']}"),
         ("model", f"{monitor.human_count(r['n_params'])} params ({r['n_layer']} layers, {r['n_head']} heads, {r['n_embd']} wide)"),
         ("precision", f"{r['dtype']}, compile {r['compile']}, {r['data']}"),
+        *([("card", f"emulated {r['memory_gib']:g} GiB (allocator capped)")] if r["memory_gib"] else []),
         ("step", f"{r['grad_accum']} x micro-batch {r['batch_size']} x {r['block_size']} = {r['tokens_per_iter']:,} tokens"),
         ("micro-step (fwd+bwd)", f"{r['micro_step_ms']:.1f} ms"),
         ("optimizer step", f"{r['optimizer_step_ms']:.1f} ms"),
@@ -303,6 +388,8 @@ def format_table(r):
             (f"; needs {r['fit_needs_gb']:.2f} of {r['card_gb']:.2f} GiB (reserved by PyTorch + CUDA context + other "
              f"processes), {100 * r['memory_margin']:.0f}% of the card kept free")
         rows.append(("largest micro-batch", f"{r['max_batch_size_fits']}{cap}; fits: {r['fit_checks']}{margin}"))
+        graphs = "" if r["search_graphs"] is None else f"; {r['search_graphs']} compiled graph(s) served every size"
+        rows.append(("search", ", ".join(f"{B} {'fits' if ok else 'no'}" for B, ok in r["search"]) + graphs))
         rows.append(("suggested", f"--batch_size={r['batch_size']} with {r['grad_accum']} gradient accumulation "
                                   f"steps for total_batch_size={r['tokens_per_iter']:,} (one GPU; on N GPUs "
                                   f"under torchrun, train.py divides the accumulation by N)"))

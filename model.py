@@ -182,60 +182,164 @@ class Block(nn.Module):
         return x
 
 
-def _loss_chunks(x, weight, targets, softcap, want_grads, per_row=None):
-    """Summed cross-entropy of the logits x @ weight.T against targets (-1: ignored), LOSS_CHUNK rows at a
-    time, and with want_grads the gradients of that sum w.r.t. x and weight, made in the same pass; each
-    row's loss goes into per_row (N,) if given. One (LOSS_CHUNK, vocab) fp32 buffer holds a chunk's logits,
-    then (in place) their gradient."""
-    loss = torch.zeros((), dtype=torch.float32, device=x.device)
-    grad_x = torch.empty_like(x) if want_grads else None
-    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grads else None
-    for lo in range(0, x.size(0), LOSS_CHUNK):
-        xc, yc = x[lo:lo + LOSS_CHUNK], targets[lo:lo + LOSS_CHUNK]  # (n, C), (n,)
-        z = (xc @ weight.t()).float()  # (n, V): the matmul in the autocast dtype, the softmax in fp32
-        if softcap:
-            t = torch.tanh(z / softcap)  # kept for the gradient of the cap
-            z = softcap * t
-        rows, safe, valid = torch.arange(len(yc), device=yc.device), yc.clamp(min=0), (yc != -1)
-        lse = torch.logsumexp(z, dim=1)  # (n,)
-        row_loss = (lse - z[rows, safe]) * valid  # (n,)
-        loss += row_loss.sum()
-        if per_row is not None:
-            per_row[lo:lo + LOSS_CHUNK] = row_loss
-        if want_grads:
-            g = z.sub_(lse[:, None]).exp_()  # d loss / d logits = softmax - one-hot, on the rows that count
-            g[rows, safe] -= 1
-            g *= valid[:, None]
-            if softcap:
-                g *= 1 - t * t  # back through the cap
-            grad_x[lo:lo + LOSS_CHUNK] = g @ weight  # autocast runs both matmuls in its dtype, as autograd would
-            grad_w += g.t() @ xc
-    return loss, grad_x, grad_w
+# ----------------------------------------------------------------------------- the head and its loss
+# The head matmul and the cross-entropy are one op that works LOSS_CHUNK rows at a time and makes its gradients
+# in the forward pass (the loss is the graph's last op, so the backward only scales them): full (B*T, vocab)
+# logits never exist, neither for the loss nor for its backward. The op is a torch.library.custom_op, so that
+# torch.compile sees one opaque call with a registered shape function. When inductor could see the chunk loop it
+# fused across chunks, which kept every chunk's bf16 logits alive at once, and it baked the batch size into the
+# graph (a recompile per micro-batch size; issue 16).
 
 
-class _FusedHeadLoss(torch.autograd.Function):
-    """The head matmul and the cross-entropy as one op whose backward is a multiply: the loss is the last
-    op of the graph, so its gradients are made in the forward pass, chunk by chunk, and full (B*T, vocab)
-    logits never exist, neither for the loss nor for its backward (nor in fp32)."""
+def _chunk_loss(z, y, scale, softcap, want_grad):
+    """One chunk of logits z (n, V), targets y (n,) (-1: ignored) -> each row's loss (n,) in fp32 and, with
+    want_grad, d(sum of scale * loss)/dz (n, V) in z's dtype; the softmax is in fp32 whatever z's dtype.
+    Written for eager mode: each line is one pass over the chunk (log_softmax reads z in its dtype and writes
+    fp32; exp and the one-hot are in place; the scale and the cast back are one op). _chunk_loss_fusible is
+    the same math for inductor."""
+    dtype = z.dtype
+    if softcap:
+        t = torch.tanh(z.float() / softcap)  # kept for the gradient of the cap
+        z = softcap * t
+    lsm = torch.log_softmax(z, dim=1, dtype=torch.float32)  # (n, V): log p
+    safe = y.clamp(min=0)[:, None]  # (n, 1)
+    row_loss = -lsm.gather(1, safe)[:, 0] * (y != -1)  # (n,)
+    if not want_grad:
+        return row_loss, None
+    g = lsm.exp_().scatter_add_(1, safe, torch.full_like(safe, -1, dtype=lsm.dtype))  # softmax - one-hot
+    if softcap:
+        g.mul_(t.mul_(t).neg_().add_(1))  # back through the cap: d(cap * tanh(z / cap))/dz = 1 - t^2
+    out = torch.empty(g.shape, dtype=dtype, device=g.device)
+    return row_loss, torch.mul(g, scale[:, None], out=out)  # rows that do not count have scale 0
 
-    @staticmethod
-    def forward(ctx, x, weight, targets, softcap, n):
-        loss, grad_x, grad_w = _loss_chunks(x, weight, targets, softcap, want_grads=True)
-        ctx.save_for_backward(grad_x / n, (grad_w / n).to(weight.dtype))
-        return loss / n
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        grad_x, grad_w = ctx.saved_tensors
-        return grad_out * grad_x, grad_out * grad_w, None, None, None
+def _chunk_loss_fusible(z, y, scale, softcap, want_grad):
+    """_chunk_loss without in-place ops or a scatter, so that inductor makes it one reduction (the log-sum-exp)
+    and one pointwise kernel that reads z and writes the gradient in z's dtype: no fp32 (n, V) buffer at all.
+    (In eager mode this form would make five fp32 temporaries, hence the two versions.)"""
+    zf = z.float()
+    if softcap:
+        t = torch.tanh(zf / softcap)
+        zf = softcap * t
+    lse = torch.logsumexp(zf, dim=1, keepdim=True)  # (n, 1)
+    safe = y.clamp(min=0)[:, None]  # (n, 1)
+    row_loss = (lse - zf.gather(1, safe))[:, 0] * (y != -1)  # (n,)
+    if not want_grad:
+        return row_loss, None
+    one_hot = torch.arange(z.size(1), device=z.device)[None, :] == safe  # (n, V), never stored: fused
+    g = (torch.exp(zf - lse) - one_hot.float()) * scale[:, None]
+    if softcap:
+        g = g * (1 - t * t)
+    return row_loss, g.to(z.dtype)
+
+
+_fused_chunk_loss = None  # _chunk_loss_fusible compiled by inductor, made on first use inside a compiled model
+
+
+def _chunk_fn(fuse):
+    """The per-chunk softmax: as inductor kernels when the model around the loss is compiled, else eager."""
+    global _fused_chunk_loss
+    if not fuse:
+        return _chunk_loss
+    if _fused_chunk_loss is None:
+        _fused_chunk_loss = torch.compile(_chunk_loss_fusible, dynamic=True)  # one graph for every chunk length
+    return _fused_chunk_loss
+
+
+def _add_grad_w(grad_w, g, xc):
+    """grad_w (V, C) fp32 += g.T @ xc, with the product accumulated in fp32 even when g and xc are bf16/fp16."""
+    if g.dtype == grad_w.dtype:
+        grad_w.addmm_(g.t(), xc)
+    elif grad_w.is_cuda:  # cuBLAS accumulates a low-precision product straight into fp32: no (V, C) temporary
+        torch.addmm(grad_w, g.t(), xc, out_dtype=torch.float32, out=grad_w)
+    else:
+        grad_w += g.t() @ xc
+
+
+def _head_chunks(x, weight, targets, softcap, compute_dtype, fuse, want_grads):
+    """Loop over chunks of rows: per-row losses (N,) fp32, and with want_grads the gradients of their mean
+    over targets != -1 w.r.t. x (x's dtype) and weight (weight's dtype), made in the same pass."""
+    with torch.autocast(x.device.type, enabled=False):  # the dtypes below are explicit
+        chunk_loss = _chunk_fn(fuse)
+        valid = targets != -1
+        scale = valid / valid.sum().clamp(min=1)  # (N,): the mean's 1/n, and 0 on rows that do not count
+        w = weight.to(compute_dtype)  # (V, C), cast once for every chunk
+        row_loss = torch.empty(x.size(0), dtype=torch.float32, device=x.device)
+        grad_x = torch.empty_like(x) if want_grads else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grads else None
+        for lo in range(0, x.size(0), LOSS_CHUNK):
+            rows = slice(lo, lo + LOSS_CHUNK)
+            xc = x[rows].to(compute_dtype)  # (n, C)
+            z = xc @ w.t()  # (n, V) logits in the compute dtype
+            row_loss[rows], g = chunk_loss(z, targets[rows], scale[rows], softcap, want_grads)
+            del z
+            if want_grads:
+                grad_x[rows] = g @ w  # (n, C)
+                _add_grad_w(grad_w, g, xc)
+        return row_loss, grad_x, (grad_w.to(weight.dtype) if want_grads else None)
+
+
+@torch.library.custom_op("gpt2kit::head_loss", mutates_args=())
+def _head_loss_op(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float,
+                  compute_dtype: torch.dtype, fuse: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean loss, its gradient w.r.t. x, w.r.t. weight): the loss's backward is a multiply by these."""
+    row_loss, grad_x, grad_w = _head_chunks(x, weight, targets, softcap, compute_dtype, fuse, want_grads=True)
+    n = (targets != -1).sum().clamp(min=1)
+    return row_loss.sum() / n, grad_x, grad_w
+
+
+@_head_loss_op.register_fake
+def _(x, weight, targets, softcap, compute_dtype, fuse):
+    return x.new_empty((), dtype=torch.float32), torch.empty_like(x), torch.empty_like(weight)
+
+
+def _head_loss_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1], output[2])
+
+
+def _head_loss_backward(ctx, grad_loss, _grad_gx, _grad_gw):
+    grad_x, grad_w = ctx.saved_tensors
+    if torch.compiler.is_compiling():  # inductor reuses the saved buffers for these products by itself
+        return grad_x * grad_loss, grad_w * grad_loss, None, None, None, None
+    # eager: scale in place, no copy of the (vocab, C) gradient (a second backward through this graph fails
+    # loudly on the saved tensors' version counter instead of using scaled values)
+    return grad_x.mul_(grad_loss), grad_w.mul_(grad_loss), None, None, None, None
+
+
+_head_loss_op.register_autograd(_head_loss_backward, setup_context=_head_loss_setup)
+
+
+@torch.library.custom_op("gpt2kit::head_row_losses", mutates_args=())
+def _row_losses_op(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float,
+                   compute_dtype: torch.dtype, fuse: bool) -> torch.Tensor:
+    """Each row's loss (N,) fp32, 0 where targets == -1: no gradients (evals)."""
+    return _head_chunks(x, weight, targets, softcap, compute_dtype, fuse, want_grads=False)[0]
+
+
+@_row_losses_op.register_fake
+def _(x, weight, targets, softcap, compute_dtype, fuse):
+    return x.new_empty(x.shape[:1], dtype=torch.float32)
+
+
+def _compute_dtype(x):
+    """The dtype autocast would run the head matmul in, else x's."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
 
 
 def head_loss(x, weight, targets, softcap=0.0):
-    """Mean cross-entropy of the logits x @ weight.T over targets != -1, without full logits. x (N, C)."""
-    n = (targets != -1).sum().clamp(min=1)
+    """Mean cross-entropy of the logits x @ weight.T over targets != -1, without full logits. x (N, C),
+    weight (V, C), targets (N,). Inside a compiled model the per-chunk softmax runs as inductor kernels."""
+    dtype, fuse = _compute_dtype(x), torch.compiler.is_compiling()
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return _FusedHeadLoss.apply(x, weight, targets, softcap, n)
-    return _loss_chunks(x, weight, targets, softcap, want_grads=False)[0] / n
+        return _head_loss_op(x, weight, targets, float(softcap), dtype, fuse)[0]
+    n = (targets != -1).sum().clamp(min=1)
+    return _row_losses_op(x, weight, targets, float(softcap), dtype, fuse).sum() / n
+
+
+def head_row_losses(x, weight, targets, softcap=0.0):
+    """Cross-entropy of each row (N,) fp32, 0 where targets == -1; no gradients."""
+    return _row_losses_op(x, weight, targets, float(softcap), _compute_dtype(x), torch.compiler.is_compiling())
 
 
 class GPT(nn.Module):
@@ -317,9 +421,8 @@ class GPT(nn.Module):
         """Cross-entropy of each position (B, T), 0 where targets == -1: for evals that score rows apart
         (HellaSwag endings), without full logits either."""
         x = self._hidden(idx)
-        out = torch.empty(targets.numel(), dtype=torch.float32, device=idx.device)
-        _loss_chunks(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1), self.config.logit_softcap,
-                     want_grads=False, per_row=out)
+        out = head_row_losses(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1),
+                              self.config.logit_softcap)  # (B*T,)
         return out.view_as(targets)
 
     def forward_cached(self, idx, kv_cache):
@@ -368,9 +471,8 @@ class GPT(nn.Module):
                     logits = self.forward_cached(idx, kv_cache)  # prefill with the whole prompt
                 else:
                     logits = self.forward_cached(idx[:, -1:], kv_cache)
-            else:
-                logits, _ = self(idx[:, -block_size:])
-                logits = logits[:, -1, :]
+            else:  # only the last position's logits (B, vocab_size), never (B, T, vocab_size)
+                logits = self._logits(self._hidden(idx[:, -block_size:])[:, -1, :])
             next_id = self._pick(logits[:, :n_vocab].float(), temperature, top_k, top_p)  # (B, 1)
             if eot_token is not None:
                 next_id = torch.where(done[:, None], torch.full_like(next_id, eot_token), next_id)

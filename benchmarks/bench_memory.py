@@ -1,13 +1,18 @@
-"""Peak memory of eval against a training step at the same micro-batch, with the loss over full logits (the
-old path) and with model.py's chunked head+loss (issue 12: eval ran out of memory where training fit).
+"""Peak memory of what a run does at one micro-batch: a training step with the chunked head+loss (model.py)
+against one over full logits, an eval batch, and HellaSwag's largest batch of scored rows (issues 12, 16).
 
-    python -m benchmarks.bench_memory                       # CPU: peak RSS, each case in a fresh process
-    python -m benchmarks.bench_memory --device=cuda         # GPU: torch.cuda.max_memory_allocated
+    python -m benchmarks.bench_memory                                          # CPU, fp32, eager
+    python -m benchmarks.bench_memory --compile=True --dtype=bfloat16          # CPU, what a GPU run computes
+    python -m benchmarks.bench_memory --device=cuda --compile=True --memory_gib=12   # GPU, as a 12 GB card
 
-Each case runs in its own process and reports its peak above the process's memory after the model and
-batch are built: a training step (forward, backward) or an eval forward (no_grad), at batch_size x
-block_size. 'full' computes the loss as the code did before (B*T x vocab logits, then fp32 cross-entropy);
-'chunked' is today's model(x, y).
+Each case runs in a fresh process and reports its peak above the memory the model, its gradients and the
+batch already hold (CPU: resident set; CUDA: torch.cuda.max_memory_allocated):
+  train-full     forward + backward, loss = F.cross_entropy over (B*T, vocab) logits (nanoGPT's way)
+  train-chunked  forward + backward, model(x, y): the chunked head+loss op
+  eval-full      no_grad forward over full logits        eval-chunked   no_grad model(x, y), as train.py evaluates
+  hellaswag      no_grad model.token_losses on the 32 rows HellaSwag scores at once (8 items x 4 endings)
+Training steps run under torch.compile with --compile=True and under autocast with --dtype; evals run the raw
+model, as train.py does.
 """
 import json
 import os
@@ -20,6 +25,9 @@ from gptlib import runtime
 from gptlib.errors import run_command
 from gptlib.settings import load_config, setting
 
+CASES = ("train-full", "train-chunked", "eval-full", "eval-chunked", "hellaswag")
+HELLASWAG_ROWS = 32  # gptlib.evals scores 8 items x 4 endings per batch
+
 
 @dataclass
 class MemoryConfig:
@@ -29,50 +37,82 @@ class MemoryConfig:
     batch_size: int = setting(4, ge=1)  # the micro-batch both train and eval use
     block_size: int = setting(1024, ge=1)  # context
     device: str = setting("cpu", pattern=r"cpu|cuda(:\d+)?")  # where to measure
-    case: str = setting("")  # internal: run one case ('train-full', 'eval-chunked', ...) and print its peak
+    dtype: str = setting("float32", choices=["float32", "bfloat16", "float16"])  # autocast dtype of every case
+    compile: bool = setting(False)  # torch.compile the training steps (evals run the raw model, as train.py)
+    memory_gib: float = setting(0.0, ge=0)  # CUDA: cap the allocator as on a card of this many GiB (0: the whole card)
+    loss_chunk: int = setting(0, ge=0)  # rows per chunk of the head+loss (model.LOSS_CHUNK); 0: model.py's
+    case: str = setting("")  # internal: run one case and print its peak
 
 
 def peak_mb(device):
+    """The peak since reset_peak(): CUDA allocator peak, or the process's resident-set high-water mark."""
     import torch
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024  # kB
 
 
-def one_case(cfg):
+def reset_peak(device):
+    """Start a new peak: the warm-up step (and compilation) before it is not part of what is measured."""
     import torch
-    import torch.nn.functional as F
-    from model import GPT, GPTConfig
-    mode, path = cfg.case.split("-")
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-                          vocab_size=50304)).to(cfg.device)
-    x = torch.randint(0, 50257, (cfg.batch_size, cfg.block_size), device=cfg.device)
-    y = torch.randint(0, 50257, (cfg.batch_size, cfg.block_size), device=cfg.device)
-    if mode == "train":  # gradients exist from the first step on: allocate them before the baseline
-        for p in model.parameters():
-            p.grad = torch.zeros_like(p)
-    if cfg.device.startswith("cuda"):
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    base = peak_mb(cfg.device) if cfg.device.startswith("cuda") else current_rss_mb()
-
-    def loss_of():
-        if path == "chunked":
-            return model(x, y)[1]
-        logits = model.lm_head(model._hidden(x))  # (B, T, V): the old path
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
-    if mode == "train":
-        loss_of().backward()
     else:
-        with torch.no_grad():
-            loss_of()
-    print(json.dumps({"case": cfg.case, "peak_mb": peak_mb(cfg.device) - base}))
+        with open("/proc/self/clear_refs", "w") as f:  # Linux: 5 resets the high-water mark VmHWM
+            f.write("5")
 
 
 def current_rss_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def one_case(cfg):
+    import torch
+    import torch.nn.functional as F
+    import model as model_py
+    from model import GPT, GPTConfig
+    if cfg.loss_chunk:
+        model_py.LOSS_CHUNK = cfg.loss_chunk
+    mode, _, path = cfg.case.partition("-")
+    cuda = cfg.device.startswith("cuda")
+    if cuda and cfg.memory_gib:
+        import bench
+        bench.cap_memory(cfg.device, cfg.memory_gib)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
+                          vocab_size=50304)).to(cfg.device)
+    rows = HELLASWAG_ROWS if mode == "hellaswag" else cfg.batch_size
+    x = torch.randint(0, 50257, (rows, cfg.block_size), device=cfg.device)
+    y = torch.randint(0, 50257, (rows, cfg.block_size), device=cfg.device)
+    ctx = runtime.autocast(cfg.device, cfg.dtype)
+
+    def loss_of(m):
+        if path != "full":
+            return m(x, y)[1]
+        logits = m.lm_head(m._hidden(x))  # (B, T, V): nanoGPT's path
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+
+    if mode == "train":
+        step = torch.compile(loss_of) if cfg.compile else loss_of
+        for p in model.parameters():  # gradients exist from the first step on: allocate them before the baseline
+            p.grad = torch.zeros_like(p)
+        with ctx:  # compile (and warm) outside the measurement: the compiler's own memory is not the step's
+            step(model).backward()
+    reset_peak(cfg.device)
+    base = peak_mb(cfg.device) if cuda else current_rss_mb()
+    with ctx:
+        if mode == "train":
+            step(model).backward()
+        elif mode == "hellaswag":
+            with torch.no_grad():
+                model.token_losses(x, y)
+        else:
+            with torch.no_grad():
+                loss_of(model)
+    print(json.dumps({"case": cfg.case, "peak_mb": peak_mb(cfg.device) - base}))
 
 
 def main(argv):
@@ -81,18 +121,26 @@ def main(argv):
         return one_case(cfg)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     results = {}
-    for case in ("train-full", "eval-full", "train-chunked", "eval-chunked"):
+    for case in CASES:
+        print(f"bench_memory: {case} ...", file=sys.stderr, flush=True)
         out = subprocess.run([sys.executable, "-m", "benchmarks.bench_memory", *argv, f"--case={case}"], cwd=repo,
-                             capture_output=True, text=True, check=True).stdout
-        results[case] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
-    where = runtime.cpu_name()
-    if cfg.device.startswith("cuda"):
-        import torch
-        where = torch.cuda.get_device_name(cfg.device)
-    print(f"machine: {where}, {os.cpu_count()} cores; device {cfg.device}; model {cfg.n_layer}x{cfg.n_embd}; "
-          f"micro-batch {cfg.batch_size} x {cfg.block_size}; peak memory above the model and batch:")
-    for path in ("full", "chunked"):
-        print(f"  {path:<8} train step {results['train-' + path]:8,.0f} MB   eval {results['eval-' + path]:8,.0f} MB")
+                             capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError(f"case {case} failed: {out.stderr.strip().splitlines()[-1:]}")
+        results[case] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
+    import torch
+    where = torch.cuda.get_device_name(cfg.device) if cfg.device.startswith("cuda") else runtime.cpu_name()
+    card = f", as a {cfg.memory_gib:g} GiB card" if cfg.memory_gib else ""
+    import model
+    print(f"machine: {where}, {os.cpu_count()} cores, torch {torch.__version__}; device {cfg.device}{card}; "
+          f"loss chunk {cfg.loss_chunk or model.LOSS_CHUNK} rows; "
+          f"{cfg.dtype}, training steps {'compiled' if cfg.compile else 'eager'}; model {cfg.n_layer}x{cfg.n_embd}; "
+          f"micro-batch {cfg.batch_size} x {cfg.block_size}; peak memory above the model, gradients and batch:")
+    print(f"  train step  full logits {results['train-full']:8,.0f} MB   chunked {results['train-chunked']:8,.0f} MB")
+    print(f"  eval        full logits {results['eval-full']:8,.0f} MB   chunked {results['eval-chunked']:8,.0f} MB")
+    print(f"  HellaSwag   {HELLASWAG_ROWS} rows (chunked) {results['hellaswag']:8,.0f} MB")
+    print(json.dumps({"bench_memory": results, "device": where, "torch": torch.__version__, "dtype": cfg.dtype,
+                      "compile": cfg.compile, "memory_gib": cfg.memory_gib or None}))
 
 
 if __name__ == "__main__":

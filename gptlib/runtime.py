@@ -55,8 +55,18 @@ def autocast(device, dtype):
     return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))
 
 
+def c_compiler():
+    """The C compiler inductor and Triton would build with ($CC, else cc, gcc or clang on PATH), or None."""
+    import shutil
+    for name in ([os.environ["CC"]] if os.environ.get("CC") else []) + ["cc", "gcc", "clang"]:
+        if shutil.which(name):
+            return name
+    return None
+
+
 def compile_available(device):
-    """(ok, reason): torch.compile needs Triton on GPU and is not supported on MPS or Windows."""
+    """(ok, reason): torch.compile needs a C compiler (inductor builds its CPU kernels and Triton its launchers
+    with one), Triton on GPU, and is not supported on MPS or Windows."""
     if os.name == "nt":
         return False, "torch.compile is not supported on Windows"
     if device.startswith("mps"):
@@ -66,6 +76,9 @@ def compile_available(device):
             import triton  # noqa: F401
         except ImportError:
             return False, "Triton is not installed"
+    if c_compiler() is None:
+        return False, ("no C compiler found (CC, cc, gcc, clang), which torch.compile needs; install one "
+                       "(apt install gcc) to compile, or pass --compile=False to silence this")
     return True, ""
 
 

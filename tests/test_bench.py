@@ -79,7 +79,7 @@ def test_batch_search_stops_at_out_of_memory_and_frees_between_tries():
         real_micro_step(B, grad_accum)
 
     b.micro_step = micro_step
-    assert bench.find_max_batch(b, cap=64) == 5
+    assert bench.find_max_batch(b, cap=64)[0] == 5
     assert tried == [1, 2, 4, 8, 6, 5]  # doubling, then binary search between 4 and 8
     assert all(p.grad is None for p in b.raw_model.parameters())  # nothing left allocated after a failed try
 
@@ -98,7 +98,7 @@ def test_batch_search_counts_the_eval_and_hellaswag_batches():
     b.eval_step = eval_step
     real_rows = b.scored_rows_step
     b.scored_rows_step = lambda: scored.append(1) or real_rows()
-    assert bench.find_max_batch(b, cap=16) == 3 and scored
+    assert bench.find_max_batch(b, cap=16)[0] == 3 and scored
     res = bench.run_bench(load_config(bench.BenchConfig, TINY + ["--hellaswag_interval=100", "--find_batch_size",
                                                                  "--max_batch_size=2", "--iters=1"]))
     assert res["fit_checks"] == "train step, eval, HellaSwag" and res["memory_margin"] is None  # no margin on CPU
@@ -107,7 +107,7 @@ def test_batch_search_counts_the_eval_and_hellaswag_batches():
 def test_batch_search_arithmetic_large_cap():
     class Fake:
         def __init__(self, limit):
-            self.limit, self.calls = limit, 0
+            self.limit, self.calls, self.compiled = limit, 0, False
             self.cfg = load_config(bench.BenchConfig, [])
 
         def fits(self, B):
@@ -116,7 +116,7 @@ def test_batch_search_arithmetic_large_cap():
 
     for limit, cap, want in [(37, 1024, 37), (1024, 1024, 1024), (1, 8, 1), (300, 100, 100), (64, 1024, 64)]:
         f = Fake(limit)
-        assert bench.find_max_batch(f, cap) == want
+        assert bench.find_max_batch(f, cap) == (want, [(B, B <= limit) for B, _ in bench.find_max_batch(Fake(limit), cap)[1]])
         assert f.calls <= 2 * 11  # O(log cap) tries
     with pytest.raises(bench.OutOfMemory, match="batch_size=1"):
         bench.find_max_batch(Fake(0), 8)

@@ -252,6 +252,19 @@ def test_compile_available(monkeypatch):
     assert runtime.compile_available("cuda")[0] is False
 
 
+def test_compile_switches_off_with_one_line_without_a_c_compiler(data, tmp_path, monkeypatch):
+    """A slim image without gcc: inductor would crash at the first step; instead the run goes on uncompiled."""
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no cc, gcc or clang to be found
+    assert runtime.c_compiler() is None
+    ok, why = runtime.compile_available("cpu")
+    assert not ok and "no C compiler found" in why
+    assert train.run(args(data, tmp_path / "run", "--max_iters=1", "--compile=True")) == 0
+    assert "compile switched off: no C compiler found" in (tmp_path / "run" / "log.txt").read_text()
+    monkeypatch.setenv("CC", sys.executable)  # any program on $CC counts
+    assert runtime.compile_available("cpu") == (True, "")
+
+
 def test_compile_switched_off_with_message(data, tmp_path, monkeypatch):
     monkeypatch.setattr(runtime, "compile_available", lambda device: (False, "Triton is not installed"))
     assert train.run(args(data, tmp_path, "--max_iters=1", "--compile=True")) == 0

@@ -1,0 +1,131 @@
+"""The chunked head + loss op under torch.compile (issue 16): exact against F.cross_entropy on full logits in eager
+and compiled mode, with ignored rows and the soft-cap; one graph for every micro-batch size; compiled memory
+below full logits'; generate() never builds full logits."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import model
+from conftest import REPO
+from model import GPT, GPTConfig
+
+
+def reference(x, w, y, softcap):
+    """Plain autograd over full logits: what the op must equal."""
+    x, w = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    z = x @ w.t()
+    if softcap:
+        z = softcap * torch.tanh(z / softcap)
+    loss = F.cross_entropy(z, y, ignore_index=-1)
+    loss.backward()
+    return loss.detach(), x.grad, w.grad
+
+
+def op_loss(fn, x, w, y, scale=1.0):
+    x, w = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    loss = fn(x, w, y)
+    (loss * scale).backward()  # a grad_accum division, as train.py does
+    return loss.detach(), x.grad, w.grad
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(model, "LOSS_CHUNK", 96)  # 300 rows: 4 chunks, the last one short
+
+
+@pytest.mark.parametrize("softcap", [0.0, 15.0])
+def test_op_equals_cross_entropy_on_full_logits_eager_and_compiled(small_chunks, softcap):
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(300, 48, generator=gen), 0.5 * torch.randn(700, 48, generator=gen)
+    y = torch.randint(0, 700, (300,), generator=gen)
+    y[::5] = -1  # ignored rows: no loss, no gradient
+    ref = reference(x, w, y, softcap)
+    eager = op_loss(lambda a, b, c: model.head_loss(a, b, c, softcap), x, w, y)
+    compiled = op_loss(torch.compile(lambda a, b, c: model.head_loss(a, b, c, softcap)), x, w, y, scale=0.25)
+    for got, scale in ((eager, 1.0), (compiled, 0.25)):
+        assert torch.allclose(got[0], ref[0], rtol=1e-6, atol=1e-6)
+        assert torch.allclose(got[1], scale * ref[1], rtol=1e-5, atol=1e-9)  # fp32 rounding
+        assert torch.allclose(got[2], scale * ref[2], rtol=1e-5, atol=1e-9)
+    assert model._fused_chunk_loss is not None  # the compiled model ran the per-chunk inductor kernels
+    rows = model.head_row_losses(x, w, y, softcap)
+    assert torch.allclose(rows.sum() / (y != -1).sum(), ref[0], rtol=1e-6) and (rows[y == -1] == 0).all()
+
+
+def test_op_under_bf16_autocast_matches_autocast_autograd(small_chunks):
+    """bf16 matmuls with an fp32 softmax, as autograd under autocast computes them; gradients come back in the
+    dtypes of x and weight (fp32)."""
+    gen = torch.Generator().manual_seed(1)
+    x, w = torch.randn(300, 64, generator=gen), 0.3 * torch.randn(500, 64, generator=gen)
+    y = torch.randint(0, 500, (300,), generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = op_loss(lambda a, b, c: F.cross_entropy((a @ b.t()).float(), c, ignore_index=-1), x, w, y)
+        got = op_loss(model.head_loss, x, w, y)
+        comp = op_loss(torch.compile(model.head_loss), x, w, y)
+    for g in (got, comp):
+        assert g[1].dtype == g[2].dtype == torch.float32
+        assert abs(g[0] - want[0]) < 1e-4
+        for a, b in zip(g[1:], want[1:]):
+            assert (a - b).abs().max() <= 0.02 * b.abs().max()  # bf16 rounding of the products
+    assert torch.allclose(got[0], comp[0]) and torch.allclose(got[2], comp[2], rtol=0.02, atol=1e-6)
+
+
+def test_a_second_backward_through_the_op_fails_loudly():
+    """Eager backward scales the saved gradients in place (no copy of the vocab x C gradient): a second pass
+    over the same graph must raise, never return gradients scaled twice."""
+    x, w = torch.randn(8, 4, requires_grad=True), torch.randn(10, 4, requires_grad=True)
+    loss = model.head_loss(x, w, torch.randint(0, 10, (8,)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_compiled_model_makes_no_new_graph_for_a_new_micro_batch():
+    """dynamo makes the batch dimension dynamic at the second size; the loss op's shape function follows it, so
+    sizes 3..6 reuse that graph instead of compiling one each (and after 8, falling back to eager silently)."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=300))
+    cm = torch.compile(m)
+    graphs = []
+    for B in range(1, 7):
+        x = torch.randint(0, 300, (B, 32))
+        cm(x, x)[1].backward()
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[2:] == [graphs[2]] * 4, graphs  # nothing new after the second size and the chunk kernels
+    eager = m(x, x)[1]
+    assert torch.allclose(cm(x, x)[1], eager, rtol=1e-5)
+
+
+def test_compiled_chunked_step_peaks_below_full_logits_in_bf16():
+    """The CPU stand-in for a GPU run: bf16 autocast, compiled training step. Inductor used to fuse across the
+    chunks (every chunk's logits alive at once): the chunked step must stay well below full logits'."""
+    args = ["--n_layer=1", "--n_embd=64", "--n_head=2", "--batch_size=4", "--block_size=1024", "--compile=True",
+            "--dtype=bfloat16", "--loss_chunk=512"]
+    peaks = {}
+    for case in ("train-full", "train-chunked"):
+        out = subprocess.run([sys.executable, "-m", "benchmarks.bench_memory", *args, f"--case={case}"], cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        peaks[case] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
+    logits_mb = 4 * 1024 * 50304 * 2 / 2**20  # the bf16 logits full logits hold: 393 MB
+    assert peaks["train-chunked"] < 0.75 * peaks["train-full"] and peaks["train-full"] > 0.8 * logits_mb, peaks
+
+
+def test_generate_past_block_size_computes_only_the_last_logits(monkeypatch):
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=50))
+    shapes = []
+    real = m._logits
+    monkeypatch.setattr(m, "_logits", lambda h: shapes.append(tuple(h.shape)) or real(h))
+    out = m.generate(torch.zeros(2, 3, dtype=torch.long), max_new_tokens=10, temperature=0)
+    assert out.shape == (2, 13) and all(len(s) == 2 for s in shapes)  # (B, C) every time, never (B, T, C)
+    full = torch.zeros(2, 3, dtype=torch.long)  # the same tokens as full logits and their last row would give
+    for _ in range(10):
+        logits = m.lm_head(m._hidden(full[:, -8:]))[:, -1, :]
+        full = torch.cat([full, logits.argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, full)
