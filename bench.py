@@ -93,6 +93,7 @@ class Bench:
         self.ctx = runtime.autocast(self.device, self.dtype)
         if self.device_type == "cpu":
             runtime.keep_freed_memory()  # as train.py
+        self.threads = runtime.cpu_threads(cfg.cpu_threads)
         self.card = None  # bytes of the card the fit is judged against (CUDA only)
         if self.device_type == "cuda":
             self.card = cap_memory(self.device, cfg.memory_gib) if cfg.memory_gib else \
@@ -330,6 +331,7 @@ def run_bench(cfg):
         "device": bench.device,
         "gpu_name": gpu_name,
         "cpu": runtime.cpu_name(),
+        "cpu_threads": bench.threads,
         "torch": torch.__version__,
         "dtype": bench.dtype,
         "compile": bench.compiled,
@@ -360,19 +362,24 @@ def run_bench(cfg):
     return result
 
 
+def plural(n, word):
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def format_table(r):
     mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
     mem = "n/a" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.2f} GiB ({r['peak_mem_kind']})"
     machine = r["gpu_name"] or r["cpu"]
     rows = [
-        ("machine", f"{machine}, {r['device']}, torch {r['torch']}"),
+        ("machine", f"{machine}, {r['device']}" + ("" if r["gpu_name"] else f" ({r['cpu_threads']} torch threads)")
+                    + f", torch {r['torch']}"),
         ("model", f"{monitor.human_count(r['n_params'])} params ({r['n_layer']} layers, {r['n_head']} heads, {r['n_embd']} wide)"),
         ("precision", f"{r['dtype']}, compile {r['compile']}, {r['data']}"),
         *([("card", f"emulated {r['memory_gib']:g} GiB (allocator capped)")] if r["memory_gib"] else []),
         ("step", f"{r['grad_accum']} x micro-batch {r['batch_size']} x {r['block_size']} = {r['tokens_per_iter']:,} tokens"),
         ("micro-step (fwd+bwd)", f"{r['micro_step_ms']:.1f} ms"),
         ("optimizer step", f"{r['optimizer_step_ms']:.1f} ms"),
-        ("ms/iter", f"{r['ms_per_iter']:.1f} ms ({r['grad_accum']} micro-steps + 1 optimizer step; medians of "
+        ("ms/iter", f"{r['ms_per_iter']:.1f} ms ({plural(r['grad_accum'], 'micro-step')} + 1 optimizer step; medians of "
                     f"{r['iters']} timed after {r['warmup_iters']} warm-up)"),
         ("tokens/s", f"{r['tokens_per_sec']:,.0f}"),
         ("MFU", f"{mfu}  [{r['peak_note']}]"),
@@ -390,9 +397,10 @@ def format_table(r):
         rows.append(("largest micro-batch", f"{r['max_batch_size_fits']}{cap}; fits: {r['fit_checks']}{margin}"))
         graphs = "" if r["search_graphs"] is None else f"; {r['search_graphs']} compiled graph(s) served every size"
         rows.append(("search", ", ".join(f"{B} {'fits' if ok else 'no'}" for B, ok in r["search"]) + graphs))
-        rows.append(("suggested", f"--batch_size={r['batch_size']} with {r['grad_accum']} gradient accumulation "
-                                  f"steps for total_batch_size={r['tokens_per_iter']:,} (one GPU; on N GPUs "
-                                  f"under torchrun, train.py divides the accumulation by N)"))
+        where = ("one GPU; on N GPUs under torchrun, train.py divides the accumulation by N" if r["gpu_name"]
+                 else f"one process on {r['device']}")
+        rows.append(("suggested", f"--batch_size={r['batch_size']} with {plural(r['grad_accum'], 'gradient accumulation step')} "
+                                  f"for total_batch_size={r['tokens_per_iter']:,} ({where})"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 

@@ -5,7 +5,8 @@
     python eval.py --init_from=gpt2 --data_dir=data/fineweb --hellaswag --hellaswag_path=hellaswag_val.jsonl
     python eval.py --out_dir=out --humaneval --humaneval_path=HumanEval.jsonl.gz
 
-Losses are mean cross-entropy in nats per token; perplexity is exp(loss).
+Losses are mean cross-entropy in nats per token over the whole split by default (--max_tokens=N: N tokens in
+windows at even strides, as train.py's eval_tokens), with the standard error of the mean; perplexity is exp(loss).
 """
 import math
 import os
@@ -16,6 +17,7 @@ from gptlib import evals, shards
 from gptlib.checkpoint import describe, find_checkpoint, load_checkpoint, model_from_checkpoint
 from gptlib.errors import ConfigError, DataError, run_command
 from gptlib.pretrained import HUB_REPOS, load_pretrained
+from gptlib import runtime
 from gptlib.runtime import autocast, pick_device, pick_dtype
 from gptlib.settings import DEVICE_PATTERN, DTYPES, load_config, setting
 from gptlib.train_settings import TrainConfig
@@ -28,8 +30,8 @@ class EvalConfig:
     ckpt: str = setting("")  # a checkpoint file to read instead of out_dir's
     data_dir: str = setting("")  # shard directory; '': the data_dir the checkpoint was trained on
     split: str = setting("")  # split(s) of data_dir to evaluate, comma-separated; '': every val* split there
-    eval_iters: int = setting(100, ge=1)  # batches per split (fewer if the split is smaller; it never wraps around)
-    batch_size: int = setting(8, ge=1)  # sequences per batch
+    max_tokens: int = setting(0, ge=0)  # tokens scored per split, in block_size windows at even strides over it; 0: the whole split
+    batch_size: int = setting(8, ge=1)  # windows per forward pass (memory, not the result)
     block_size: int = setting(0, ge=0)  # tokens per sequence; 0: the model's context length
     hellaswag: bool = setting(False)  # also run HellaSwag (acc and acc_norm)
     hellaswag_path: str = setting("")  # HellaSwag jsonl; '': download the validation split from the Hugging Face hub
@@ -40,6 +42,7 @@ class EvalConfig:
     json_out: str = setting("", path="file")  # also write the results to this JSON file
     device: str = setting("auto", pattern=DEVICE_PATTERN)  # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype: str = setting("auto", choices=DTYPES)  # 'auto', 'float32', 'bfloat16', 'float16'
+    cpu_threads: int = setting(0, ge=0)  # threads torch uses on CPU; 0: torch's default, one per core
 
     def problems(self):
         return ["--humaneval needs --humaneval_path=.../HumanEval.jsonl.gz"] if self.humaneval and not self.humaneval_path else []
@@ -93,7 +96,9 @@ def run(cfg):
         raise ConfigError(f"--block_size={block_size} exceeds the model's context of {model.config.block_size}; lower it")
     model.to(device)
     ctx = autocast(device, dtype)
-    print(f"model: {described}, {model.get_num_params() / 1e6:.2f}M parameters, on {device} in {dtype}")
+    threads = runtime.cpu_threads(cfg.cpu_threads)
+    where = device if device != "cpu" else f"cpu ({threads} torch threads)"
+    print(f"model: {described}, {model.get_num_params() / 1e6:.2f}M parameters, on {where} in {dtype}")
 
     results = {}
 
@@ -111,18 +116,26 @@ def run(cfg):
                 state["bar"].close()
         return update
 
+    skipped = []
     for split in splits:
         total = sum(shards.shard_lengths(shards.list_shards(data_dir, split)))
-        n = evals.num_eval_batches(total, cfg.batch_size, block_size, cfg.eval_iters)
-        if n < 1 and not cfg.split:  # found, not asked for: e.g. a github-code language with a handful of tokens
-            print(f"{split:<16} skipped: {total:,} tokens, less than one batch of {cfg.batch_size}x{block_size} "
-                  f"(pass --split={split} with a smaller --batch_size or --block_size to evaluate it)")
+        if not evals.eval_windows(total, block_size) and not cfg.split:  # found, not asked for: a tiny language's set
+            skipped.append(f"{split} ({total:,})")
             continue
-        loss = evals.split_loss(model, data_dir, split, cfg.batch_size, block_size, cfg.eval_iters, device, ctx,
-                                progress=bar(split))
-        results[split] = {"loss": loss, "ppl": math.exp(loss), "tokens": n * cfg.batch_size * block_size}
-        print(f"{split:<16} loss {loss:.4f}  ppl {math.exp(loss):10.2f}  "
-              f"({n} batches of {cfg.batch_size}x{block_size} tokens from {data_dir})")
+        r = evals.split_loss(model, data_dir, split, cfg.batch_size, block_size, cfg.max_tokens, device, ctx,
+                             progress=bar(split))
+        results[split] = {"loss": r.loss, "ppl": math.exp(r.loss), "tokens": r.tokens, "stderr": r.stderr,
+                          "split_tokens": total}
+        share = "the whole split" if r.tokens >= (total - 1) // block_size * block_size else \
+            f"{r.windows:,} windows of {block_size} at even strides over {total:,}"
+        print(f"{split:<16} loss {r.loss:.4f} ±{r.stderr:.4f}  ppl {math.exp(r.loss):10.2f}  "
+              f"({r.tokens:,} tokens scored: {share}, from {data_dir})")
+    if skipped:
+        print(f"skipped {len(skipped)} split(s) shorter than one window of {block_size + 1} tokens: {', '.join(skipped)} "
+              f"(pass --split=NAME with a smaller --block_size to evaluate one)")
+    if splits and not results and not cfg.hellaswag and not cfg.humaneval:
+        raise DataError(f"nothing was evaluated: every split of {data_dir} is shorter than one window of "
+                        f"{block_size + 1} tokens; pass --block_size=N smaller than the splits")
     if cfg.hellaswag:
         r = evals.hellaswag(model, device, ctx, items=hellaswag_items, limit=cfg.hellaswag_limit or None,
                             progress=bar("hellaswag"))

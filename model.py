@@ -192,30 +192,30 @@ class Block(nn.Module):
 
 
 def _chunk_loss(z, y, scale, softcap, want_grad):
-    """One chunk of logits z (n, V), targets y (n,) (-1: ignored) -> each row's loss (n,) in fp32 and, with
-    want_grad, d(sum of scale * loss)/dz (n, V) in z's dtype; the softmax is in fp32 whatever z's dtype.
-    Written for eager mode: each line is one pass over the chunk (log_softmax reads z in its dtype and writes
-    fp32; exp and the one-hot are in place; the scale and the cast back are one op). _chunk_loss_fusible is
-    the same math for inductor."""
-    dtype = z.dtype
+    """One chunk of logits z (n, V), targets y (n,) (-1: ignored) -> each row's loss (n,) in fp32; with
+    want_grad, d(sum of scale * loss)/dz is written over z (z's dtype: the logits are dead by then, so the
+    gradient needs no buffer of its own). The softmax is in fp32 whatever z's dtype. Written for eager mode:
+    each line is one pass over the chunk (log_softmax reads z in its dtype and writes fp32; exp and the
+    one-hot are in place; the scale and the cast back into z are one op). _chunk_loss_fusible is the same
+    math for inductor."""
+    logits = z
     if softcap:
         t = torch.tanh(z.float() / softcap)  # kept for the gradient of the cap
         z = softcap * t
     lsm = torch.log_softmax(z, dim=1, dtype=torch.float32)  # (n, V): log p
     safe = y.clamp(min=0)[:, None]  # (n, 1)
     row_loss = -lsm.gather(1, safe)[:, 0] * (y != -1)  # (n,)
-    if not want_grad:
-        return row_loss, None
-    g = lsm.exp_().scatter_add_(1, safe, torch.full_like(safe, -1, dtype=lsm.dtype))  # softmax - one-hot
-    if softcap:
-        g.mul_(t.mul_(t).neg_().add_(1))  # back through the cap: d(cap * tanh(z / cap))/dz = 1 - t^2
-    out = torch.empty(g.shape, dtype=dtype, device=g.device)
-    return row_loss, torch.mul(g, scale[:, None], out=out)  # rows that do not count have scale 0
+    if want_grad:
+        g = lsm.exp_().scatter_add_(1, safe, torch.full_like(safe, -1, dtype=lsm.dtype))  # softmax - one-hot
+        if softcap:
+            g.mul_(t.mul_(t).neg_().add_(1))  # back through the cap: d(cap * tanh(z / cap))/dz = 1 - t^2
+        torch.mul(g, scale[:, None], out=logits)  # rows that do not count have scale 0
+    return row_loss
 
 
 def _chunk_loss_fusible(z, y, scale, softcap, want_grad):
     """_chunk_loss without in-place ops or a scatter, so that inductor makes it one reduction (the log-sum-exp)
-    and one pointwise kernel that reads z and writes the gradient in z's dtype: no fp32 (n, V) buffer at all.
+    and one pointwise kernel that reads z and writes the gradient back into it: no fp32 (n, V) buffer at all.
     (In eager mode this form would make five fp32 temporaries, hence the two versions.)"""
     zf = z.float()
     if softcap:
@@ -224,13 +224,13 @@ def _chunk_loss_fusible(z, y, scale, softcap, want_grad):
     lse = torch.logsumexp(zf, dim=1, keepdim=True)  # (n, 1)
     safe = y.clamp(min=0)[:, None]  # (n, 1)
     row_loss = (lse - zf.gather(1, safe))[:, 0] * (y != -1)  # (n,)
-    if not want_grad:
-        return row_loss, None
-    one_hot = torch.arange(z.size(1), device=z.device)[None, :] == safe  # (n, V), never stored: fused
-    g = (torch.exp(zf - lse) - one_hot.float()) * scale[:, None]
-    if softcap:
-        g = g * (1 - t * t)
-    return row_loss, g.to(z.dtype)
+    if want_grad:
+        one_hot = torch.arange(z.size(1), device=z.device)[None, :] == safe  # (n, V), never stored: fused
+        g = (torch.exp(zf - lse) - one_hot.float()) * scale[:, None]
+        if softcap:
+            g = g * (1 - t * t)
+        z.copy_(g)  # inductor writes the kernel's output straight into z
+    return row_loss
 
 
 _fused_chunk_loss = None  # _chunk_loss_fusible compiled by inductor, made on first use inside a compiled model
@@ -271,11 +271,11 @@ def _head_chunks(x, weight, targets, softcap, compute_dtype, fuse, want_grads):
             rows = slice(lo, lo + LOSS_CHUNK)
             xc = x[rows].to(compute_dtype)  # (n, C)
             z = xc @ w.t()  # (n, V) logits in the compute dtype
-            row_loss[rows], g = chunk_loss(z, targets[rows], scale[rows], softcap, want_grads)
+            row_loss[rows] = chunk_loss(z, targets[rows], scale[rows], softcap, want_grads)
+            if want_grads:  # z now holds d loss / d logits
+                grad_x[rows] = z @ w  # (n, C)
+                _add_grad_w(grad_w, z, xc)
             del z
-            if want_grads:
-                grad_x[rows] = g @ w  # (n, C)
-                _add_grad_w(grad_w, g, xc)
         return row_loss, grad_x, (grad_w.to(weight.dtype) if want_grads else None)
 
 

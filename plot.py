@@ -18,6 +18,7 @@ from gptlib.monitor import METRICS_FILE, MonitorError, human_count, read_metrics
 from gptlib.settings import load_config, setting
 
 DEFAULT_POINTS = 200  # train-loss points per run; each is the mean of the steps in its interval
+RESUME_LABEL_NAMES = 3  # settings named on a resume line (more are counted): a long label ran off the figure
 PRIMARY_VAL = "val/val"  # the best marker's val set when eval records name no "primary" set
 FORMATS = (".png", ".pdf", ".svg")  # what --out may be
 
@@ -102,6 +103,14 @@ def best_point(curves, key=None):
     return key, xs[i], ys[i]
 
 
+def resume_label(changes):
+    """'resumed (max_iters, learning_rate, seed +2)': the names of the settings a resume changed, a few at most,
+    so the rotated label stays inside the axes."""
+    names = [c.split(":")[0].split(" ")[0] for c in changes or []]
+    what = ", ".join(names[:RESUME_LABEL_NAMES]) + (f" +{len(names) - RESUME_LABEL_NAMES}" if len(names) > RESUME_LABEL_NAMES else "")
+    return f"resumed ({what or 'same settings'})"
+
+
 def plot_runs(out_dirs, out_path, points=DEFAULT_POINTS):
     import matplotlib
     matplotlib.use("Agg")  # files only, no display needed
@@ -123,8 +132,7 @@ def plot_runs(out_dirs, out_path, points=DEFAULT_POINTS):
         for r in resumes:
             for a in (ax, ax_lr):
                 a.axvline(r["tokens"], color=color, ls=":", lw=1)
-            what = "; ".join(c.split(":")[0] for c in r.get("changes") or []) or "same settings"
-            note = ax.annotate(f"resumed ({what})", (r["tokens"], 1), xycoords=("data", "axes fraction"), rotation=90,
+            note = ax.annotate(resume_label(r.get("changes")), (r["tokens"], 1), xycoords=("data", "axes fraction"), rotation=90,
                                fontsize=7, color=color, va="top", ha="right")
             note.set_in_layout(False)  # a long label may run off the plot; it must not squeeze the axes
         curves = val_curves(evals)

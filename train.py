@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -22,7 +23,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gptlib import evals, monitor, optim, pretrained, runtime, shards
-from gptlib.checkpoint import BEST_NAME, CKPT_NAME, LoopState, load_checkpoint, remove_stale_temps, save_checkpoint
+from gptlib.checkpoint import (BEST_NAME, CKPT_NAME, LoopState, load_checkpoint, peek_loop, remove_stale_temps,
+                               save_checkpoint)
 from gptlib.errors import EXIT_DIVERGED, CheckpointError, ConfigError, Interrupted, UserError, run_command
 from gptlib.loader import TokenLoader
 from gptlib.locks import DirLock
@@ -85,6 +87,18 @@ def model_args_for(cfg, ckpt):
         args.update(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=pretrained.GPT2_VOCAB, bias=True,
                     tie_weights=True, block_size=min(cfg.block_size, pretrained.GPT2_CONTEXT))
     return args
+
+
+def later_checkpoint(ckpt_path, resume_iter):
+    """Resuming from another checkpoint (a wsd extension from ckpt_predecay.pt) would overwrite ckpt.pt: if
+    ckpt.pt is further on (a finished run), the name to keep it under, and its iteration; else None."""
+    it = peek_loop(ckpt_path).get("iter_num", 0)
+    if it <= resume_iter:
+        return None
+    name, k = f"ckpt_final_{it:07d}.pt", 1
+    while os.path.exists(os.path.join(os.path.dirname(ckpt_path), name)):
+        name, k = f"ckpt_final_{it:07d}_{k}.pt", k + 1
+    return name, it
 
 
 def saved_settings(saved):
@@ -150,6 +164,7 @@ def run_training(cfg, procs, cleanup):
     cuda = device_type == "cuda"
     if device_type == "cpu":
         runtime.keep_freed_memory()  # ~2x faster CPU steps: no page faults for re-allocated activations
+    threads = runtime.cpu_threads(cfg.cpu_threads)
     grad_accum = monitor.grad_accum_steps(cfg.total_batch_size, cfg.batch_size, cfg.block_size, world)
     eval_batch_size = cfg.eval_batch_size or cfg.batch_size
     ckpt_path = os.path.join(cfg.out_dir, CKPT_NAME)
@@ -211,6 +226,8 @@ def run_training(cfg, procs, cleanup):
         TokenLoader(data_dir, split, eval_batch_size, cfg.block_size, rank, world, shuffle=False,
                     verify=cfg.verify_data).check()
     hellaswag_items = evals.load_hellaswag(cfg.hellaswag_path or None) if cfg.hellaswag_interval else None  # fail now, not hours in
+    if master:
+        monitor.check_trackers(cfg.wandb_log, cfg.tensorboard_log)
     if cfg.humaneval_interval:
         evals.load_humaneval(cfg.humaneval_path)
 
@@ -259,6 +276,15 @@ def run_training(cfg, procs, cleanup):
             f"best {primary_val} loss {loop.best_val:.4f})")
     train_loader.check()  # the shard the run starts on: bad data fails here, before anything is written
     start_iter, resumed = loop.iter_num, ckpt is not None
+    keep_finished = None  # (name, iter) under which a later ckpt.pt this resume would overwrite is kept
+    if resumed and os.path.abspath(resume_path) != os.path.abspath(ckpt_path) and os.path.exists(ckpt_path):
+        keep_finished = later_checkpoint(ckpt_path, loop.iter_num)
+    if resumed and os.path.exists(best_path):  # never replace a better best with a worse one (an earlier branch)
+        best_there = peek_loop(best_path).get("best_val", math.inf)
+        if best_there < loop.best_val:
+            log(f"resume: {best_path} holds val loss {best_there:.4f}, better than this checkpoint's best "
+                f"{loop.best_val:.4f}; it is replaced only by a better model")
+            loop.best_val = best_there
     last_good = resume_path if resumed else None  # the checkpoint a failure can go back to
     del ckpt  # free the host copy of the weights and optimizer state
 
@@ -299,10 +325,19 @@ def run_training(cfg, procs, cleanup):
         log_file.write(msg + "\n")
         log_file.flush()
 
+    if master and keep_finished:  # a hard link: the finished model stays, under its own name
+        name, it = keep_finished
+        os.link(ckpt_path, os.path.join(cfg.out_dir, name))
+        metrics_path = os.path.join(cfg.out_dir, monitor.METRICS_FILE)
+        if os.path.exists(metrics_path):
+            shutil.copyfile(metrics_path, os.path.join(cfg.out_dir, name.replace("ckpt_", "metrics_").replace(".pt", ".jsonl")))
+        pending.append(f"resume: {ckpt_path} held iter {it}, later than this resume from iter {start_iter}: kept as "
+                       f"{name} (and its metrics), so this run's ckpt.pt replaces nothing")
     if master:
         held, pending = pending, None
         write_log(f"config:\n{format_config(cfg)}")
-        write_log(f"device {device} ({torch.cuda.get_device_name(device) if cuda else device_type}), dtype {dtype}, "
+        what = torch.cuda.get_device_name(device) if cuda else f"{device_type}, {threads} torch threads"
+        write_log(f"device {device} ({what}), dtype {dtype}, "
                   f"world size {world}, gradient accumulation {grad_accum} x {cfg.batch_size} x {cfg.block_size} "
                   f"= {cfg.total_batch_size:,} tokens/step")
         for msg in held:
@@ -341,14 +376,17 @@ def run_training(cfg, procs, cleanup):
     stop = StopRequest()
     cleanup.callback(stop.restore)
     stopping = None  # the signal this process acts on; under DDP only the all-reduced flag sets it, so all ranks agree
-    stop_reason, bad_steps, dt_ema = None, 0, None
+    stop_reason, bad_steps = None, 0
+    pace = monitor.Pace()  # tok/s, MFU and ETA from recent steps, the ETA with the evals and checkpoints to come
     while True:
         last = loop.iter_num >= cfg.max_iters
 
         # evaluate (skipped at the first iteration of a resume when the checkpoint was written after this eval)
         if (loop.iter_num % cfg.eval_interval == 0 or last) and loop.iter_num != loop.last_eval_iter:
-            losses = evals.eval_val_sets(raw_model, val_sets, eval_batch_size, cfg.block_size, cfg.eval_iters,
+            t_eval = time.time()
+            scored = evals.eval_val_sets(raw_model, val_sets, eval_batch_size, cfg.block_size, cfg.eval_tokens,
                                          device, ctx, rank, world, verify=cfg.verify_data)
+            losses = {k: r.loss for k, r in scored.items()}
             loop.last_eval_iter = loop.iter_num
             improved = losses[primary_val] < loop.best_val
             if improved:
@@ -366,15 +404,19 @@ def run_training(cfg, procs, cleanup):
                 record["humaneval/loss"] = evals.humaneval(raw_model, device, ctx, cfg.humaneval_path,
                                                            rank=rank, world_size=world)["loss"]
             log(f"eval {loop.iter_num:7d} | train {'   n/a' if train_loss is None else f'{train_loss:.4f}'} | "
-                + " | ".join(f"{k} {v:.4f}" for k, v in record.items())
+                + " | ".join(f"{k} {v:.4f}" + (f" ±{scored[k[4:]].stderr:.4f} ({monitor.human_count(scored[k[4:]].tokens)} tok)"
+                                               if k.startswith("val/") else "") for k, v in record.items())
                 + (" | new best" if improved else f" | best {loop.best_val:.4f}"))
             if master:
                 extra = {k: v for k, v in record.items() if not k.startswith("val/")}
+                extra.update({f"val_tokens/{k}": r.tokens for k, r in scored.items()})
+                extra.update({f"val_stderr/{k}": r.stderr for k, r in scored.items()})
                 metrics.log_eval(loop.iter_num, loop.tokens, losses, train_loss=train_loss, best=improved,
                                  primary=primary_val, **extra)
                 tracker.log(record, loop.iter_num)
             if improved:
                 save(best_path)
+            pace.event("eval", time.time() - t_eval)
             if cfg.early_stop_patience and loop.bad_evals >= cfg.early_stop_patience:
                 stop_reason = (f"early stop: no new best {primary_val} loss in {loop.bad_evals} evals; "
                                f"use {best_path} (val loss {loop.best_val:.4f})")
@@ -386,7 +428,9 @@ def run_training(cfg, procs, cleanup):
             stop_reason = f"stopped by {stopping.name} after iter {loop.iter_num}; resume with --init_from=resume"
         predecay = cfg.lr_schedule == "wsd" and loop.iter_num == optim.decay_start(cfg) and loop.iter_num > start_iter
         if last or stop_reason or predecay or (loop.iter_num % cfg.ckpt_interval == 0 and loop.iter_num > start_iter):
+            t_ckpt = time.time()
             saved = save(ckpt_path)
+            pace.event("ckpt", time.time() - t_ckpt)
             if predecay and saved:  # the point a wsd run can be extended from (a hard link: no extra disk yet)
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(cfg.out_dir, PREDECAY_NAME))
@@ -455,17 +499,18 @@ def run_training(cfg, procs, cleanup):
             if flag.item():
                 stopping = signal.Signals(flag.item())
 
-        # log
+        # log: the step's own time; tok/s, MFU and ETA from the running mean (monitor.Pace)
         runtime.synchronize(device)
         dt = time.time() - t0
-        if loop.iter_num - start_iter > 1:  # the first iteration includes compilation
-            dt_ema = dt if dt_ema is None else 0.9 * dt_ema + 0.1 * dt
+        pace.step(dt)
         if loop.iter_num % cfg.log_interval == 0 and master:
             loss_log = loop.log_loss_sum / loop.log_loss_n if loop.log_loss_n else loss_val
             loop.log_loss_sum, loop.log_loss_n = 0.0, 0
-            tok_s = cfg.total_batch_size / dt
+            tok_s = cfg.total_batch_size / pace.step_seconds(dt)
             mfu = monitor.mfu(tok_s, flops_per_token, peak_flops and peak_flops * world)  # every GPU's peak
-            eta = (cfg.max_iters - loop.iter_num) * (dt_ema or dt)
+            eta = pace.eta(cfg.max_iters - loop.iter_num,
+                           monitor.events_left(loop.iter_num, cfg.max_iters, cfg.eval_interval),
+                           monitor.events_left(loop.iter_num, cfg.max_iters, cfg.ckpt_interval), dt)
             log(f"iter {loop.iter_num:7d} | loss {loss_log:.4f} | lr {lr:.2e} | norm {norm_val:7.4f} | {dt * 1000:8.1f} ms | "
                 f"{tok_s:9,.0f} tok/s | mfu {'   n/a' if mfu is None else f'{100 * mfu:5.1f}%'} | eta {monitor.fmt_duration(eta)}")
             metrics.log_step(loop.iter_num, loop.tokens, loss_log, lr, norm_val, dt * 1000, tok_s, mfu,

@@ -50,7 +50,7 @@ class RecipesConfig:
     tokens: int = setting(1_500_000, ge=1)  # tokens each run trains on
     warmup_frac: float = setting(0.05, ge=0, lt=1)  # warmup, as a fraction of the run, for both recipes
     eval_interval: int = setting(25, ge=1)  # steps between evals (the points of the curves)
-    eval_iters: int = setting(10, ge=1)  # batches per eval (the same val tokens every time)
+    eval_tokens: int = setting(20480, ge=0)  # val tokens per eval, spread over the split (the same windows every time)
     classic_lrs: list[float] = setting([1e-3, 2e-3, 4e-3])  # AdamW peak learning rates tried for the classic recipe
     modern_scales: list[float] = setting([0.5, 1.0, 2.0])  # multiples of the modern recipe's learning_rate and muon_lr tried
     variants: list[str] = setting([])  # extra runs on the best modern setting: windows, softcap
@@ -88,7 +88,7 @@ def run(cfg, data_dir, name, extra):
                 f"--n_embd={cfg.n_embd}", f"--block_size={cfg.block_size}", f"--batch_size={cfg.batch_size}",
                 f"--total_batch_size={cfg.batch_size * cfg.block_size}", f"--max_iters={steps}",
                 f"--warmup_iters={round(cfg.warmup_frac * steps)}", f"--eval_interval={cfg.eval_interval}",
-                f"--eval_iters={cfg.eval_iters}", "--log_interval=10", f"--ckpt_interval={steps}",
+                f"--eval_tokens={cfg.eval_tokens}", "--log_interval=10", f"--ckpt_interval={steps}",
                 f"--seed={cfg.seed}", f"--device={cfg.device}", f"--compile={cfg.compile}", f"--dtype={cfg.dtype}",
                 f"--data_order={cfg.data_order}", "--overwrite=True", *extra]
         t0 = time.time()

@@ -135,6 +135,18 @@ def load_checkpoint(path, map_location="cpu"):
     return ckpt
 
 
+def peek_loop(path):
+    """The LoopState dict of a checkpoint without reading its tensors (memory-mapped): cheap on a 1.5 GB file."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} is corrupt or not a checkpoint this code can load safely "
+                              f"({short(e, 160) or type(e).__name__}); move it away or use another out_dir") from None
+    if isinstance(ckpt, dict) and ckpt.get("version") == 1:
+        ckpt = _upgrade_v1(ckpt)
+    return dict(ckpt.get("loop", {})) if isinstance(ckpt, dict) else {}
+
+
 def describe(ckpt):
     """'iter 120, best val loss 3.2100' for messages."""
     loop = ckpt.get("loop", {})

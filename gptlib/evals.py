@@ -6,7 +6,9 @@ Pass the raw module, not the torch.compile'd one: the HellaSwag and HumanEval ba
 have varying shapes and would make a compiled model recompile.
 """
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from . import shards
@@ -48,41 +50,66 @@ class _eval_mode:
 
 # ----------------------------------------------------------------------------- loss on shards
 
-def num_eval_batches(total_tokens, batch_size, block_size, eval_iters, world_size=1):
-    """How many whole batches eval reads: eval_iters, or fewer if the split is small.
-    The split is never wrapped around, so a small val set is not counted twice."""
-    per_step = world_size * batch_size * block_size
-    return min(eval_iters, (total_tokens - 1) // per_step)  # -1: the last target needs one extra token
+@dataclass
+class SplitLoss:
+    """A split's mean loss over the windows scored, how many tokens that is, and the standard error of the
+    mean (the spread of the per-window losses / sqrt(windows)): how far the figure may sit from the whole
+    split's loss."""
+    loss: float
+    tokens: int
+    windows: int
+    stderr: float
+
+    def __float__(self):
+        return self.loss
+
+
+def eval_windows(total_tokens, block_size, max_tokens=0):
+    """Start offsets of the windows (block_size inputs + 1 target) an eval scores: every window of the split
+    when max_tokens is 0 or covers it, else max_tokens // block_size of them at even strides over the whole
+    split (never its first batches alone: on github-code those are one or two repositories; issue 19). The
+    same windows at every call, so the evals of a run compare."""
+    whole = (total_tokens - 1) // block_size  # non-overlapping windows; -1: the last target needs one more token
+    n = whole if not max_tokens else min(whole, max(1, max_tokens // block_size))
+    return [(i * whole // n) * block_size for i in range(n)]
 
 
 @torch.inference_mode()
-def split_loss(model, data_dir, split, batch_size, block_size, eval_iters, device, autocast_ctx,
-               rank=0, world_size=1, verify=True, progress=None):
-    """Mean cross-entropy over the first eval_iters batches of a split.
-
-    The batches are the same at every call (read in order from the start of the split,
-    no shuffling), so successive evals during training are comparable. Under DDP (call it
-    on every rank with rank, world_size) each rank reads its own slice of each batch and
-    the result is averaged over ranks. progress(done, total) is called after each batch.
-    """
-    loader = TokenLoader(data_dir, split, batch_size, block_size, rank=rank, world_size=world_size, shuffle=False,
-                         verify=verify)
-    n = num_eval_batches(loader.total_tokens, batch_size, block_size, eval_iters, world_size)
-    total = torch.zeros((), device=device)  # summed on the device: no GPU sync per batch
+def window_losses(model, loader, starts, batch_size, block_size, device, autocast_ctx):
+    """(windows done, mean loss of each window in the batch (B,) float64 on the device), batch_size windows of
+    block_size inputs at a time, read from loader (an unshuffled 'stream' TokenLoader) at token offsets starts."""
     with _eval_mode(model):
-        for i in range(n):
-            x, y = loader.next_batch()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        for b in range(0, len(starts), batch_size):
+            rows = np.stack([loader.read_tokens(s, block_size + 1) for s in starts[b:b + batch_size]])  # (B, T+1)
+            x = torch.from_numpy(rows[:, :-1]).to(device, non_blocking=True)  # inputs (B, T)
+            y = torch.from_numpy(rows[:, 1:]).to(device, non_blocking=True)  # targets shifted by one (B, T)
             with autocast_ctx:
-                _, loss = model(x, y)
-            total += loss.float()
-            if progress:
-                progress(i + 1, n)
-    loss = total.item() / n
-    if _distributed(world_size):  # every rank read n batches of the same size: the mean of means is the mean
-        (loss,) = _all_reduce_sum([loss], device, world_size)
-        loss /= world_size
-    return loss
+                yield min(b + batch_size, len(starts)), model.token_losses(x, y).double().mean(dim=1)  # (B, T) -> (B,)
+
+
+@torch.inference_mode()
+def split_loss(model, data_dir, split, batch_size, block_size, max_tokens, device, autocast_ctx,
+               rank=0, world_size=1, verify=True, progress=None):
+    """Mean cross-entropy per token over eval_windows(split, block_size, max_tokens), batch_size windows at a
+    time, as a SplitLoss. Under DDP (call it on every rank) rank r scores windows r, r + world, ... and the
+    sums are combined, so every rank returns the same figure. progress(done, total) after each batch."""
+    total_tokens = sum(shards.shard_lengths(shards.list_shards(data_dir, split)))
+    starts = eval_windows(total_tokens, block_size, max_tokens)
+    if not starts:
+        raise shards.DataError(f"split '{split}' in {data_dir} has {total_tokens:,} tokens, fewer than one "
+                               f"window of block_size+1 = {block_size + 1}; lower block_size or prepare more data")
+    loader = TokenLoader(data_dir, split, 1, block_size, shuffle=False, verify=verify)
+    mine = starts[rank::world_size]
+    stats = torch.zeros(2, dtype=torch.float64, device=device)  # sum and sum of squares of window losses, on the device
+    for done, per_window in window_losses(model, loader, mine, batch_size, block_size, device, autocast_ctx):
+        stats += torch.stack([per_window.sum(), per_window.square().sum()])
+        if progress:
+            progress(done, len(mine))
+    total, total_sq = _all_reduce_sum(stats.tolist(), device, world_size)
+    n = len(starts)
+    mean = total / n
+    var = max(total_sq / n - mean * mean, 0.0) * n / max(n - 1, 1)
+    return SplitLoss(loss=mean, tokens=n * block_size, windows=n, stderr=math.sqrt(var / n))
 
 
 # ----------------------------------------------------------------------------- several validation sets
@@ -132,10 +159,10 @@ def check_primary_val(primary_val, val_sets):
     return primary_val
 
 
-def eval_val_sets(model, val_sets, batch_size, block_size, eval_iters, device, autocast_ctx, rank=0, world_size=1,
+def eval_val_sets(model, val_sets, batch_size, block_size, max_tokens, device, autocast_ctx, rank=0, world_size=1,
                   verify=True):
-    """{name: mean loss} over the parsed val_sets (see parse_val_sets)."""
-    return {name: split_loss(model, data_dir, split, batch_size, block_size, eval_iters, device, autocast_ctx,
+    """{name: SplitLoss} over the parsed val_sets (see parse_val_sets)."""
+    return {name: split_loss(model, data_dir, split, batch_size, block_size, max_tokens, device, autocast_ctx,
                              rank=rank, world_size=world_size, verify=verify)
             for name, data_dir, split in val_sets}
 

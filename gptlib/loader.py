@@ -133,10 +133,21 @@ class TokenLoader:
             buf = self._read_windows(self.offset + self.rank * B, B)
             self.offset += W * B
             x, y = buf[:, :-1], buf[:, 1:]  # (B, T+1) -> inputs (B, T) and targets shifted by one
+        self._check_ids(buf)
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+
+    def _check_ids(self, buf):
         if buf.max() >= VOCAB_SIZE:
             raise DataError(f"split '{self.split}' holds token id {int(buf.max())} >= vocab size {VOCAB_SIZE}: "
                             f"not GPT-2 tokens; re-create the dataset with the prepare scripts")
-        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+
+    def read_tokens(self, start, n):
+        """n tokens (int64) from token offset `start` of the split, its shards in file order (an unshuffled
+        'stream' loader: evals read fixed windows this way)."""
+        assert self.order_kind == "stream" and not self.shuffle
+        buf = self._read_stream(start, n)
+        self._check_ids(buf)
+        return buf
 
     def check(self):
         """Open (and verify) the shard the next batch comes from, so bad data fails before a run starts."""

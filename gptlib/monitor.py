@@ -6,13 +6,16 @@ Pure functions and small classes; nothing here reads script globals or runs on i
     mfu                                       model FLOPs utilisation
     plan_run / format_plan                    tokens, tokens/param, epochs and ETAs of a run
     grad_accum_steps / suggest_batch_size     micro-batches and gradient accumulation for tokens/step
+    Pace / events_left                        steady tok/s and an ETA that counts the evals and checkpoints left
     MetricsLog                                append-only, resume-safe out_dir/metrics.jsonl
     make_tracker                              optional wandb / TensorBoard logging
 """
+import collections
 import json
 import math
 import os
 import re
+import statistics
 import time
 
 from .errors import ConfigError, UserError
@@ -200,8 +203,53 @@ def plan_run(n_params, n_params_non_embedding, tokens_per_step, max_iters, iter_
     return plan
 
 
+# ----------------------------------------------------------------------------- pace and ETA
+
+PACE_WINDOW = 20  # steps in the running mean behind tok/s, MFU and the ETA
+PACE_SKIP = 2  # steps after a start or resume kept out of it: compilation and allocator warm-up (issue 19)
+
+
+class Pace:
+    """A step's own time jumps (a shard opens, the OS does something); tok/s, MFU and the ETA use the mean of
+    the last PACE_WINDOW step times instead, without the first PACE_SKIP of this process. The ETA adds the
+    evals and checkpoints still to come at the mean cost of those this process has done (none measured: 0)."""
+
+    def __init__(self, window=PACE_WINDOW, skip=PACE_SKIP):
+        self.steps, self.skip, self.seen = collections.deque(maxlen=window), skip, 0
+        self.costs = {"eval": [], "ckpt": []}
+
+    def step(self, seconds):
+        self.seen += 1
+        if self.seen > self.skip:
+            self.steps.append(seconds)
+
+    def event(self, kind, seconds):
+        """An eval ('eval', with the best checkpoint it may write) or a checkpoint ('ckpt') took `seconds`."""
+        self.costs[kind].append(seconds)
+
+    def step_seconds(self, last):
+        """The running mean step time, or `last` (this step's) while the window is still empty."""
+        return statistics.fmean(self.steps) if self.steps else last
+
+    def eta(self, steps_left, evals_left, ckpts_left, last):
+        events = {"eval": evals_left, "ckpt": ckpts_left}
+        extra = sum(n * statistics.fmean(self.costs[k]) for k, n in events.items() if self.costs[k])
+        return steps_left * self.step_seconds(last) + extra
+
+
+def events_left(it, max_iters, interval):
+    """After step `it`: how many evals (or checkpoints) are still to come, at the multiples of interval in
+    [it, max_iters] and at max_iters itself (train.py evaluates and checkpoints at the end whatever the
+    interval); the one at `it` happens at the top of the next loop."""
+    if it > max_iters:
+        return 0
+    return max_iters // interval - (it - 1) // interval + (1 if max_iters % interval else 0)
+
+
 def human_count(n):
     """1234 -> '1.23K', 9999745024 -> '10.0B', 524288 -> '524K' (three significant figures)."""
+    if abs(n) < 1000 and float(n).is_integer():
+        return f"{int(n)}"  # 0 tokens is '0', not '0.00'
     for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K"), (1, "")):
         x = n / div
         if abs(x) >= 1 or div == 1:
@@ -371,13 +419,26 @@ class NullTracker:
         pass
 
 
-class WandbTracker:
-    def __init__(self, project, run_name, config):
+def check_trackers(wandb_log=False, tensorboard_log=False):
+    """Refuse a tracker whose package is missing before a run writes anything (make_tracker itself writes)."""
+    if wandb_log:
         try:
-            import wandb
+            import wandb  # noqa: F401
         except ImportError:
             raise MonitorError("wandb_log=True but the 'wandb' package is not installed; pip install wandb, "
                                "or run with --wandb_log=False") from None
+    if tensorboard_log:
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        except ImportError:
+            raise MonitorError("tensorboard_log=True but the 'tensorboard' package is not installed; "
+                               "pip install tensorboard, or run with --tensorboard_log=False") from None
+
+
+class WandbTracker:
+    def __init__(self, project, run_name, config):
+        check_trackers(wandb_log=True)
+        import wandb
         self._wandb = wandb
         self._run = wandb.init(project=project, name=run_name, config=config)
 
@@ -390,11 +451,8 @@ class WandbTracker:
 
 class TensorBoardTracker:
     def __init__(self, log_dir):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise MonitorError("tensorboard_log=True but the 'tensorboard' package is not installed; "
-                               "pip install tensorboard, or run with --tensorboard_log=False") from None
+        check_trackers(tensorboard_log=True)
+        from torch.utils.tensorboard import SummaryWriter
         self._writer = SummaryWriter(log_dir=log_dir)
 
     def log(self, data, step):

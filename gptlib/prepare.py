@@ -605,18 +605,21 @@ def held_out_per_language(spec, sources, batch_rows):
         total += n or 0
         if key in size:
             size[key] += n or 0
-    extra = {}
+    extra, none = {}, []
     for lang, repos in sorted(candidates.items()):
         key = min(repos, key=lambda r: (size[r], r))
         if size[key] <= spec.val_fraction * total or key in extra.values():
             extra[lang] = key
-            print(f"{language_split(lang)}: no {lang} repository falls in the held-out fraction "
-                  f"({spec.val_fraction:g}); holding out its smallest, {key}", file=sys.stderr)
         else:
-            print(f"{language_split(lang)}: no {lang} repository falls in the held-out fraction, and the smallest "
-                  f"one ({key}) holds {size[key] / max(1, total):.0%} of the input, more than val_repo_fraction="
-                  f"{spec.val_fraction:g}: {lang} gets no val set (raise val_repo_fraction to give it one)",
-                  file=sys.stderr)
+            none.append(lang)
+    # one line each, however many languages (the quickstart printed nine lines here)
+    if extra:
+        print(f"held out by language (no repository of theirs fell in the held-out fraction {spec.val_fraction:g}, so "
+              f"their smallest is held out): {', '.join(f'{lang} ({repo})' for lang, repo in extra.items())}",
+              file=sys.stderr)
+    if none:
+        print(f"no val set for {', '.join(none)}: each one's smallest repository holds more than val_repo_fraction="
+              f"{spec.val_fraction:g} of the input (raise it to give them one)", file=sys.stderr)
     return extra
 
 
@@ -647,6 +650,11 @@ def prepare(cfg, spec, sources, extra=None, enc=None):
               f"(--overwrite re-creates it)", file=sys.stderr)
         return m
     if not spec.split_column and cfg.val_tokens:  # the first val_tokens go to val: check they leave some to train
+        whole_files = [s for s in sources if isinstance(s, TextSource) and s.documents == "file"]
+        if whole_files and len(sources) == 1:
+            raise DataError(f"--txt_documents=file makes {whole_files[0].path} one document, which cannot be split "
+                            f"into train and val (the val set takes whole documents); pass more files, or "
+                            f"--txt_documents=paragraphs (or lines) to cut this one into documents, or --val_tokens=0")
         estimate = sum(s.estimated_tokens(spec.text_column) for s in sources)
         if estimate and cfg.val_tokens >= estimate / 2:
             raise DataError(f"the input holds about {estimate:,.0f} tokens (from its size), and val_tokens="
@@ -748,6 +756,18 @@ def prepare(cfg, spec, sources, extra=None, enc=None):
     return m
 
 
+def describe_inputs(sources):
+    """'tinyshakespeare.txt', '3 files (a.parquet, b.parquet, ...)', 'the 2,450 files under /usr/lib/python3.11'."""
+    def plural(n, word):
+        return f"{n:,} {word}{'' if n == 1 else 's'}"
+    if len(sources) == 1 and "files" in sources[0]:  # a --source_dir walk
+        return f"the {plural(sources[0]['files'], 'file')} under {sources[0]['name']}"
+    names = [os.path.basename(str(s.get("name", "?"))) for s in sources]
+    if len(names) == 1:
+        return names[0]
+    return f"{plural(len(names), 'file')} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+
+
 def summary(m):
     """A few lines describing a prepared dataset from its manifest."""
     per_split = {}
@@ -756,7 +776,7 @@ def summary(m):
         per_split.setdefault(split, [0, 0])
         per_split[split][0] += n
         per_split[split][1] += 1
-    lines = [f"dataset {m.get('dataset', '?')}: {len(m['sources'])} input file(s)"]
+    lines = [f"dataset from {describe_inputs(m.get('sources', []))}"]
     for split in sorted(per_split):
         tok, ns = per_split[split]
         lines.append(f"  {split:<16} {tok:>15,} tokens in {ns} shard(s), {m.get('docs', {}).get(split, 0):,} documents")

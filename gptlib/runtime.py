@@ -82,6 +82,13 @@ def compile_available(device):
     return True, ""
 
 
+def cpu_threads(n=0):
+    """Use n CPU threads for torch's operators (0: keep torch's default); returns the number in use."""
+    if n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
 def synchronize(device):
     if device.startswith("cuda"):
         torch.cuda.synchronize()

@@ -245,7 +245,15 @@ def validate(cfg):
 
 # ----------------------------------------------------------------------------- loading
 
+RENAMED = {  # settings that were replaced: what to write instead
+    "eval_iters": "eval_tokens, the val tokens each eval scores, spread over the whole split (eval_iters x "
+                  "batch_size x block_size gives the old amount; eval.py: max_tokens, 0 = the whole split)",
+}
+
+
 def _closest(key, known):
+    if key in RENAMED:
+        return f"; it was replaced by {RENAMED[key]}"
     close = difflib.get_close_matches(key, known, n=1)
     return f"; did you mean '{close[0]}'?" if close else ""
 

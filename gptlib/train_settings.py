@@ -31,7 +31,7 @@ class TrainConfig(GPTConfig):
     peak_tflops: float = setting(0.0, ge=0)  # the GPU's dense bf16/fp16 peak for MFU; 0: look it up in monitor.PEAK_TFLOPS
     # evaluation
     eval_interval: int = setting(250, ge=1)  # evaluate every this many iterations
-    eval_iters: int = setting(20, ge=1)  # batches per validation set per evaluation (the same batches every time)
+    eval_tokens: int = setting(1048576, ge=0)  # val tokens per val set per eval: block_size windows at even strides over the whole split, the same every eval (0: the whole split)
     eval_batch_size: int = setting(0, ge=0)  # eval micro-batch; 0: same as batch_size (never larger: eval must fit where training fits)
     val_sets: list[str] = setting(["val"])  # validation sets: 'split' in data_dir, or 'DIR:split'
     primary_val: str = setting("")  # the val set that ckpt_best.pt and early stopping follow; '': the first of val_sets
@@ -76,6 +76,7 @@ class TrainConfig(GPTConfig):
     device: str = setting("auto", pattern=DEVICE_PATTERN)  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'mps'
     dtype: str = setting("auto", choices=DTYPES)  # 'auto' (bf16 where supported, else fp16 on GPU, fp32 on CPU), 'bfloat16', 'float16', 'float32'
     compile: bool = setting(True)  # torch.compile the model (switched off where Triton is unavailable)
+    cpu_threads: int = setting(0, ge=0)  # threads torch uses on CPU (torch.set_num_threads); 0: torch's default, one per core
     backend: str = setting("", choices=["", "nccl", "gloo"])  # torch.distributed backend under torchrun; '': nccl on GPU, gloo on CPU
     dist_timeout_min: int = setting(30, ge=1)  # torchrun: minutes a rank waits for the others (a long eval or checkpoint) before failing
 

@@ -179,7 +179,8 @@ CASES = [
     ("eval_interval=0", "train", tr("--eval_interval=0"), 2, "eval_interval must be >= 1"),
     ("ckpt_interval=0", "train", tr("--ckpt_interval=0"), 2, "ckpt_interval must be >= 1"),
     ("log_interval=0", "train", tr("--log_interval=0"), 2, "log_interval must be >= 1"),
-    ("eval_iters=0", "train", tr("--eval_iters=0"), 2, "eval_iters must be >= 1"),
+    ("eval_tokens=-1", "train", tr("--eval_tokens=-1"), 2, "eval_tokens must be >= 0"),
+    ("eval_iters renamed", "train", tr("--eval_iters=4"), 2, "unknown setting 'eval_iters'; it was replaced by eval_tokens"),
     ("batch_size=-4", "train", tr("--batch_size=-4"), 2, "batch_size must be >= 1, got -4"),
     ("seed=-1", "train", tr("--seed=-1"), 2, "seed must be >= 0"),
     ("dropout=1.5", "train", tr("--dropout=1.5"), 2, "dropout must be >= 0 and < 1, got 1.5"),
@@ -344,7 +345,7 @@ def test_corrupt_checkpoints_always_give_checkpoint_error(env, tmp_path):
 
 
 def test_json_out_into_a_missing_folder_is_created(env, tmp_path):
-    assert run_command(eval_script.main, [f"--out_dir={env.run}", "--eval_iters=1", "--batch_size=2",
+    assert run_command(eval_script.main, [f"--out_dir={env.run}", "--max_tokens=64", "--batch_size=2",
                                           f"--json_out={tmp_path / 'results' / 'r.json'}", "--device=cpu"]) == 0
     assert (tmp_path / "results" / "r.json").exists()
 

@@ -31,7 +31,7 @@ def test_bench_recipes_end_to_end(tmp_path):
     (tmp_path / "data").mkdir()
     data = make_dataset(tmp_path / "data", (SHARED_DATA / "tinyshakespeare.txt").read_text()[:60_000], val_docs=20)
     args = [f"--data_dir={data}", f"--work_dir={tmp_path / 'work'}", "--n_layer=1", "--n_head=2", "--n_embd=32",
-            "--block_size=32", "--batch_size=4", "--tokens=1280", "--eval_interval=5", "--eval_iters=1",
+            "--block_size=32", "--batch_size=4", "--tokens=1280", "--eval_interval=5", "--eval_tokens=64",
             "--classic_lrs=1e-3", "--modern_scales=1", "--variants=windows"]
     out = run_module("benchmarks.bench_recipes", *args)
     assert "the modern recipe reaches the classic recipe's final val loss" in out and "machine: " in out

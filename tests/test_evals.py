@@ -53,38 +53,41 @@ def shard_dir(tmp_path, shared_data, enc):
 
 # ----------------------------------------------------------------------------- split_loss
 
-def test_split_loss_is_the_mean_loss_of_the_first_batches(shard_dir):
+def test_split_loss_is_the_mean_over_windows_at_even_strides(shard_dir):
     d, tokens = shard_dir
-    val = np.array(tokens[6000:8100])
+    val = np.array(tokens[6000:8100])  # 2,100 tokens over three shards of 700: windows straddle them
     model = tiny_model(dropout=0.3)  # dropout makes a forgotten model.eval() show
     model.train()
-    B, T, iters = 4, 32, 3
-    got = evals.split_loss(model, str(d), "val", B, T, iters, "cpu", NO_AUTOCAST)
+    B, T, max_tokens = 4, 32, 5 * 32
+    got = evals.split_loss(model, str(d), "val", B, T, max_tokens, "cpu", NO_AUTOCAST)
     assert model.training  # the previous mode is restored
-    assert evals.split_loss(model, str(d), "val", B, T, iters, "cpu", NO_AUTOCAST) == got  # same batches each call
+    assert evals.split_loss(model, str(d), "val", B, T, max_tokens, "cpu", NO_AUTOCAST) == got  # same windows each call
 
+    starts = evals.eval_windows(len(val), T, max_tokens)
+    assert starts == [0, 13 * 32, 26 * 32, 39 * 32, 52 * 32]  # 65 windows in the split, every 13th
     model.eval()
-    want = []
     with torch.no_grad():
-        for i in range(iters):
-            chunk = torch.from_numpy(val[i * B * T:(i + 1) * B * T + 1].astype(np.int64))
-            x, y = chunk[:-1].view(B, T), chunk[1:].view(B, T)
-            want.append(model(x, y)[1].item())
-    assert got == pytest.approx(sum(want) / iters, rel=1e-6)
-    assert evals.split_loss(model, str(d), "val", B, T, iters, "cpu", NO_AUTOCAST) == got
+        per_window = [model(torch.from_numpy(val[s:s + T].astype(np.int64))[None],
+                            torch.from_numpy(val[s + 1:s + T + 1].astype(np.int64))[None])[1].item() for s in starts]
+    assert got.loss == pytest.approx(np.mean(per_window), rel=1e-6)
+    assert got.stderr == pytest.approx(np.std(per_window, ddof=1) / math.sqrt(5), rel=1e-4)
+    assert got.tokens == 160 and got.windows == 5 and float(got) == got.loss
     assert not model.training
 
 
-def test_split_loss_uses_whole_batches_only_and_never_wraps(shard_dir):
-    d, tokens = shard_dir
+def test_eval_windows_cover_the_whole_split_or_spread_over_it(shard_dir):
+    assert evals.eval_windows(900, 32) == [32 * i for i in range(28)]  # 0: the whole split, each token once
+    assert evals.eval_windows(900, 32, 10_000) == evals.eval_windows(900, 32)  # more than there is: all of it
+    assert evals.eval_windows(900, 32, 96) == [0, 288, 576]  # 3 of 28 windows, evenly spread
+    assert evals.eval_windows(900, 32, 1) == [0]  # at least one
+    assert evals.eval_windows(32, 32) == []  # 32 tokens make no window of 32 inputs + 1 target
+    d, _ = shard_dir
     model = tiny_model()
-    B, T = 4, 32  # val-extra holds 900 tokens: 7 whole batches of 128 (+1)
-    assert evals.num_eval_batches(900, B, T, 100) == 7
-    assert evals.num_eval_batches(900, B, T, 3) == 3
-    all_of_it = evals.split_loss(model, str(d), "val-extra", B, T, 100, "cpu", NO_AUTOCAST)
-    assert all_of_it == pytest.approx(evals.split_loss(model, str(d), "val-extra", B, T, 7, "cpu", NO_AUTOCAST))
-    with pytest.raises(shards.DataError, match="fewer than one batch"):
-        evals.split_loss(model, str(d), "val-extra", 64, 32, 5, "cpu", NO_AUTOCAST)
+    whole = evals.split_loss(model, str(d), "val-extra", 4, 32, 0, "cpu", NO_AUTOCAST)
+    assert whole.tokens == 28 * 32
+    assert whole.loss == pytest.approx(evals.split_loss(model, str(d), "val-extra", 7, 32, 10_000, "cpu", NO_AUTOCAST).loss)
+    with pytest.raises(shards.DataError, match="fewer than one window"):
+        evals.split_loss(model, str(d), "val-extra", 4, 1024, 0, "cpu", NO_AUTOCAST)
 
 
 # ----------------------------------------------------------------------------- several val sets
@@ -109,9 +112,9 @@ def test_parse_val_sets_and_errors(shard_dir, tmp_path):
         evals.parse_val_sets([], str(d))
 
     model = tiny_model()
-    losses = evals.eval_val_sets(model, sets, 2, 32, 2, "cpu", NO_AUTOCAST)
+    losses = evals.eval_val_sets(model, sets, 2, 32, 128, "cpu", NO_AUTOCAST)
     assert list(losses) == ["val", other]
-    assert losses[other] == evals.split_loss(model, str(d), "val-extra", 2, 32, 2, "cpu", NO_AUTOCAST)
+    assert losses[other] == evals.split_loss(model, str(d), "val-extra", 2, 32, 128, "cpu", NO_AUTOCAST)
 
 
 # ----------------------------------------------------------------------------- span scoring
@@ -275,7 +278,7 @@ def ckpt_run(tmp_path, shard_dir):
 def test_eval_script_end_to_end(ckpt_run, shared_data, tmp_path):
     out, model, d = ckpt_run
     result = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, "eval.py", f"--out_dir={out}", "--eval_iters=3", "--batch_size=4",
+    proc = subprocess.run([sys.executable, "eval.py", f"--out_dir={out}", "--max_tokens=96", "--batch_size=4",
                            "--humaneval", f"--humaneval_path={shared_data / 'HumanEval.jsonl.gz'}",
                            "--humaneval_limit=2", "--hellaswag", f"--hellaswag_path={shared_data / 'hellaswag_val.jsonl'}",
                            "--hellaswag_limit=8", f"--json_out={result}"],
@@ -285,9 +288,9 @@ def test_eval_script_end_to_end(ckpt_run, shared_data, tmp_path):
     lines = {line.split()[0]: line for line in proc.stdout.splitlines()[1:]}
     assert set(lines) == {"val", "val-extra", "hellaswag", "humaneval"}  # every val* split by default
     got = json.loads(result.read_text())["results"]
-    want = evals.split_loss(model, str(d), "val", 4, 32, 3, "cpu", NO_AUTOCAST)
-    assert got["val"]["loss"] == pytest.approx(want, rel=1e-5)
-    assert f"loss {want:.4f}" in lines["val"] and "3 batches of 4x32" in lines["val"]
+    want = evals.split_loss(model, str(d), "val", 4, 32, 96, "cpu", NO_AUTOCAST)
+    assert got["val"]["loss"] == pytest.approx(want.loss, rel=1e-5) and got["val"]["tokens"] == 96
+    assert f"loss {want.loss:.4f}" in lines["val"] and "96 tokens scored: 3 windows of 32 at even strides over 2,100" in lines["val"]
     assert got["hellaswag"]["n"] == 8 and got["humaneval"]["n"] == 2
 
 
@@ -305,8 +308,8 @@ def test_eval_script_clear_errors(ckpt_run, tmp_path, capsys):
     (tmp_path / "nothing").mkdir()
     code, err = _run_main([f"--out_dir={tmp_path / 'nothing'}"], capsys)
     assert code == 1 and "no ckpt_best.pt or ckpt.pt" in err
-    code, err = _run_main([f"--out_dir={out}", "--eval_itters=3"], capsys)
-    assert code == 2 and "did you mean 'eval_iters'" in err
+    code, err = _run_main([f"--out_dir={out}", "--max_tokns=3"], capsys)
+    assert code == 2 and "did you mean 'max_tokens'" in err
     code, err = _run_main([f"--out_dir={out}", "--block_size=64"], capsys)
     assert code == 2 and "exceeds the model's context" in err
     code, err = _run_main([f"--out_dir={out}", "--humaneval"], capsys)
@@ -323,7 +326,7 @@ def test_eval_script_clear_errors(ckpt_run, tmp_path, capsys):
 def _ddp_worker(rank, world, init_file, data_dir, hellaswag_path, humaneval_path, out_file):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     model = tiny_model()
-    r = {"val": evals.split_loss(model, data_dir, "val", 2, 32, 3, "cpu", NO_AUTOCAST, rank=rank, world_size=world),
+    r = {"val": evals.split_loss(model, data_dir, "val", 2, 32, 96, "cpu", NO_AUTOCAST, rank=rank, world_size=world).loss,
          "hellaswag": evals.hellaswag(model, "cpu", NO_AUTOCAST, path=hellaswag_path, limit=7, rank=rank, world_size=world)}
     if rank == 0:  # on one rank only, as train.py does: world_size=1 must not wait for the others
         r["humaneval"] = evals.humaneval(model, "cpu", NO_AUTOCAST, humaneval_path, limit=2)
@@ -341,12 +344,12 @@ def test_results_under_ddp_match_one_process(shard_dir, shared_data, tmp_path):
     torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(d), hs, he, str(out)), nprocs=2)
     r0, r1 = (json.loads((tmp_path / f"r.{k}").read_text()) for k in range(2))
     model = tiny_model()
-    assert r0["val"] == r1["val"] == pytest.approx(evals.split_loss(model, str(d), "val", 4, 32, 3, "cpu", NO_AUTOCAST), rel=1e-5)
+    assert r0["val"] == r1["val"] == pytest.approx(evals.split_loss(model, str(d), "val", 4, 32, 96, "cpu", NO_AUTOCAST).loss, rel=1e-5)
     assert r0["hellaswag"] == r1["hellaswag"] == evals.hellaswag(model, "cpu", NO_AUTOCAST, path=hs, limit=7)
     assert r0["humaneval"] == pytest.approx(evals.humaneval(model, "cpu", NO_AUTOCAST, he, limit=2))
 
 
-def test_eval_script_skips_a_found_split_smaller_than_a_batch(ckpt_run, tmp_path, capsys):
+def test_eval_script_skips_a_found_split_smaller_than_a_window(ckpt_run, tmp_path, capsys):
     """github-code gives every language a val set, some of a few tokens: evaluating "every val* split" skips
     those with a line instead of failing; asked for by name, the split is still an error."""
     import shutil
@@ -354,8 +357,15 @@ def test_eval_script_skips_a_found_split_smaller_than_a_batch(ckpt_run, tmp_path
     data = tmp_path / "with_tiny_split"
     shutil.copytree(d, data)
     shards.write_shard(str(data / shards.shard_name("val-tiny", 0)), np.full(20, 464, np.uint16))
-    assert run_command(eval_script.main, [f"--out_dir={out}", f"--data_dir={data}", "--eval_iters=1", "--batch_size=2"]) == 0
-    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
-    assert set(lines) == {"val", "val-extra", "val-tiny"} and "val-tiny         skipped: 20 tokens" in lines["val-tiny"]
+    assert run_command(eval_script.main, [f"--out_dir={out}", f"--data_dir={data}", "--max_tokens=64", "--batch_size=2"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split()[0] for line in lines] == ["val", "val-extra", "skipped"]
+    assert lines[-1].startswith("skipped 1 split(s) shorter than one window of 33 tokens: val-tiny (20)")
     code, err = _run_main([f"--out_dir={out}", f"--data_dir={data}", "--split=val-tiny", "--batch_size=2"], capsys)
-    assert code == 1 and "fewer than one batch" in err
+    assert code == 1 and "fewer than one window" in err
+    only_tiny = tmp_path / "only_tiny"
+    (only_tiny).mkdir()
+    for name in ("train", "val-tiny"):
+        shards.write_shard(str(only_tiny / shards.shard_name(name, 0)), np.full(20, 464, np.uint16))
+    code, err = _run_main([f"--out_dir={out}", f"--data_dir={only_tiny}"], capsys)  # evaluated nothing: an error
+    assert code == 1 and "nothing was evaluated" in err

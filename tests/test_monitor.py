@@ -1,6 +1,7 @@
 """monitor.py: FLOPs/MFU against hand-computed figures, peak-table lookups, planner arithmetic,
 metrics.jsonl across a crash and resume, and trackers without their packages installed."""
 import json
+import re
 import sys
 import types
 
@@ -133,7 +134,7 @@ def test_human_units():
     assert human_count(9_999_745_024) == "10.00B"
     assert human_count(524_288) == "524K"
     assert human_count(85_000_000) == "85.0M"
-    assert human_count(999) == "999"
+    assert human_count(999) == "999" and human_count(0) == "0" and human_count(0.0) == "0"  # never "0.00 tok"
     assert human_time(45) == "45 s"
     assert human_time(750) == "12.5 min"
     assert human_time(5 * 3600) == "5.0 h"
@@ -276,3 +277,81 @@ def test_gpt2_124m_model_matches_the_hand_count():
     model = GPT(GPTConfig())  # the real 124M shape: 124,475,904 parameters
     assert model.get_num_params(non_embedding=True) == GPT2_NON_EMB
     assert monitor.model_flops_per_token(model) == GPT2_FLOPS
+
+
+# ----------------------------------------------------------------------------- pace and ETA (issue 19)
+
+def test_events_left_counts_what_is_still_to_come():
+    # after step 10 of 60, evals every 10: at 10 (top of the next loop), 20, ..., 60
+    assert monitor.events_left(10, 60, 10) == 6
+    assert monitor.events_left(11, 60, 10) == 5
+    assert monitor.events_left(60, 60, 10) == 1  # the final eval has not run yet
+    assert monitor.events_left(55, 60, 25) == 1  # no multiple left but the end
+    assert monitor.events_left(50, 60, 25) == 2  # 50 and the end
+    assert monitor.events_left(61, 60, 25) == 0
+
+
+def test_pace_mean_leaves_out_compilation_and_keeps_recent_steps():
+    pace = monitor.Pace(window=3, skip=2)
+    for dt in (40.0, 9.0, 1.0, 1.0, 2.0, 3.0):
+        pace.step(dt)
+    assert pace.step_seconds(last=7.0) == 2.0  # mean of the last 3: the compile steps are gone
+    assert monitor.Pace().step_seconds(last=7.0) == 7.0  # nothing measured yet: the step's own time
+    pace.event("eval", 10.0)
+    pace.event("eval", 20.0)
+    assert pace.eta(steps_left=5, evals_left=2, ckpts_left=3, last=1.0) == 5 * 2.0 + 2 * 15.0  # no ckpt measured: 0
+
+
+class FakeClock:
+    """time.time() for train.py that only moves when the test says: steps, evals and checkpoints cost what the
+    test decides, so the ETA can be checked against the remaining time exactly."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def time(self):
+        return self.now
+
+
+def test_eta_in_the_log_is_within_10_percent_of_the_real_remaining_time(tmp_path, monkeypatch):
+    """A run whose steps take 1 s (the first two 30 s: compilation), evals 8 s and checkpoints 3 s, on a fake
+    clock: from the first checkpoint on, every logged ETA is within 10% of the time that really remained."""
+    import train
+    from gptlib import checkpoint as ckpt_mod, evals, runtime
+    from test_train import TINY, make_dataset
+    from conftest import SHARED_DATA
+    (tmp_path / "data").mkdir()
+    data = make_dataset(tmp_path / "data", (SHARED_DATA / "tinyshakespeare.txt").read_text()[:60_000], val_docs=20)
+    clock, steps, at_log = FakeClock(), [0], []
+    monkeypatch.setattr(train, "time", clock)
+
+    def synchronize(device):  # train.py synchronises once per step, just before it reads the clock
+        steps[0] += 1
+        clock.now += 30.0 if steps[0] <= 2 else 1.0
+    monkeypatch.setattr(runtime, "synchronize", synchronize)
+    real_eval, real_save = evals.eval_val_sets, train.save_checkpoint
+
+    def eval_val_sets(*a, **k):
+        clock.now += 8.0
+        return real_eval(*a, **k)
+
+    def save_checkpoint(*a, **k):
+        clock.now += 3.0
+        return real_save(*a, **k)
+    monkeypatch.setattr(evals, "eval_val_sets", eval_val_sets)
+    monkeypatch.setattr(train, "save_checkpoint", save_checkpoint)
+    real_log_step = monitor.MetricsLog.log_step
+    monkeypatch.setattr(monitor.MetricsLog, "log_step",
+                        lambda self, it, *a, **k: at_log.append((it, clock.now)) or real_log_step(self, it, *a, **k))
+    assert train.run(TINY + [f"--data_dir={data}", f"--out_dir={tmp_path / 'run'}", "--max_iters=60",
+                             "--eval_interval=10", "--ckpt_interval=25", "--eval_tokens=64"]) == 0
+    end = clock.now
+    etas = [int(m.group(1)) * 60 + int(m.group(2)) for m in
+            re.finditer(r"^iter +\d+ .*\| eta (\d+)m(\d\d)s$", (tmp_path / "run" / "log.txt").read_text(), re.M)]
+    assert len(etas) == len(at_log) == 60
+    checked = 0
+    for (it, now), eta in zip(at_log, etas):
+        if it >= 25:  # a checkpoint has been timed
+            assert abs(eta - (end - now)) <= 0.1 * (end - now) + 1, (it, eta, end - now)
+            checked += 1
+    assert checked == 36

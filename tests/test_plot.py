@@ -74,3 +74,13 @@ def test_plot_refuses_an_empty_metrics_file(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / METRICS_FILE).write_text("")
     assert run_command(plot.main, [str(tmp_path / "run"), "--out", str(tmp_path / "x.png")]) == 1
+
+
+def test_resume_labels_stay_short_and_the_best_at_zero_tokens_reads_0():
+    changes = ["learning_rate 0.0006 -> 0.0003", "max_iters 100 -> 20000", "seed 1 -> 2: kept at the checkpoint's seed",
+               "data_order 'stream' -> 'windows': kept", "the learning rate at iter 50 is now 3e-4 (it would have been 6e-4)"]
+    label = plot.resume_label(changes)
+    assert label == "resumed (learning_rate, max_iters, seed +2)" and len(label) < 60
+    assert plot.resume_label([]) == "resumed (same settings)"
+    from gptlib.monitor import human_count
+    assert f"@ {human_count(0)} tok" == "@ 0 tok"

@@ -201,8 +201,17 @@ def test_wsd_extension_is_refused_after_the_decay_began_and_works_from_predecay(
     assert train.run(args + [f"--out_dir={run}", "--max_iters=20", "--init_from=resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "decaying since iter 6" in err[0] and "--resume_from=ckpt_predecay.pt" in err[0]
+    finished = checkpoint.load_checkpoint(str(run / "ckpt.pt"))
+    finished_best = checkpoint.load_checkpoint(str(run / "ckpt_best.pt"))["loop"]["best_val"]
     assert train.run(args + [f"--out_dir={run}", "--max_iters=20", "--init_from=resume",
                              "--resume_from=ckpt_predecay.pt"]) == 0
+    # the finished 10-step model is kept under its own name (issue 19: the extension used to overwrite it)
+    kept = checkpoint.load_checkpoint(str(run / "ckpt_final_0000010.pt"))
+    assert kept["loop"]["iter_num"] == 10 and all(torch.equal(kept["model"][k], finished["model"][k]) for k in kept["model"])
+    assert (run / "metrics_final_0000010.jsonl").exists()
+    log = (run / "log.txt").read_text()
+    assert "held iter 10, later than this resume from iter 6: kept as ckpt_final_0000010.pt" in log
+    assert checkpoint.load_checkpoint(str(run / "ckpt_best.pt"))["loop"]["best_val"] <= finished_best  # never worse
     # from the stable-phase checkpoint the longer schedule continues exactly as if it had been planned
     assert [(r["iter"], r["loss"]) for r in metrics(straight) if r["iter"] > 6] == \
         [(r["iter"], r["loss"]) for r in metrics(run) if r["iter"] > 6]

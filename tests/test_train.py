@@ -1,5 +1,6 @@
 """train.py end to end on a tiny model and real text: loss falls, exact resume, best
 checkpoint, early stopping, extension, and clear errors for bad configs."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ import train
 from conftest import REPO
 
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4",
-        "--total_batch_size=256", "--compile=False", "--device=cpu", "--eval_iters=2", "--log_interval=1",
+        "--total_batch_size=256", "--compile=False", "--device=cpu", "--eval_tokens=256", "--log_interval=1",
         "--warmup_iters=2", "--learning_rate=3e-3", "--min_lr=3e-4"]
 
 
@@ -112,11 +113,19 @@ def test_best_checkpoint_tracks_min_val(shakespeare, tmp_path):
     assert [r["iter"] for r in evals if r["best"]][-1] == best["iter"]
 
 
-def test_early_stopping(shakespeare, tmp_path):
-    # lr 0 after warmup: val loss can never improve again, so patience 2 stops at the 3rd eval after the best
-    assert run_train(shakespeare, tmp_path, "--max_iters=100", "--eval_interval=2", "--early_stop_patience=2",
-                     "--learning_rate=1e-9", "--min_lr=1e-9", "--warmup_iters=0") == 0
+def test_early_stopping(shakespeare, tmp_path, monkeypatch):
+    # the val loss gets worse after the second eval: patience 2 stops at the 2nd eval after the best
+    from gptlib import evals as evals_mod
+    real, calls = evals_mod.eval_val_sets, []
+
+    def worse_after_two(*a, **k):
+        calls.append(1)
+        return {name: dataclasses.replace(r, loss=r.loss + (len(calls) > 2) * len(calls))
+                for name, r in real(*a, **k).items()}
+    monkeypatch.setattr(evals_mod, "eval_val_sets", worse_after_two)
+    assert run_train(shakespeare, tmp_path, "--max_iters=100", "--eval_interval=2", "--early_stop_patience=2") == 0
     evals = metrics(tmp_path, "eval")
+    assert [r["best"] for r in evals] == [True, True, False, False]
     assert len(evals) < 10 and checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))["loop"]["iter_num"] < 20
     assert "early stop" in (tmp_path / "log.txt").read_text()
     assert os.path.exists(tmp_path / "ckpt_best.pt")
@@ -247,3 +256,11 @@ def test_version_1_checkpoint_resumes(shakespeare, tmp_path):
     torch.save(old, v1 / "ckpt.pt")
     with pytest.raises(checkpoint.CheckpointError, match="checkpoint version 99, this code reads versions 1 and 2"):
         checkpoint.load_checkpoint(str(v1 / "ckpt.pt"))
+
+
+def test_a_refused_tracker_writes_nothing(shakespeare, tmp_path, monkeypatch):
+    """tensorboard_log=True without tensorboard used to leave config.json, log.txt and metrics.jsonl behind."""
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # `from torch.utils.tensorboard import` fails
+    out = tmp_path / "run"
+    assert run_train(shakespeare, out, "--max_iters=1", "--tensorboard_log=True") == 1
+    assert not out.exists()
