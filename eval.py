@@ -14,9 +14,9 @@ import sys
 from dataclasses import asdict, dataclass
 
 from gptlib import evals, shards
-from gptlib.checkpoint import describe, find_checkpoint, load_checkpoint, model_from_checkpoint
+from gptlib import checkpoint
+from gptlib.checkpoint import init_from_problem
 from gptlib.errors import ConfigError, DataError, run_command
-from gptlib.pretrained import HUB_REPOS, load_pretrained
 from gptlib import runtime
 from gptlib.runtime import autocast, pick_device, pick_dtype
 from gptlib.settings import DEVICE_PATTERN, DTYPES, load_config, setting
@@ -25,7 +25,7 @@ from gptlib.train_settings import TrainConfig
 
 @dataclass
 class EvalConfig:
-    init_from: str = setting("resume", choices=["resume", *HUB_REPOS])  # 'resume' (a checkpoint of out_dir) or 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
+    init_from: str = setting("resume")  # 'resume' (out_dir's checkpoint), OpenAI's 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a checkpoint file (.pt, nanoGPT's too)
     out_dir: str = setting(TrainConfig.out_dir)  # where ckpt_best.pt (preferred) or ckpt.pt is read from; a train config file sets it
     ckpt: str = setting("")  # a checkpoint file to read instead of out_dir's
     data_dir: str = setting("")  # shard directory; '': the data_dir the checkpoint was trained on
@@ -43,18 +43,17 @@ class EvalConfig:
     device: str = setting("auto", pattern=DEVICE_PATTERN)  # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype: str = setting("auto", choices=DTYPES)  # 'auto', 'float32', 'bfloat16', 'float16'
     cpu_threads: int = setting(0, ge=0)  # threads torch uses on CPU; 0: torch's default, one per core
+    verify_data: bool = setting(True)  # check each shard against manifest.json's checksum before scoring it
 
     def problems(self):
-        return ["--humaneval needs --humaneval_path=.../HumanEval.jsonl.gz"] if self.humaneval and not self.humaneval_path else []
+        out = ["--humaneval needs --humaneval_path=.../HumanEval.jsonl.gz"] if self.humaneval and not self.humaneval_path else []
+        return out + [p for p in [init_from_problem(self.init_from)] if p]
 
 
 def load_model(cfg):
     """(model, description, checkpoint training config or {})."""
-    if cfg.init_from == "resume":
-        path = cfg.ckpt or find_checkpoint(cfg.out_dir)
-        ckpt = load_checkpoint(path)
-        return model_from_checkpoint(ckpt), f"{path} ({describe(ckpt)})", ckpt.get("config", {})
-    return load_pretrained(cfg.init_from), f"OpenAI {cfg.init_from}", {}
+    model, described, ckpt = checkpoint.load_model(cfg.init_from, cfg.out_dir, cfg.ckpt)
+    return model, described, (ckpt or {}).get("config", {})
 
 
 def shard_splits(cfg, train_config):
@@ -123,7 +122,7 @@ def run(cfg):
             skipped.append(f"{split} ({total:,})")
             continue
         r = evals.split_loss(model, data_dir, split, cfg.batch_size, block_size, cfg.max_tokens, device, ctx,
-                             progress=bar(split))
+                             verify=cfg.verify_data, progress=bar(split))
         results[split] = {"loss": r.loss, "ppl": math.exp(r.loss), "tokens": r.tokens, "stderr": r.stderr,
                           "split_tokens": total}
         share = "the whole split" if r.tokens >= (total - 1) // block_size * block_size else \

@@ -1,25 +1,27 @@
-"""Export a checkpoint as a Hugging Face transformers GPT2LMHeadModel folder.
+"""Export a checkpoint as a Hugging Face transformers model folder that transformers, llama.cpp (through its
+convert_hf_to_gguf.py), Ollama, LM Studio and lm-evaluation-harness run.
 
-    python export.py --out_dir=out-fineweb --to=hf-gpt2-fineweb
+    python export.py --out_dir=out-fineweb --to=hf-fineweb                 # the run's best checkpoint
+    python export.py --init_from=../nanoGPT/out/ckpt.pt --to=hf-nanogpt    # a nanoGPT run
 
-writes config.json, model.safetensors and, when tiktoken's GPT-2 files can be had, the
-tokenizer (vocab.json, merges.txt). Load it with
-    transformers.GPT2LMHeadModel.from_pretrained('hf-gpt2-fineweb')
-Only the 50257 real vocabulary rows are exported (the padding rows are never used).
-bias=False models are exported exactly, with zero biases (GPT-2 in transformers always has them);
-untied heads are exported with tie_word_embeddings=false.
+The GPT-2 recipe becomes a GPT2LMHeadModel, the modern recipe an ApertusForCausalLM (gptlib/exports.py says
+why, and what cannot be exported). The folder holds config.json, model.safetensors (fp32, the 50257 real
+vocabulary rows), generation_config.json, tokenizer_config.json with GPT-2's vocab.json and merges.txt, and a
+README.md model card. It is written all at once: a refused or failed export leaves nothing behind.
 """
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
 
-from gptlib.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
-from gptlib.errors import UserError, run_command
-from gptlib.pretrained import state_dict_to_hf
+from gptlib import checkpoint, exports, monitor
+from gptlib.checkpoint import init_from_problem
+from gptlib.errors import run_command
+from gptlib.exports import ExportError  # noqa: F401  (the error this command raises, for tests and callers)
 from gptlib.settings import load_config, setting
+from gptlib.shards import VOCAB_SIZE
 from gptlib.train_settings import TrainConfig
-from gptlib.shards import EOT, VOCAB_SIZE
 
 # tiktoken's gpt2 encoding is built from OpenAI's original tokenizer files (tiktoken_ext/openai_public.py);
 # they are exactly transformers' vocab.json (encoder.json) and merges.txt (vocab.bpe)
@@ -34,55 +36,13 @@ GPT2_TOKENIZER_FILES = {  # exported name -> (source URL, sha256 that tiktoken c
 @dataclass
 class ExportConfig:
     out_dir: str = setting(TrainConfig.out_dir)  # training output directory: exports ckpt_best.pt if present, else ckpt.pt; a train config file sets it
-    to: str = setting("", path="dir")  # folder to write the transformers model into (required)
-    overwrite: bool = setting(False)  # allow writing into a folder that already holds files
+    init_from: str = setting("resume")  # 'resume' (out_dir's checkpoint) or a checkpoint file (.pt, nanoGPT's too)
+    to: str = setting("", path="dir")  # folder to write the model into (required)
+    overwrite: bool = setting(False)  # replace a folder that already holds files
 
     def problems(self):
-        return [] if self.to else ["--to is required: the folder to write the transformers model into"]
-
-
-class ExportError(UserError):
-    """A model or destination that cannot be exported, with what to do about it."""
-
-
-def hf_config(config, n_vocab):
-    """transformers GPT2Config fields for model.GPTConfig `config`."""
-    return {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": n_vocab,
-        "n_positions": config.block_size,
-        "n_ctx": config.block_size,
-        "n_embd": config.n_embd,
-        "n_layer": config.n_layer,
-        "n_head": config.n_head,
-        "n_inner": None,  # None: 4 * n_embd, as model.MLP
-        "activation_function": "gelu_new",  # GELU's tanh approximation, as model.MLP
-        "resid_pdrop": config.dropout,
-        "embd_pdrop": config.dropout,
-        "attn_pdrop": config.dropout,
-        "layer_norm_epsilon": 1e-5,  # nn.LayerNorm's default, used by model.py
-        "initializer_range": 0.02,
-        "bos_token_id": EOT,
-        "eos_token_id": EOT,
-        "tie_word_embeddings": config.tie_weights,
-        "torch_dtype": "float32",
-    }
-
-
-def hf_state_dict(model, n_vocab):
-    """transformers GPT2LMHeadModel tensors: the first n_vocab vocabulary rows, explicit zero biases if bias=False."""
-    sd = state_dict_to_hf(model)
-    for key in ("transformer.wte.weight", "lm_head.weight"):
-        if key in sd:
-            sd[key] = sd[key][:n_vocab].clone()
-    if not model.config.bias:
-        # a LayerNorm or Linear without bias computes the same as one with a zero bias
-        for key, t in list(sd.items()):
-            if key.endswith((".ln_1.weight", ".ln_2.weight", "ln_f.weight", ".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
-                out_features = t.shape[0] if t.dim() == 1 else t.shape[1]  # Conv1D weights are (in, out)
-                sd[key[:-len("weight")] + "bias"] = t.new_zeros(out_features)
-    return sd
+        out = [] if self.to else ["--to is required: the folder to write the model into"]
+        return out + [p for p in [init_from_problem(self.init_from)] if p]
 
 
 def tokenizer_files():
@@ -97,49 +57,55 @@ def tokenizer_files():
         return None, (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
 
 
-def write_atomic(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+def facts_of(model, ckpt, out_dir):
+    """What the model card says: recipe, tokens, data, best val loss, HellaSwag (from metrics.jsonl if measured)."""
+    loop, cfg = (ckpt or {}).get("loop", {}), (ckpt or {}).get("config", {})
+    facts = {"name": os.path.basename(os.path.normpath(out_dir)) or "model",
+             "params": monitor.human_count(model.get_num_params()),
+             "recipe": "GPT-2" if not model.config.not_gpt2() else "modern (" + ", ".join(model.config.not_gpt2()) + ")",
+             "tokens trained": monitor.human_count(loop["tokens"]) if loop.get("tokens") else None,
+             "data": cfg.get("data_dir"),
+             "best val loss": f"{loop['best_val']:.4f}" if math.isfinite(loop.get("best_val", math.inf)) else None}
+    if ckpt and ckpt.get("imported_from"):
+        facts["recipe"] += f", imported from {ckpt['imported_from']}"
+    path = os.path.join(out_dir, monitor.METRICS_FILE)
+    if os.path.exists(path):
+        scores = [r["hellaswag/acc_norm"] for r in monitor.read_metrics(path) if "hellaswag/acc_norm" in r]
+        facts["HellaSwag acc_norm"] = f"{scores[-1]:.4f}" if scores else None
+    return facts
 
 
-def export(model, to, overwrite=False):
-    """Write `model` (model.GPT) as a transformers GPT2LMHeadModel folder; returns the files written."""
+def export(model, to, overwrite=False, facts=None):
+    """Write model.GPT as a transformers folder (target chosen by exports.pick_target); returns the file names."""
     from safetensors.torch import save_file
-    if model.config.not_gpt2():
-        raise ExportError(f"this model is not GPT-2 ({', '.join(model.config.not_gpt2())}: the modern recipe), so "
-                          f"transformers' GPT2LMHeadModel cannot run it; sample.py and eval.py work on it directly")
-    if os.path.isdir(to) and os.listdir(to) and not overwrite:
-        raise ExportError(f"{to} already holds files; choose an empty folder or pass --overwrite=True")
+    target = exports.pick_target(model.config)
     n_vocab = min(model.config.vocab_size, VOCAB_SIZE)
-    os.makedirs(to, exist_ok=True)
-    written = []
-    weights = os.path.join(to, "model.safetensors")
-    save_file(hf_state_dict(model, n_vocab), weights + ".tmp", metadata={"format": "pt"})
-    os.replace(weights + ".tmp", weights)
-    written.append("model.safetensors")
-    write_atomic(os.path.join(to, "config.json"), json.dumps(hf_config(model.config, n_vocab), indent=2).encode())
-    written.append("config.json")
-    if n_vocab != VOCAB_SIZE:
+    tensors = exports.state_dict_for(model, target, n_vocab)
+    files = {
+        "model.safetensors": lambda path: save_file(tensors, path, metadata={"format": "pt"}),
+        "config.json": json.dumps(exports.hf_config(model.config, target, n_vocab), indent=2).encode(),
+        "generation_config.json": json.dumps(exports.generation_config(), indent=2).encode(),
+        "README.md": exports.model_card(target, model.config, facts or {}).encode(),
+    }
+    if n_vocab == VOCAB_SIZE:
+        tok, why = tokenizer_files()
+        if tok is None:
+            print(f"note: GPT-2 tokenizer files unavailable ({why}); exported the model without them", file=sys.stderr)
+        else:
+            files.update(tok)
+            files["tokenizer_config.json"] = json.dumps(exports.tokenizer_config(model.config.block_size), indent=2).encode()
+    else:
         print(f"note: vocab_size {n_vocab} is not GPT-2's {VOCAB_SIZE}; tokenizer files not written", file=sys.stderr)
-        return written
-    files, why = tokenizer_files()
-    if files is None:
-        print(f"note: GPT-2 tokenizer files unavailable ({why}); exported the model without them", file=sys.stderr)
-        return written
-    for name, data in files.items():
-        write_atomic(os.path.join(to, name), data)
-        written.append(name)
-    return written
+    return exports.write_folder(to, files, overwrite), target
 
 
 def main(argv):
     cfg = load_config(ExportConfig, argv, foreign=TrainConfig)
-    path = find_checkpoint(cfg.out_dir)
-    model = model_from_checkpoint(load_checkpoint(path))
-    written = export(model, cfg.to, cfg.overwrite)
-    print(f"exported {path} ({model.get_num_params() / 1e6:.2f}M params) to {cfg.to}: {', '.join(written)}")
+    model, described, ckpt = checkpoint.load_model(cfg.init_from, cfg.out_dir)
+    exports.pick_target(model.config)  # refuse before anything else happens
+    written, target = export(model, cfg.to, cfg.overwrite, facts_of(model, ckpt, cfg.out_dir))
+    print(f"exported {described}, {model.get_num_params() / 1e6:.2f}M params, as {exports.TARGETS[target]['class']} "
+          f"to {cfg.to}: {', '.join(written)}")
 
 
 if __name__ == "__main__":

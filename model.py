@@ -35,7 +35,7 @@ class GPTConfig:
     rope_base: float = field(default=10000.0, metadata={"gt": 1})  # RoPE: base of the rotation frequencies
     norm: str = field(default="layernorm", metadata={"choices": ["layernorm", "rmsnorm"]})  # LayerNorm (GPT-2) or RMSNorm
     qk_norm: bool = False  # RMS-normalise each head's queries and keys before attention
-    mlp_act: str = field(default="gelu", metadata={"choices": ["gelu", "relu2"]})  # MLP activation: tanh GELU (GPT-2) or ReLU^2
+    mlp_act: str = field(default="gelu", metadata={"choices": ["gelu", "gelu_exact", "relu2"]})  # MLP activation: tanh GELU (GPT-2), exact erf GELU (nanoGPT's nn.GELU()) or ReLU^2
     zero_init: bool = False  # start the residual output projections and the head at zero (needs tie_weights=False)
     logit_softcap: float = field(default=0.0, metadata={"ge": 0})  # squash logits smoothly into (-cap, cap); 0: off
 
@@ -156,7 +156,8 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.relu2 = config.mlp_act == "relu2"
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2 used the tanh approximation of GELU
+        # GPT-2 used the tanh approximation of GELU; nanoGPT's runs use the exact one (imported checkpoints)
+        self.gelu = nn.GELU(approximate="none" if config.mlp_act == "gelu_exact" else "tanh")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 

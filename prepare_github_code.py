@@ -48,6 +48,17 @@ class GithubCodeConfig(PrepareConfig):
     val_tokens_per_language: int = setting(1_000_000, ge=0)  # tokens of each per-language val set val-<language>
     max_file_bytes: int = setting(1_000_000, ge=1)  # files larger than this are skipped and counted (github-code's own cap is 1 MB)
 
+    def problems(self):
+        out = []
+        if self.source_dir and self.data_files:
+            out.append(f"--source_dir and --data_files name two inputs, and a dataset reads one: drop --data_files "
+                       f"to tokenize {self.source_dir}, or --source_dir to read {self.data_files}")
+        if self.val_repo_fraction == 0 and (self.val_tokens or self.val_tokens_per_language):
+            out.append("val_repo_fraction=0 holds out no repository, so no val set can be made; set "
+                       "--val_repo_fraction (e.g. 0.01), or --val_tokens=0 --val_tokens_per_language=0 for a "
+                       "dataset without one")
+        return out
+
 
 def language_of(path):
     name = os.path.basename(path)

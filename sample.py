@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from gptlib.checkpoint import describe, find_checkpoint, load_checkpoint, model_from_checkpoint
+from gptlib import checkpoint
+from gptlib.checkpoint import init_from_problem
 from gptlib.errors import ConfigError, run_command
-from gptlib.pretrained import HUB_REPOS, load_pretrained
 from gptlib.runtime import autocast, pick_device, pick_dtype
 from gptlib.settings import DEVICE_PATTERN, DTYPES, load_config, setting
 from gptlib.train_settings import TrainConfig
@@ -29,7 +29,7 @@ SEPARATOR = "---------------"  # printed after each sample, with how it ended
 @dataclass
 class SampleConfig:
     out_dir: str = setting(TrainConfig.out_dir)  # training run to sample from (ckpt_best.pt if present, else ckpt.pt); a train config file sets it
-    init_from: str = setting("resume", choices=["resume", *HUB_REPOS])  # 'resume' (from out_dir), or OpenAI's 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
+    init_from: str = setting("resume")  # 'resume' (out_dir's checkpoint), OpenAI's 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a checkpoint file (.pt, nanoGPT's too)
     start: str = setting("")  # prompt text, or FILE:path to read it from a file
     num_samples: int = setting(3, ge=1)  # number of samples to draw
     max_new_tokens: int = setting(200, ge=1)  # tokens generated per sample
@@ -41,6 +41,9 @@ class SampleConfig:
     seed: int = setting(1337, ge=0)  # random seed; the same seed gives the same samples
     device: str = setting("auto", pattern=DEVICE_PATTERN)  # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype: str = setting("auto", choices=DTYPES)  # 'auto' (bf16/fp16 on GPU, fp32 on CPU), 'float32', 'bfloat16', 'float16'
+
+    def problems(self):
+        return [p for p in [init_from_problem(self.init_from)] if p]
 
 
 class StreamDecoder:
@@ -72,12 +75,10 @@ def read_prompt(start):
 
 
 def load_model(cfg):
-    if cfg.init_from in HUB_REPOS:
-        return load_pretrained(cfg.init_from)
-    path = find_checkpoint(cfg.out_dir)
-    ckpt = load_checkpoint(path)
-    print(f"loaded {path} ({describe(ckpt)})", file=sys.stderr)
-    return model_from_checkpoint(ckpt)
+    model, described, ckpt = checkpoint.load_model(cfg.init_from, cfg.out_dir)
+    if ckpt is not None:
+        print(f"loaded {described}", file=sys.stderr)
+    return model
 
 
 def main(argv, out=sys.stdout):
@@ -89,6 +90,10 @@ def main(argv, out=sys.stdout):
     torch.manual_seed(cfg.seed)
     model = load_model(cfg).to(device).eval()
     ids = [EOT] + enc.encode(prompt, allowed_special={"<|endoftext|>"})
+    context = model.config.block_size
+    if len(ids) + 1 > context:  # the model sees its last block_size tokens only: say so once, not silently
+        print(f"note: the prompt is {len(ids) - 1:,} tokens and the model's context is {context}: it sees only the "
+              f"last {context - 1} of them (and of what it writes)", file=sys.stderr)
     idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
     stream = StreamDecoder(enc, out)
     for _ in range(cfg.num_samples):

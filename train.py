@@ -29,7 +29,7 @@ from gptlib.errors import EXIT_DIVERGED, CheckpointError, ConfigError, Interrupt
 from gptlib.loader import TokenLoader
 from gptlib.locks import DirLock
 from gptlib.settings import format_config, load_config
-from gptlib.train_settings import TrainConfig
+from gptlib.train_settings import INIT_FROM, TrainConfig
 from model import GPT, GPTConfig
 
 MODEL_KEYS = [f.name for f in dataclasses.fields(GPTConfig)]  # the settings that define the model
@@ -64,19 +64,27 @@ class StopRequest:
         self.signal = signal.Signals(signum)
 
 
-def model_args_for(cfg, ckpt):
-    """The GPTConfig fields this run trains: the checkpoint's on resume (a shape change is refused),
-    OpenAI's for init_from='gpt2...', else the settings'."""
+def model_args_for(cfg, ckpt, adopt=False):
+    """The GPTConfig fields this run trains: the checkpoint's on resume (a shape change is refused) or when
+    continuing another run's checkpoint file (adopt: its model, whatever the settings say), OpenAI's for
+    init_from='gpt2...', else the settings'."""
     args = {k: getattr(cfg, k) for k in MODEL_KEYS}
-    if ckpt is not None:
+    if ckpt is not None and adopt:
+        saved = ckpt["model_args"]
+        if cfg.block_size > saved["block_size"] and saved.get("pos_emb", "learned") == "learned":
+            raise CheckpointError(f"block_size={cfg.block_size} is larger than the checkpoint's {saved['block_size']}; "
+                                  f"its learned position embeddings cannot grow: use --block_size={saved['block_size']}")
+        args.update({k: v for k, v in saved.items() if k in MODEL_KEYS and k not in RESUME_MAY_CHANGE})
+    elif ckpt is not None:
         saved, saved_cfg = ckpt["model_args"], ckpt.get("config", {})
         for k in MODEL_KEYS:  # a GPT-2 fine-tune keeps vocab 50257 while its settings say 50304: that is no change
             if k not in RESUME_MAY_CHANGE and args[k] not in (saved.get(k), saved_cfg.get(k)):
                 raise CheckpointError(f"the checkpoint has {k}={saved.get(k)!r} but the settings say {args[k]!r}; "
                                       f"resume with the checkpoint's model settings or start a new out_dir")
-        if cfg.block_size > saved["block_size"]:
+        if cfg.block_size > saved["block_size"] and saved.get("pos_emb", "learned") == "learned":
             raise CheckpointError(f"block_size={cfg.block_size} is larger than the checkpoint's {saved['block_size']}; "
-                                  f"the position embeddings cannot grow: use block_size <= {saved['block_size']}")
+                                  f"its learned position embeddings cannot grow (RoPE models can): use block_size <= "
+                                  f"{saved['block_size']}")
         args.update({k: v for k, v in saved.items() if k in MODEL_KEYS and k not in RESUME_MAY_CHANGE})
     elif cfg.init_from in pretrained.HUB_REPOS:
         if GPTConfig(**args).not_gpt2():
@@ -89,6 +97,20 @@ def model_args_for(cfg, ckpt):
     return args
 
 
+def continue_from_file(cfg, ckpt, optimizer, log):
+    """--init_from=PATH: this run continues the checkpoint's run (nanoGPT's too) in a new out_dir: its iteration
+    and best val loss, and its AdamW moments when they fit this optimizer exactly (else it starts afresh, said in
+    one line). The data order starts afresh: another run's position means nothing in this dataset."""
+    source = ckpt.get("imported_from", "this toolkit")
+    loop = LoopState(iter_num=ckpt["loop"].get("iter_num", 0), best_val=ckpt["loop"].get("best_val", math.inf),
+                     tokens=ckpt["loop"].get("tokens", 0))
+    why = optim.load_foreign_state(optimizer, ckpt.get("optimizer"))
+    log(f"init: continuing {source}'s run from {cfg.init_from} at iter {loop.iter_num} (best val {loop.best_val:.4f}); "
+        + ("its optimizer state continues" if why is None else f"the optimizer starts afresh ({why})")
+        + "; the data order and the schedule follow this run's settings")
+    return loop
+
+
 def later_checkpoint(ckpt_path, resume_iter):
     """Resuming from another checkpoint (a wsd extension from ckpt_predecay.pt) would overwrite ckpt.pt: if
     ckpt.pt is further on (a finished run), the name to keep it under, and its iteration; else None."""
@@ -99,6 +121,24 @@ def later_checkpoint(ckpt_path, resume_iter):
     while os.path.exists(os.path.join(os.path.dirname(ckpt_path), name)):
         name, k = f"ckpt_final_{it:07d}_{k}.pt", k + 1
     return name, it
+
+
+def created(path, written):
+    """path, noted as created by this run when it does not exist yet."""
+    if not os.path.exists(path):
+        written["files"].append(path)
+    return path
+
+
+def remove_if_failed(exc_type, written):
+    """On the way out of a new run that failed before writing any checkpoint: remove the files it created
+    (log, config, metrics), so a refused or failed start leaves out_dir as it was. Returns False: the
+    exception goes on."""
+    if exc_type is not None and not written["checkpoint"]:
+        for path in written["files"]:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+    return False
 
 
 def saved_settings(saved):
@@ -207,14 +247,15 @@ def run_training(cfg, procs, cleanup):
                               f"pick another out_dir, or pass --overwrite=True to replace it")
 
     # ------------------------------------------------------------------ data: no prepare may change it while we read
+    shards.list_shards(cfg.data_dir, "train")  # a missing data_dir is named as such (and never made for the lock)
     if master:  # first, so a dataset being prepared is named as such rather than found incomplete
         cleanup.enter_context(DirLock(cfg.data_dir, "train.py", shared=True))
+    manifest = shards.check_dataset(cfg.data_dir)  # complete, and its shards are the ones it lists
     val_sets = evals.parse_val_sets(cfg.val_sets, cfg.data_dir)
     primary_val = evals.check_primary_val(cfg.primary_val, val_sets)
     if master:
         for data_dir in {d for _, d, _ in val_sets} - {cfg.data_dir}:
             cleanup.enter_context(DirLock(data_dir, "train.py", shared=True))
-    manifest = shards.check_dataset(cfg.data_dir)  # complete, and its shards are the ones it lists
     for data_dir in {d for _, d, _ in val_sets} - {cfg.data_dir}:
         shards.check_dataset(data_dir)
     if cfg.vocab_size < manifest["vocab_size"]:
@@ -233,10 +274,19 @@ def run_training(cfg, procs, cleanup):
 
     # ------------------------------------------------------------------ model
     torch.manual_seed(cfg.seed)
-    ckpt = load_checkpoint(resume_path) if cfg.init_from == "resume" else None
-    model_args = model_args_for(cfg, ckpt)
+    from_file = cfg.init_from not in INIT_FROM  # a checkpoint file (nanoGPT's too) whose run continues in out_dir
+    ckpt = load_checkpoint(resume_path) if cfg.init_from == "resume" else load_checkpoint(cfg.init_from) if from_file else None
+    if ckpt is not None and not from_file and ckpt.get("imported_from"):
+        raise CheckpointError(f"{resume_path} was written by {ckpt['imported_from']}, not by this train.py; continue "
+                              f"it with --init_from={resume_path} and a new --out_dir")
+    model_args = model_args_for(cfg, ckpt, adopt=from_file)
     if ckpt is not None:
-        model = GPT(GPTConfig(**{**model_args, "block_size": ckpt["model_args"]["block_size"]}))
+        saved_block = ckpt["model_args"]["block_size"]
+        if model_args["pos_emb"] == "rope" and cfg.block_size > saved_block:  # rotary angles are computed, not learned
+            log(f"resume: block_size {saved_block} -> {cfg.block_size}: RoPE positions extend; the model has not "
+                f"seen positions beyond {saved_block} yet, so expect the loss to rise briefly")
+        model = GPT(GPTConfig(**{**model_args, "block_size": max(saved_block, cfg.block_size)
+                                 if model_args["pos_emb"] == "rope" else saved_block}))
         model.load_state_dict(ckpt["model"])
         if cfg.block_size < model.config.block_size:
             model.crop_block_size(cfg.block_size)
@@ -253,7 +303,9 @@ def run_training(cfg, procs, cleanup):
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))  # fp16 needs loss scaling, bf16 does not
     optimizer = optim.make_optimizer(model, cfg, device)
     loop = LoopState()
-    if ckpt is not None:
+    if from_file:
+        loop = continue_from_file(cfg, ckpt, optimizer, log)
+    elif ckpt is not None:
         check_wsd_extension(cfg, ckpt.get("config", {}), ckpt["loop"].get("iter_num", 0))
         changes = changed_settings(cfg, ckpt.get("config", {}), ckpt["loop"].get("iter_num", 0))
         for line in changes:
@@ -275,7 +327,7 @@ def run_training(cfg, procs, cleanup):
         log(f"resumed from {resume_path} at iter {loop.iter_num} (epoch {train_loader.epoch}, "
             f"best {primary_val} loss {loop.best_val:.4f})")
     train_loader.check()  # the shard the run starts on: bad data fails here, before anything is written
-    start_iter, resumed = loop.iter_num, ckpt is not None
+    start_iter, resumed = loop.iter_num, cfg.init_from == "resume"
     keep_finished = None  # (name, iter) under which a later ckpt.pt this resume would overwrite is kept
     if resumed and os.path.abspath(resume_path) != os.path.abspath(ckpt_path) and os.path.exists(ckpt_path):
         keep_finished = later_checkpoint(ckpt_path, loop.iter_num)
@@ -315,9 +367,12 @@ def run_training(cfg, procs, cleanup):
         log(peak_note)
 
     # ------------------------------------------------------------------ the run is valid: from here on it writes
+    written = {"files": [], "checkpoint": False}  # what this run created, and whether a checkpoint was written
+    if master and not resumed:  # a new run that fails before its first checkpoint (a full or read-only disk)
+        cleanup.push(lambda exc_type, exc, tb: remove_if_failed(exc_type, written))  # takes its files with it
     log_file = None
     if master:
-        log_file = open(os.path.join(cfg.out_dir, "log.txt"), "a")
+        log_file = open(created(os.path.join(cfg.out_dir, "log.txt"), written), "a")
         cleanup.callback(log_file.close)
 
     def write_log(msg):
@@ -342,9 +397,9 @@ def run_training(cfg, procs, cleanup):
                   f"= {cfg.total_batch_size:,} tokens/step")
         for msg in held:
             write_log(msg)
-        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
+        with open(created(os.path.join(cfg.out_dir, "config.json"), written), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=1)
-    metrics = monitor.MetricsLog(os.path.join(cfg.out_dir, monitor.METRICS_FILE),
+    metrics = monitor.MetricsLog(created(os.path.join(cfg.out_dir, monitor.METRICS_FILE), written),
                                  resume_iter=start_iter if resumed else None) if master else None
     if master and resumed:  # plot.py marks where a run was resumed, and what changed there
         metrics.log("resume", start_iter, tokens=loop.tokens, changes=[c.removeprefix("resume: ") for c in changes])
@@ -367,6 +422,7 @@ def run_training(cfg, procs, cleanup):
                                "config": dataclasses.asdict(cfg), "optimizer": optimizer.state_dict(),
                                "scaler": scaler.state_dict(), "dtype": dtype, "loop": loop.state_dict(),
                                "world_size": world})
+        written["checkpoint"] = True
         if path == ckpt_path:
             last_good = path
         return True

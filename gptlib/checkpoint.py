@@ -14,6 +14,7 @@ import errno
 import glob
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 
 import torch
@@ -105,11 +106,17 @@ def save_checkpoint(path, obj):
     except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        folder = os.path.dirname(os.path.abspath(path))
+        # torch's zip writer reports a full disk as a RuntimeError ('unexpected pos ...'), not as an OSError
+        writer_failed = isinstance(e, RuntimeError) and ("PytorchStreamWriter" in str(e) or "unexpected pos" in str(e))
+        full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+        if full or (writer_failed and shutil.disk_usage(folder).free < _tensor_bytes(obj)):
             raise CheckpointError(f"disk full while writing {path} (the previous checkpoint is intact): each "
-                                  f"checkpoint needs about {_tensor_bytes(obj) / 1e9:.2f} GB in "
-                                  f"{os.path.dirname(os.path.abspath(path))}; free space there, then resume "
-                                  f"with --init_from=resume") from None
+                                  f"checkpoint needs about {_tensor_bytes(obj) / 1e9:.2f} GB in {folder}; free "
+                                  f"space there, then resume with --init_from=resume") from None
+        if writer_failed:
+            raise CheckpointError(f"could not write {path} ({short(e, 120)}); the previous checkpoint is intact; "
+                                  f"check the disk at {folder}, then resume with --init_from=resume") from None
         raise
 
 
@@ -121,11 +128,12 @@ def load_checkpoint(path, map_location="cpu"):
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a corrupt file fails in many ways (UnpicklingError, EOFError, IndexError, KeyError...)
         raise CheckpointError(f"{path} is corrupt or not a checkpoint this code can load safely "
-                              f"({short(e, 160) or type(e).__name__}); use another checkpoint or start with "
-                              f"init_from='scratch'") from None
+                              f"({short(e, 160) or type(e).__name__}); move it away and use another checkpoint") from None
+    if is_nanogpt(ckpt):
+        return from_nanogpt(ckpt)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
-        raise CheckpointError(f"{path} is not a checkpoint of this toolkit (foreign or nanoGPT-style file); "
-                              f"start with init_from='scratch', or load OpenAI weights with init_from='gpt2'")
+        raise CheckpointError(f"{path} is not a checkpoint of this toolkit nor of nanoGPT; use one written by "
+                              f"train.py (or by nanoGPT's train.py)")
     if ckpt.get("version") == 1:
         ckpt = _upgrade_v1(ckpt)
     if ckpt.get("version") != CKPT_VERSION:
@@ -133,6 +141,46 @@ def load_checkpoint(path, map_location="cpu"):
                               f"and {CKPT_VERSION}; use the version of this toolkit that wrote it")
     ckpt.setdefault("loop", {})
     return ckpt
+
+
+# ----------------------------------------------------------------------------- nanoGPT's checkpoints
+
+NANOGPT_MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")  # its GPTConfig
+NANOGPT_SETTINGS = ("learning_rate", "max_iters", "weight_decay", "beta1", "beta2", "grad_clip", "warmup_iters",
+                    "lr_decay_iters", "min_lr", "batch_size", "eval_interval", "seed")  # same name and meaning here
+
+
+def is_nanogpt(ckpt):
+    """A dict as nanoGPT's train.py saves it: model, model_args with its GPTConfig fields, iter_num; no format."""
+    return (isinstance(ckpt, dict) and "format" not in ckpt and isinstance(ckpt.get("model"), dict)
+            and isinstance(ckpt.get("model_args"), dict) and all(k in ckpt["model_args"] for k in NANOGPT_MODEL_ARGS[:4]))
+
+
+def from_nanogpt(ckpt):
+    """A checkpoint of nanoGPT's train.py as one of ours (issue 17): the same parameter names (its model.py is
+    GPT-2 with exact GELU, mlp_act='gelu_exact' here), its iteration and best val loss, and its AdamW state,
+    whose parameter order is ours too (train.py checks the shapes before using it). Its data position is not
+    kept (nanoGPT samples random windows), so a continued run starts this toolkit's data order afresh."""
+    from model import GPTConfig
+    args = {**dataclasses.asdict(GPTConfig()), **{k: ckpt["model_args"][k] for k in NANOGPT_MODEL_ARGS
+                                                  if k in ckpt["model_args"]}}
+    args.update(mlp_act="gelu_exact", tie_weights=True)  # nanoGPT ties wte and lm_head, and uses nn.GELU()
+    model = {}
+    for k, t in ckpt["model"].items():
+        k = k.removeprefix("_orig_mod.")  # saved from a torch.compile'd model
+        if k.endswith(".attn.bias") and t.dim() == 4:  # its causal-mask buffer (torch < 2.0), not a weight
+            continue
+        model[k] = t
+    old = ckpt.get("config") or {}
+    config = {k: old[k] for k in NANOGPT_SETTINGS if k in old}
+    if all(k in old for k in ("batch_size", "block_size", "gradient_accumulation_steps")):
+        config["total_batch_size"] = old["batch_size"] * old["block_size"] * old["gradient_accumulation_steps"]
+    best = ckpt.get("best_val_loss", math.inf)
+    iter_num = int(ckpt.get("iter_num", 0))
+    return {"format": CKPT_FORMAT, "version": CKPT_VERSION, "imported_from": "nanoGPT", "model": model,
+            "model_args": args, "config": config, "dtype": None, "world_size": 1,
+            "optimizer": {"adamw": ckpt["optimizer"]} if isinstance(ckpt.get("optimizer"), dict) else None,
+            "loop": {"iter_num": iter_num, "best_val": float(best), "tokens": iter_num * config.get("total_batch_size", 0)}}
 
 
 def peek_loop(path):
@@ -176,3 +224,25 @@ def model_from_checkpoint(ckpt):
         raise CheckpointError(f"the checkpoint's model cannot be built by this model.py ({short(e, 160)}); "
                               f"use the version of this toolkit that wrote it") from None
     return model
+
+
+MODEL_SOURCES = "'resume' (out_dir's ckpt_best.pt, else ckpt.pt), OpenAI's 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a checkpoint file (.pt, nanoGPT's too)"
+
+
+def init_from_problem(init_from):
+    """The settings message for an init_from that sample.py, eval.py and export.py cannot load, else None."""
+    from .pretrained import HUB_REPOS
+    if init_from == "resume" or init_from in HUB_REPOS or init_from.endswith(".pt"):
+        return None
+    return f"init_from must be {MODEL_SOURCES}; got {init_from!r}"
+
+
+def load_model(init_from, out_dir, ckpt_file=""):
+    """The model a command works on: (model, description, the checkpoint dict or None for OpenAI's weights)."""
+    from .pretrained import HUB_REPOS, load_pretrained
+    if init_from in HUB_REPOS:
+        return load_pretrained(init_from), f"OpenAI {init_from}", None
+    path = init_from if init_from.endswith(".pt") else (ckpt_file or find_checkpoint(out_dir))
+    ckpt = load_checkpoint(path)
+    source = f", imported from {ckpt['imported_from']}" if ckpt.get("imported_from") else ""
+    return model_from_checkpoint(ckpt), f"{path} ({describe(ckpt)}{source})", ckpt

@@ -10,6 +10,7 @@ traceback for one. Any other exception is a bug and keeps its traceback.
     3    training diverged (train.py)
     130  interrupted (Ctrl-C); 128 + the signal for a run stopped by a signal after its checkpoint
 """
+import errno
 import os
 import re
 import sys
@@ -78,6 +79,24 @@ def report(e):
     print(f"error{where}: {one_line(e)}", file=sys.stderr, flush=True)
 
 
+FILE_ERRNOS = {  # errno -> what to do, for an OSError on a path a command writes (issue 18: one line, not a traceback)
+    errno.EROFS: "choose a destination on a writable disk",
+    errno.ENOSPC: "free space there or choose a destination on another disk",
+    errno.EDQUOT: "free space there or choose a destination on another disk",
+    errno.EACCES: "choose a path you have permission to use",
+    errno.EPERM: "choose a path you have permission to use",
+    errno.ENOTDIR: "a part of the path is a file, not a directory: fix the path",
+    errno.EISDIR: "it is a directory where a file is needed: give a file path",
+}
+
+
+def file_error(e):
+    """An OSError on a file or directory as a one-line UserError, or None when it is another kind of OSError."""
+    if not isinstance(e, OSError) or e.errno not in FILE_ERRNOS:
+        return None
+    return UserError(f"{e.filename or 'a file'}: {e.strerror or e}; {FILE_ERRNOS[e.errno]}")
+
+
 def run_command(main, argv=None, oom_hint="lower --batch_size"):
     """Run a command's main(argv) under the error policy; returns its exit code (scripts sys.exit it).
     main returns None or an int exit code."""
@@ -90,6 +109,12 @@ def run_command(main, argv=None, oom_hint="lower --batch_size"):
     except KeyboardInterrupt:
         report(Interrupted("interrupted; what was written before is intact"))
         return EXIT_INTERRUPTED
+    except OSError as e:
+        err = file_error(e)
+        if err is None:
+            raise
+        report(err)
+        return err.exit_code
     except RuntimeError as e:
         if not is_out_of_memory(e):
             raise

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import shards
+from .errors import ConfigError
 from .loader import TokenLoader
 
 HELLASWAG_BATCH_ITEMS = 8  # items scored together (x 4 endings = rows of up to block_size tokens)
@@ -129,16 +130,16 @@ def parse_val_sets(specs, default_data_dir):
     if isinstance(specs, str):
         specs = [specs]
     if not specs:
-        raise shards.DataError("val_sets is empty; give at least one validation split, e.g. val_sets=['val']")
+        raise ConfigError("val_sets is empty; give at least one validation split, e.g. --val_sets=val")
     out, seen = [], set()
     for spec in specs:
         spec = spec.strip()
         data_dir, sep, split = spec.rpartition(":")  # rpartition: DIR may itself hold ':' (C:\...)
         data_dir = data_dir if sep else default_data_dir
         if not split or not data_dir:
-            raise shards.DataError(f"val_sets entry {spec!r} is malformed; write 'split' or 'DIR:split', e.g. 'val' or 'data/code:val-python'")
+            raise ConfigError(f"val_sets entry {spec!r} is malformed; write 'split' or 'DIR:split', e.g. 'val' or 'data/code:val-python'")
         if spec in seen:
-            raise shards.DataError(f"val_sets lists {spec!r} twice; remove the duplicate")
+            raise ConfigError(f"val_sets lists {spec!r} twice; remove the duplicate")
         seen.add(spec)
         if not shards.list_shards(data_dir, split):  # raises DataError if data_dir is missing
             have = ", ".join(shards.list_splits(data_dir)) or "none"
@@ -155,7 +156,7 @@ def check_primary_val(primary_val, val_sets):
     if not primary_val:
         return names[0]
     if primary_val not in names:
-        raise shards.DataError(f"primary_val={primary_val!r} is not one of val_sets {names}; set primary_val to one of them")
+        raise ConfigError(f"primary_val={primary_val!r} is not one of val_sets {names}; set --primary_val to one of them")
     return primary_val
 
 
@@ -243,6 +244,24 @@ HELLASWAG_HUB_DATASET = "Rowan/hellaswag"  # Hugging Face copy of rowanz/hellasw
 HELLASWAG_ENDINGS = 4  # every HellaSwag item has four candidate endings
 
 
+def read_jsonl(path, what, expected, opener=open):
+    """The JSON objects of a jsonl file, naming the file's line where one is not JSON."""
+    import json
+    items = []
+    try:
+        with opener(path, "rt") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        items.append(json.loads(line))
+                    except ValueError as e:
+                        raise shards.DataError(f"{what} file {path} line {number} is not valid JSON ({e.msg}); give "
+                                               f"the path of {expected}") from None
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise shards.DataError(f"cannot read {what} file {path} ({e}); give the path of {expected}") from None
+    return items
+
+
 def load_hellaswag(path=None):
     """HellaSwag validation items as dicts with ctx (str), endings (4 str), label (int).
 
@@ -258,14 +277,10 @@ def load_hellaswag(path=None):
                                    f"pass a local hellaswag_val.jsonl with --hellaswag_path") from None
         items = [{"ctx": r["ctx"], "endings": list(r["endings"]), "label": int(r["label"])} for r in rows]
     else:
-        import json
-        try:
-            with open(path) as f:
-                items = [json.loads(line) for line in f if line.strip()]
-        except (OSError, ValueError) as e:
-            raise shards.DataError(f"cannot read HellaSwag file {path} ({e}); give the path of hellaswag_val.jsonl") from None
+        items = read_jsonl(path, "HellaSwag", "hellaswag_val.jsonl")
     for k, item in enumerate(items):
-        if not all(key in item for key in ("ctx", "endings", "label")) or len(item["endings"]) != HELLASWAG_ENDINGS:
+        if not isinstance(item, dict) or not all(key in item for key in ("ctx", "endings", "label")) \
+                or len(item["endings"]) != HELLASWAG_ENDINGS:
             raise shards.DataError(f"HellaSwag item {k} of {path or HELLASWAG_HUB_DATASET} lacks ctx/label or 4 endings; "
                                    f"give a file in the rowanz/hellaswag jsonl format")
         item["label"] = int(item["label"])
@@ -325,15 +340,9 @@ def hellaswag(model, device, autocast_ctx, path=None, limit=None, batch_items=HE
 def load_humaneval(path):
     """HumanEval problems (dicts with prompt and canonical_solution) from HumanEval.jsonl(.gz)."""
     import gzip
-    import json
-    opener = gzip.open if str(path).endswith(".gz") else open
-    try:
-        with opener(path, "rt") as f:
-            items = [json.loads(line) for line in f if line.strip()]
-    except (OSError, ValueError, EOFError) as e:
-        raise shards.DataError(f"cannot read HumanEval file {path} ({e}); give the path of HumanEval.jsonl.gz") from None
+    items = read_jsonl(path, "HumanEval", "HumanEval.jsonl.gz", gzip.open if str(path).endswith(".gz") else open)
     for k, item in enumerate(items):
-        if "prompt" not in item or "canonical_solution" not in item:
+        if not isinstance(item, dict) or "prompt" not in item or "canonical_solution" not in item:
             raise shards.DataError(f"HumanEval item {k} of {path} lacks prompt/canonical_solution; "
                                    f"give openai/human-eval's HumanEval.jsonl.gz")
     return items

@@ -164,11 +164,11 @@ class TokenLoader:
         if state["num_shards"] != len(self.paths) or state["total_tokens"] != self.total_tokens:
             raise DataError(f"the '{self.split}' shards changed since the checkpoint ({state['num_shards']} shards, "
                             f"{state['total_tokens']:,} tokens then; {len(self.paths)} and {self.total_tokens:,} now); "
-                            f"resume on the same data, or start with init_from='scratch'")
+                            f"resume on the same data, or start a new run in another --out_dir")
         if state.get("dataset") and self.dataset and state["dataset"] != self.dataset:
             raise DataError(f"{self.data_dir} holds other '{self.split}' data than the checkpoint was trained on "
                             f"(the same token count, but other shards or contents); resume on the same data_dir, "
-                            f"or start with init_from='scratch'")
+                            f"or start a new run in another --out_dir")
         if state.get("order", "stream") != self.order_kind:  # the run's own order, as its seed: it continues exactly
             self._set_order(state.get("order", "stream"))
         self.seed = state["seed"]

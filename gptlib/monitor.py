@@ -340,6 +340,10 @@ def read_metrics(path):
             raise MonitorError(f"{path} line {i + 1} is not a metrics record (a JSON object with an integer "
                                f"'iter'); fix or delete that line")
         records.append(record)
+    text = "".join(lines).strip()
+    if not records and text and not text.startswith("{"):  # content but no record, not even a torn first line
+        raise MonitorError(f"{path} holds no metrics records (not a metrics.jsonl written by train.py, or damaged); "
+                           f"point at a run's out_dir, or move that file away")
     return records
 
 

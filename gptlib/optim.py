@@ -137,3 +137,27 @@ def fit_state_to_params(optimizer):
             if torch.is_tensor(t) and t.dim() == p.dim() and t.dim() >= 1 and t.shape != p.shape \
                     and t.shape[1:] == p.shape[1:] and t.shape[0] > p.shape[0]:
                 state[k] = t[:p.shape[0]].clone()
+
+
+def load_foreign_state(optimizer, state):
+    """Load another run's AdamW state (nanoGPT's: one AdamW, the same two groups and parameter order) into an
+    AdamW-only Optimizers, keeping this optimizer's own group options (fused, foreach, ...). None when loaded,
+    else why it was not (the optimizer then starts afresh)."""
+    if not state:
+        return "the checkpoint holds none"
+    adamw = state.get("adamw", state)
+    if set(optimizer.parts) != {"adamw"} or "state" not in adamw or "param_groups" not in adamw:
+        return f"it holds {' + '.join(sorted(state))}, this run uses {' + '.join(sorted(optimizer.parts))}"
+    mine = optimizer.parts["adamw"]
+    groups = mine.state_dict()["param_groups"]
+    if [len(g["params"]) for g in adamw["param_groups"]] != [len(g["params"]) for g in groups]:
+        return "its parameter groups differ from this model's"
+    params = [p for g in mine.param_groups for p in g["params"]]
+    ids = [i for g in adamw["param_groups"] for i in g["params"]]
+    for p, i in zip(params, ids):
+        for k, t in adamw["state"].get(i, {}).items():
+            if torch.is_tensor(t) and t.dim() and t.shape != p.shape:
+                return f"a moment has shape {tuple(t.shape)} where the parameter has {tuple(p.shape)}"
+    mine.load_state_dict({"state": adamw["state"],
+                          "param_groups": [{**g, "params": s["params"]} for g, s in zip(groups, adamw["param_groups"])]})
+    return None

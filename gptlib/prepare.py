@@ -215,43 +215,44 @@ class TextSource:
         self.path, self.documents, self.size = path, documents, os.path.getsize(path)
 
     def _docs(self):
-        with open(self.path, encoding="utf-8", errors="strict", newline="") as f:
-            try:
-                if self.documents == "file":
-                    yield f.read()
-                    return
-                block = []
-                for line in f:
-                    if self.documents == "lines":
-                        if line.strip():
-                            yield line.rstrip("\r\n")
-                    elif line.strip():
-                        block.append(line)
-                    elif block:
-                        yield "".join(block).rstrip("\r\n")
-                        block = []
-                if block:
-                    yield "".join(block).rstrip("\r\n")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{self.path} is not UTF-8 text (byte {e.start}); convert it to UTF-8") from None
+        """The documents as bytes: each is decoded later, and one that is not valid UTF-8 is skipped and counted
+        (column_texts), not the whole file."""
+        with open(self.path, "rb") as f:
+            if self.documents == "file":
+                yield f.read()
+                return
+            block = []
+            for line in f:
+                if self.documents == "lines":
+                    if line.strip():
+                        yield line.rstrip(b"\r\n")
+                elif line.strip():
+                    block.append(line)
+                elif block:
+                    yield b"".join(block).rstrip(b"\r\n")
+                    block = []
+            if block:
+                yield b"".join(block).rstrip(b"\r\n")
 
     def check(self, columns):
         if len(columns) != 1:
             raise DataError(f"{self.path}: a .txt file holds only text, and this dataset needs the columns "
                             f"{', '.join(columns)}; use parquet or jsonl inputs")
-        self.num_rows = sum(1 for _ in self._docs())
+        self.num_rows = sum(1 for doc in self._docs() if doc.strip())
+        if not self.num_rows:
+            raise DataError(f"{self.path} holds no text (it is empty or only blank lines); remove it from --data_files")
 
     def batches(self, columns, start_row, batch_rows):
         import pyarrow as pa
         texts = []
-        for i, doc in enumerate(self._docs()):
+        for i, doc in enumerate(d for d in self._docs() if d.strip()):
             if i >= start_row:
                 texts.append(doc)
             if len(texts) == batch_rows:
-                yield pa.RecordBatch.from_pydict({columns[0]: texts})
+                yield pa.RecordBatch.from_pydict({columns[0]: pa.array(texts, pa.binary())})
                 texts = []
         if texts:
-            yield pa.RecordBatch.from_pydict({columns[0]: texts})
+            yield pa.RecordBatch.from_pydict({columns[0]: pa.array(texts, pa.binary())})
 
     def identity(self):
         return {"name": os.path.abspath(self.path), "bytes": self.size, "documents": self.documents}
@@ -545,6 +546,26 @@ def _remove_dataset(out_dir):
         os.remove(p)
 
 
+def _nothing_written(m):
+    """A manifest whose prepare wrote no token yet (no shard, no partial shard, still at the first row)."""
+    prog = m.get("progress", {})
+    return (not m.get("shards") and not prog.get("complete") and tuple(prog.get("position", (0, 0))) == (0, 0)
+            and not any((st or {}).get("total_tokens") or (st or {}).get("fill") for st in prog.get("writers", {}).values()))
+
+
+def _forget_if_nothing_written(out_dir):
+    """After a failed prepare: if it wrote no token, remove what it made (manifest, empty partial shards), so a
+    corrected re-run starts afresh (issue 18). True if it did."""
+    try:
+        m = shards.read_manifest(out_dir, required=False)
+    except DataError:
+        return False
+    if m is None or not _nothing_written(m):
+        return False
+    _remove_dataset(out_dir)
+    return True
+
+
 def _existing(out_dir, args, sources, overwrite):
     """The manifest to resume from, None to start afresh; refuses to touch a different dataset."""
     if not os.path.isdir(out_dir):
@@ -556,6 +577,9 @@ def _existing(out_dir, args, sources, overwrite):
         m = shards.read_manifest(out_dir, required=False)
     except DataError as e:
         raise DataError(f"{e}; or pass --overwrite to replace it") from None
+    if m is not None and _nothing_written(m):  # a start that wrote nothing binds no re-run to its inputs
+        _remove_dataset(out_dir)
+        return None
     if m is None:
         if shards.list_splits(out_dir):
             raise DataError(f"{out_dir} holds shards but no manifest.json (not made by this script, or by an "
@@ -854,8 +878,13 @@ def run(cfg, make_spec, make_sources):
     with DirLock(cfg.out_dir, locks.command_name()):
         try:
             m = prepare(cfg, spec, sources, extra)
-        except KeyboardInterrupt:
-            raise Interrupted("interrupted; re-run the same command to resume") from None
+        except BaseException as e:
+            if _forget_if_nothing_written(cfg.out_dir):  # a refused start leaves out_dir as it found it
+                if isinstance(e, KeyboardInterrupt):
+                    raise Interrupted("interrupted before any token was written; nothing was kept") from None
+            elif isinstance(e, KeyboardInterrupt):
+                raise Interrupted("interrupted; re-run the same command to resume") from None
+            raise
         print(summary(m))
         empty = not any(name.startswith("train_") for name in m["shards"])
         if empty:

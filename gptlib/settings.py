@@ -171,8 +171,14 @@ def _check_type(key, value, ftype):
             return str(value)
     elif ftype is list or origin is list:
         item = (typing.get_args(ftype) or (str,))[0]
+        if isinstance(value, str) and value.strip()[:1] in "[(" and value.strip():  # a list literal that did not parse
+            raise ConfigError(f"{key}: {value!r} is not a valid list; write --{key}=\"['a', 'b']\" (quoted for the "
+                              f"shell) or --{key}=a,b")
         if isinstance(value, str):  # --val_sets=val,val-python  or  --languages "Python, C"
             value = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, (list, tuple)) and item is str and not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} must be a list of names (str), got {value!r}; quote them: "
+                              f"--{key}=\"['a', 'b']\" or --{key}=a,b")
         if isinstance(value, (int, float)) and not isinstance(value, bool):  # --classic_lrs=1e-3: one item
             value = [value]
         if isinstance(value, (list, tuple)):

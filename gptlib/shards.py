@@ -95,12 +95,18 @@ def new_manifest(args=None, sources=None):
 
 
 def write_json_atomic(path, obj):
+    """A temporary file, fsync, rename: the old file or the whole new one, and no temporary left on failure."""
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def write_manifest(data_dir, manifest):
@@ -424,7 +430,7 @@ class ShardReader:
         if checksum(crc) != want:
             raise DataError(f"shard {self.path} does not match the checksum in manifest.json ({checksum(crc)}, "
                             f"recorded {want}): it was changed, damaged or swapped after prepare; re-create the "
-                            f"dataset (or pass --verify_data=False to train on it anyway)")
+                            f"dataset (or pass --verify_data=False to use it anyway)")
         if top >= VOCAB_SIZE:
             raise DataError(f"shard {self.path} holds token id {top} >= vocab size {VOCAB_SIZE}: not GPT-2 tokens; "
                             f"re-create the dataset with the prepare scripts")

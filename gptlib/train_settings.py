@@ -20,7 +20,7 @@ class TrainConfig(GPTConfig):
     # I/O
     out_dir: str = setting("out", path="dir")  # checkpoints, log.txt, metrics.jsonl and config.json go here
     data_dir: str = setting("data/fineweb")  # dataset directory of train_*/val_* shards and manifest.json
-    init_from: str = setting("scratch", choices=INIT_FROM)  # 'scratch', 'resume' (from out_dir/ckpt.pt), or OpenAI's 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
+    init_from: str = setting("scratch")  # 'scratch', 'resume' (from out_dir/ckpt.pt), OpenAI's 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a checkpoint file (.pt, nanoGPT's too) whose run continues in out_dir
     resume_from: str = setting("")  # init_from='resume': the checkpoint to continue, in out_dir or a path; '': ckpt.pt
     overwrite: bool = setting(False)  # allow init_from='scratch' to replace checkpoints already in out_dir
     log_interval: int = setting(1, ge=1)  # print a log line every this many iterations
@@ -82,6 +82,9 @@ class TrainConfig(GPTConfig):
 
     def problems(self):
         out = super().problems()
+        if self.init_from not in INIT_FROM and not self.init_from.endswith(".pt"):
+            out.append(f"init_from must be one of {', '.join(map(repr, INIT_FROM))} or the path of a checkpoint "
+                       f"file (.pt), got {self.init_from!r}")
         if self.min_lr > self.learning_rate:
             out.append(f"min_lr={self.min_lr:g} is above learning_rate={self.learning_rate:g}; the schedule decays "
                        f"from learning_rate down to min_lr, so lower min_lr")
@@ -91,6 +94,10 @@ class TrainConfig(GPTConfig):
         if 0 < self.spike_factor <= 1:
             out.append(f"spike_factor={self.spike_factor:g} would skip ordinary steps (a loss above its running "
                        f"mean is normal); use a factor above 1, e.g. 3, or 0 (off)")
+        if self.lr_schedule == "cosine" and self.warmup_iters > (self.lr_decay_iters or self.max_iters):
+            out.append(f"warmup_iters={self.warmup_iters} is longer than the cosine schedule ("
+                       + (f"lr_decay_iters={self.lr_decay_iters}" if self.lr_decay_iters else f"max_iters={self.max_iters}")
+                       + "): the rate would never reach learning_rate; lower warmup_iters")
         if self.lr_schedule == "wsd" and self.warmup_iters > decay_start(self):
             out.append(f"warmup_iters={self.warmup_iters} runs into the decay, which starts at iter {decay_start(self)} "
                        f"(wsd, decay_frac={self.decay_frac:g}); lower warmup_iters or decay_frac")

@@ -51,7 +51,7 @@ def env(tmp_path_factory):
     text = (SHARED_DATA / "tinyshakespeare.txt").read_text()[:40_000]
     (root / "data").mkdir()
     data = make_dataset(root / "data", text, val_docs=10)
-    assert train.run(TINY + [f"--data_dir={data}", f"--out_dir={root / 'run'}", "--max_iters=1", "--eval_interval=1"]) == 0
+    assert train.run(TINY + [f"--data_dir={data}", f"--out_dir={root / 'run'}", "--max_iters=1", "--eval_interval=1", "--warmup_iters=1"]) == 0
     (root / "afile").write_text("a file, not a directory")
     (root / "latin1.py").write_bytes("batch_size = 4  # caf\xe9\n".encode("latin-1"))
     (root / "metrics").mkdir()
@@ -71,6 +71,14 @@ def env(tmp_path_factory):
     (root / "nofield.jsonl").write_text('{"body": "no text field"}\n')
     (root / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1") * 100)
     (root / "table.csv").write_text("text\nhello\n")
+    pq.write_table(pa.table({"text": pa.array(list(range(30)), pa.int64())}), root / "textint.parquet")
+    pq.write_table(pa.table({"text": pa.array([["a", "b"]] * 30, pa.list_(pa.string()))}), root / "textlist.parquet")
+    (root / "numtext.jsonl").write_text("".join(f'{{"text": {i}}}\n' for i in range(30)))
+    (root / "blank.txt").write_text("\n   \n\t\n")
+    (root / "hs.jsonl").write_text('{"ctx": "a", "endings": ["1", "2", "3", "4"], "label": 0}\n{"ctx": oops}\n')
+    (root / "binmetrics").mkdir()
+    (root / "binmetrics" / "metrics.jsonl").write_bytes(bytes(range(128, 256)) * 4)  # no newline: one "torn" line
+    (root / "one.txt").write_text("One short document of plain text.\n")
     return types.SimpleNamespace(root=root, data=data, run=root / "run")
 
 
@@ -247,13 +255,34 @@ CASES = [
      1, "no document was kept (1 not code (no known language extension) (--source_dir))"),
     ("jsonl bad line", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'bad.jsonl'}", f"--out_dir={tmp / 'ds'}", "--val_tokens=1"], 1, "line 2 is not valid JSON"),
     ("jsonl without text", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'nofield.jsonl'}", f"--out_dir={tmp / 'ds'}"], 1, "line 1 has no field 'text' (it has body)"),
-    ("txt not utf-8", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'latin1.txt'}", f"--out_dir={tmp / 'ds'}", "--val_tokens=1"], 1, "is not UTF-8 text"),
+    ("txt not utf-8", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'latin1.txt'}", f"--out_dir={tmp / 'ds'}", "--val_tokens=1"], 1, "no document was kept (1 not valid UTF-8)"),
+    # ---- issue 18: refused prepares leave nothing; settings that contradict each other; advice that works
+    ("prepare int64 text column", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'textint.parquet'}", f"--out_dir={tmp / 'ds'}", "--val_tokens=10"], 1, "text column has type int64"),
+    ("prepare list text column", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'textlist.parquet'}", f"--out_dir={tmp / 'ds'}", "--val_tokens=10"], 1, "text column has type list<"),
+    ("prepare jsonl numeric text", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'numtext.jsonl'}", f"--out_dir={tmp / 'ds'}", "--val_tokens=10"], 1, "text column has type int64"),
+    ("prepare blank txt", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'blank.txt'}", f"--out_dir={tmp / 'ds'}"], 1, "holds no text (it is empty or only blank lines)"),
+    ("prepare one-file txt_documents=file", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'one.txt'}", f"--out_dir={tmp / 'ds'}", "--txt_documents=file", "--val_tokens=5"], 1, "pass more files, or --txt_documents=paragraphs"),
+    ("github two inputs", "prepare_github_code", lambda e, tmp: [f"--source_dir={e.root / 'notcode'}", f"--data_files={e.root / 'code.parquet'}", f"--out_dir={tmp / 'ds'}"], 2, "--source_dir and --data_files name two inputs"),
+    ("github no held-out repository", "prepare_github_code", lambda e, tmp: [f"--data_files={e.root / 'code.parquet'}", f"--out_dir={tmp / 'ds'}", "--val_repo_fraction=0", "--val_tokens=2000"], 2, "val_repo_fraction=0 holds out no repository"),
+    ("cosine warmup past the end", "train", tr("--warmup_iters=100", "--max_iters=3"), 2, "warmup_iters=100 is longer than the cosine schedule"),
+    ("malformed list", "prepare_github_code", lambda e, tmp: [f"--source_dir={e.root / 'notcode'}", f"--out_dir={tmp / 'ds'}", "--skip_dirs=[1"], 2, "is not a valid list"),
+    ("malformed val_sets", "train", tr("--val_sets=['val'"), 2, "is not a valid list"),
+    ("val_sets of numbers", "train", tr("--val_sets=[1,2]"), 2, "val_sets must be a list of names"),
+    ("primary_val not a val set", "train", tr("--primary_val=val-python"), 2, "primary_val='val-python' is not one of val_sets"),
+    ("val_sets twice", "train", tr("--val_sets=['val','val']"), 2, "lists 'val' twice"),
+    ("export into a non-empty folder", "export", lambda e, tmp: [f"--out_dir={e.run}", f"--to={e.root / 'data'}"], 2, "already holds files"),
+    ("eval checksum advice", "eval", lambda e, tmp: [f"--out_dir={e.run}", f"--data_dir={overwrite_train_shard(e, tmp)}", "--split=train", "--max_tokens=64"], 1, "--verify_data=False to use it anyway"),
+    ("eval corrupt checkpoint", "eval", lambda e, tmp: [f"--ckpt={run_dir(e, tmp, ckpt_bytes=os.urandom(4096))}/ckpt.pt", f"--data_dir={e.data}"], 1, "move it away and use another checkpoint"),
+    ("sample corrupt checkpoint", "sample", lambda e, tmp: [f"--out_dir={run_dir(e, tmp, ckpt_bytes=os.urandom(4096))}"], 1, "move it away and use another checkpoint"),
+    ("export corrupt checkpoint", "export", lambda e, tmp: [f"--out_dir={run_dir(e, tmp, ckpt_bytes=os.urandom(4096))}", f"--to={tmp / 'hf'}"], 1, "move it away and use another checkpoint"),
+    ("hellaswag bad line 2", "eval", lambda e, tmp: [f"--out_dir={e.run}", "--hellaswag", f"--hellaswag_path={e.root / 'hs.jsonl'}"], 1, "hs.jsonl line 2 is not valid JSON"),
+    ("plot binary metrics", "plot", lambda e, tmp: [str(e.root / "binmetrics"), f"--out={tmp / 'x.png'}"], 1, "holds no metrics records"),
     ("csv input", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'table.csv'}", f"--out_dir={tmp / 'ds'}"], 1, "is not a .parquet, .jsonl or .txt file"),
     ("txt for github-code", "prepare_github_code", lambda e, tmp: [f"--data_files={e.root / 'latin1.txt'}", f"--out_dir={tmp / 'ds'}"], 1, "a .txt file holds only text"),
     ("prepare nothing matches", "prepare_fineweb", fw(lambda e, tmp: f"--data_files={tmp / 'missing*.parquet'}"), 1, "nothing matches"),
     # ---- data (the 6 of the earlier suite)
     ("missing data dir", "train", tr(lambda e, tmp: f"--data_dir={tmp / 'nope'}"), 1, "does not exist"),
-    ("empty data dir", "train", tr(lambda e, tmp: f"--data_dir={(tmp / 'empty').mkdir() or tmp / 'empty'}"), 1, "no 'val' shards"),
+    ("empty data dir", "train", tr(lambda e, tmp: f"--data_dir={(tmp / 'empty').mkdir() or tmp / 'empty'}"), 1, "manifest.json is missing"),
     ("manifest but no shards", "train", tr(lambda e, tmp: f"--data_dir={copy_data(e, tmp, np.zeros(0, np.uint16))}", "--val_sets=val"), 1, "fewer than one batch"),
     ("int32 shard", "train", tr(lambda e, tmp: f"--data_dir={copy_data(e, tmp, np.arange(5000, dtype=np.int32))}"), 1, "expected 1-D uint16"),
     ("ids >= vocab", "train", tr(lambda e, tmp: f"--data_dir={copy_data(e, tmp, np.full(5000, 60000, np.uint16))}"), 1, "token id 60000 >= vocab size 50257"),
@@ -267,16 +296,40 @@ CASES = [
     ("missing checkpoint", "train", lambda e, tmp: TINY + [f"--data_dir={e.data}", "--init_from=resume", f"--out_dir={tmp / 'nockpt'}"], 1, "no checkpoint at"),
     ("truncated checkpoint", "train", resume(ckpt_bytes=lambda e: (e.run / "ckpt.pt").read_bytes()[:5000]), 1, "is corrupt or not a checkpoint"),
     ("random bytes", "train", resume(ckpt_bytes=os.urandom(4096)), 1, "is corrupt or not a checkpoint"),
-    ("nanoGPT checkpoint", "train", resume(ckpt_obj=nanogpt_style), 1, "not a checkpoint of this toolkit"),
+    ("nanoGPT checkpoint resumed in place", "train", resume(ckpt_obj=nanogpt_style), 1, "was written by nanoGPT, not by this train.py; continue it with --init_from="),
+    ("foreign checkpoint", "train", resume(ckpt_obj={"weights": torch.zeros(2)}), 1, "is not a checkpoint of this toolkit nor of nanoGPT"),
     ("malicious pickle", "train", resume(ckpt_obj=evil), 1, "not a checkpoint this code can load safely"),
-    ("block_size too large", "train", resume("--block_size=64"), 1, "cannot grow: use block_size <= 32"),
+    ("block_size too large", "train", resume("--block_size=64"), 1, "cannot grow (RoPE models can): use block_size <= 32"),
     ("other model shape", "train", resume("--n_layer=3"), 1, "has n_layer=2 but the settings say 3"),
     ("scratch over a run", "train", lambda e, tmp: TINY + [f"--data_dir={e.data}", f"--out_dir={run_dir(e, tmp)}"], 2, "already holds a run"),
     ("sample missing out_dir", "sample", lambda e, tmp: [f"--out_dir={tmp / 'nope'}"], 1, "does not exist"),
     ("sample bad temperature", "sample", lambda e, tmp: [f"--out_dir={e.run}", "--temperature=-1"], 2, "temperature must be >= 0"),
-    ("eval unknown init_from", "eval", lambda e, tmp: ["--init_from=gpt5"], 2, "init_from must be one of"),
+    ("eval unknown init_from", "eval", lambda e, tmp: ["--init_from=gpt5"], 2, "init_from must be 'resume'"),
     ("export missing out_dir", "export", lambda e, tmp: [f"--out_dir={tmp / 'nope'}", f"--to={tmp / 'hf'}"], 1, "does not exist"),
 ]
+
+
+CONFIGS = {"train": train.TrainConfig, "sample": sample.SampleConfig, "eval": eval_script.EvalConfig,
+           "export": export.ExportConfig, "plot": plot.PlotConfig, "bench": bench.BenchConfig,
+           "prepare_fineweb": prepare_fineweb.FinewebConfig, "prepare_github_code": prepare_github_code.GithubCodeConfig}
+
+
+def assert_advice_is_accepted(command, line):
+    """Every --name=value an error line suggests (issue 18: eval.py used to advise --verify_data=False, which it
+    rejects) must be a setting of the command that printed it, with a value it takes. Flags that follow another
+    script's name ('run bench.py --find_batch_size') belong to that script and are skipped."""
+    import dataclasses
+    import re
+    fields = {f.name: f for f in dataclasses.fields(CONFIGS[command])}
+    fields["help"] = dataclasses.field()  # every command takes --help
+    for m in re.finditer(r"(\w+\.py\s+)?--([a-z_]+)(=[^\s;,)]+)?", line):
+        if m.group(1):
+            continue
+        name, value = m.group(2), (m.group(3) or "=")[1:].strip("'\"")
+        assert name in fields, f"{command}: the error suggests --{name}, which {command} does not accept: {line}"
+        choices = fields[name].metadata.get("choices")
+        if choices and value and not any(str(c) == value for c in choices):
+            raise AssertionError(f"{command}: the error suggests --{name}={value}, not one of {choices}: {line}")
 
 
 def snapshot(root):
@@ -302,6 +355,7 @@ def test_bad_input_is_one_line(env, tmp_path, capsys, monkeypatch, name, command
     assert rc == code, f"{name}: exit {rc}, stderr {err[-1500:]}"
     assert len(lines) == 1 and lines[0].startswith("error: "), f"{name}: {err[-1500:]}"
     assert expected in lines[0], f"{name}: {lines[0]}"
+    assert_advice_is_accepted(command, lines[0])
     assert "Traceback" not in out + err
     assert not (tmp_path / MARKER).exists(), f"{name}: code ran"
     assert (snapshot(env.root), snapshot(tmp_path)) == before, f"{name}: files were changed or left behind"

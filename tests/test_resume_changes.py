@@ -40,6 +40,16 @@ def test_smaller_block_size_resumes_and_trains(data, tmp_path):
     assert run(data, tmp_path, "--max_iters=8", "--init_from=resume", "--block_size=16") == 0  # and again
 
 
+def test_a_rope_model_resumes_with_a_longer_context(data, tmp_path):
+    """RoPE has no position table: a larger block_size on resume is allowed (learned wpe still refuses it)."""
+    rope = ["--pos_emb=rope", "--norm=rmsnorm"]
+    assert run(data, tmp_path, "--max_iters=2", *rope) == 0
+    assert run(data, tmp_path, "--max_iters=4", "--init_from=resume", "--block_size=64", *rope) == 0
+    assert any("RoPE positions extend" in line for line in log_lines(tmp_path))
+    assert checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))["model_args"]["block_size"] == 64
+    assert [r["iter"] for r in metrics(tmp_path)] == [1, 2, 3, 4]
+
+
 def test_seed_change_is_logged_and_the_run_continues_on_its_own_seed(data, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     assert run(data, a, "--max_iters=4", "--dropout=0.1") == 0

@@ -14,6 +14,7 @@ from gptlib import checkpoint, optim
 from gptlib.settings import load_config
 from gptlib.train_settings import TrainConfig
 from gptlib import shards
+from gptlib.loader import TokenLoader
 import train
 from conftest import REPO
 
@@ -264,3 +265,40 @@ def test_a_refused_tracker_writes_nothing(shakespeare, tmp_path, monkeypatch):
     out = tmp_path / "run"
     assert run_train(shakespeare, out, "--max_iters=1", "--tensorboard_log=True") == 1
     assert not out.exists()
+
+
+def test_training_val_loss_matches_eval_py_on_the_whole_split_when_the_first_batches_mislead(tmp_path):
+    """The val split starts with 3,000 random token ids (a 'repository' unlike everything else) and goes on
+    with Shakespeare. Training used to score only the first batches: that reads the random block alone. Now
+    the eval sample is spread over the split: the run's final val loss is close to eval.py's whole-split
+    figure on the same checkpoint, while the first batches alone are far off."""
+    import numpy as np
+    import eval as eval_script
+    from conftest import SHARED_DATA
+    enc = tiktoken.get_encoding("gpt2")
+    docs = [d for d in (SHARED_DATA / "tinyshakespeare.txt").read_text()[:600_000].split("\n\n") if d.strip()]
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = shards.new_manifest({"test": "misleading first batches"})
+    rng = np.random.default_rng(0)
+    for split, part in (("val", docs[:700]), ("train", docs[700:])):
+        w = shards.ShardWriter(str(data), split, shard_tokens=50_000)
+        if split == "val":
+            w.add(np.concatenate([[shards.EOT], rng.integers(0, 50257, 3000)]))
+        for d in part:
+            w.add([shards.EOT] + enc.encode_ordinary(d))
+        manifest["shards"].update(w.close())
+        manifest["checksums"].update(w.checksums)
+    shards.write_manifest(str(data), manifest)
+    out = tmp_path / "run"
+    assert run_train(data, out, "--max_iters=60", "--eval_interval=30", "--eval_tokens=4096") == 0
+    final = metrics(out, "eval")[-1]
+    assert final["val_tokens/val"] == 4096 and final["val_stderr/val"] > 0
+    assert eval_script.main([f"--out_dir={out}", "--device=cpu", f"--json_out={tmp_path / 'r.json'}"]) is None
+    whole = json.loads((tmp_path / "r.json").read_text())["results"]["val"]
+    model = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(str(out / "ckpt_best.pt")))
+    loader = TokenLoader(str(data), "val", 4, 32, shuffle=False)  # the old way: the split's first 2 batches of 4 x 32
+    with torch.no_grad():
+        first = np.mean([model(*loader.next_batch())[1].item() for _ in range(2)])
+    assert whole["tokens"] > 20_000 and abs(final["val/val"] - whole["loss"]) < 0.05, (final["val/val"], whole)
+    assert first - whole["loss"] > 1.0  # what the run used to report was more than a nat off

@@ -1,0 +1,110 @@
+"""A nanoGPT run comes over (issue 17): a ckpt.pt written by nanoGPT's own train.py (../shared/peers/nanoGPT, run
+here on CPU; it is run, never imported by the project) is read by sample.py, eval.py, export.py and train.py
+through --init_from=PATH. Its logits equal nanoGPT's own forward; its export loads in transformers with
+activation_function='gelu'; train.py continues its run with its iteration and AdamW moments."""
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tiktoken
+import torch
+
+import eval as eval_script
+import export
+import sample
+import train
+from conftest import SHARED_DATA
+from gptlib import checkpoint
+from gptlib.errors import run_command
+from test_train import TINY, make_dataset, metrics
+
+PEER = SHARED_DATA.parent / "peers" / "nanoGPT"
+NANO_ARGS = ["--dataset=shk", "--device=cpu", "--compile=False", "--dtype=float32", "--n_layer=2", "--n_head=2",
+             "--n_embd=32", "--block_size=32", "--batch_size=4", "--gradient_accumulation_steps=1", "--max_iters=6",
+             "--eval_interval=3", "--eval_iters=2", "--log_interval=1", "--always_save_checkpoint=True",
+             "--out_dir=out", "--warmup_iters=1", "--lr_decay_iters=6", "--learning_rate=1e-3", "--min_lr=1e-4"]
+FORWARD = """import sys, numpy as np, torch
+from model import GPT, GPTConfig
+ck = torch.load('out/ckpt.pt', map_location='cpu', weights_only=False)
+m = GPT(GPTConfig(**ck['model_args']))
+m.load_state_dict({k.removeprefix('_orig_mod.'): v for k, v in ck['model'].items()})
+m.eval()
+x = torch.from_numpy(np.load('x.npy'))
+with torch.no_grad():
+    logits, _ = m(x, x)  # with targets nanoGPT returns every position's logits
+np.save('logits.npy', logits.numpy())
+"""
+
+
+@pytest.fixture(scope="module")
+def nano(tmp_path_factory):
+    """nanoGPT's train.py, run for 6 iterations on Tiny Shakespeare tokens in its own working folder."""
+    if not (PEER / "train.py").exists():
+        pytest.skip(f"nanoGPT's scripts are not at {PEER}")
+    work = tmp_path_factory.mktemp("nanogpt")
+    for name in ("model.py", "train.py", "configurator.py"):
+        shutil.copy(PEER / name, work / name)
+    ids = np.array(tiktoken.get_encoding("gpt2").encode_ordinary((SHARED_DATA / "tinyshakespeare.txt").read_text()[:60_000]),
+                   dtype=np.uint16)
+    (work / "data" / "shk").mkdir(parents=True)
+    ids[:14_000].tofile(work / "data" / "shk" / "train.bin")
+    ids[14_000:].tofile(work / "data" / "shk" / "val.bin")
+    r = subprocess.run([sys.executable, "train.py", *NANO_ARGS], cwd=work, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    x = np.array(ids[:2 * 32], dtype=np.int64).reshape(2, 32)
+    np.save(work / "x.npy", x)
+    (work / "forward.py").write_text(FORWARD)
+    r = subprocess.run([sys.executable, "forward.py"], cwd=work, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = tmp_path_factory.mktemp("data")
+    return work, str(work / "out" / "ckpt.pt"), make_dataset(data, (SHARED_DATA / "tinyshakespeare.txt").read_text()[:60_000],
+                                                              val_docs=20)
+
+
+def test_logits_equal_nanogpts_own_forward(nano):
+    work, path, _ = nano
+    ckpt = checkpoint.load_checkpoint(path)
+    assert ckpt["imported_from"] == "nanoGPT" and ckpt["model_args"]["mlp_act"] == "gelu_exact"
+    assert ckpt["loop"]["iter_num"] == 6 and ckpt["model_args"]["bias"] is False  # nanoGPT's default
+    model = checkpoint.model_from_checkpoint(ckpt).eval()
+    with torch.no_grad():
+        ours = model(torch.from_numpy(np.load(work / "x.npy")))[0]
+    assert (ours - torch.from_numpy(np.load(work / "logits.npy"))).abs().max().item() < 1e-5
+
+
+def test_sample_eval_and_export_read_it(nano, tmp_path, capsys):
+    work, path, data = nano
+    out = io.StringIO()
+    sample.main([f"--init_from={path}", "--start=ROMEO:", "--num_samples=1", "--max_new_tokens=5", "--device=cpu"], out=out)
+    assert out.getvalue().startswith("ROMEO:") and "imported from nanoGPT" in capsys.readouterr().err
+    assert run_command(eval_script.main, [f"--init_from={path}", f"--data_dir={data}", "--device=cpu",
+                                          f"--json_out={tmp_path / 'r.json'}"]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["results"]["val"]["loss"] < 11
+    transformers = pytest.importorskip("transformers")
+    assert run_command(export.main, [f"--init_from={path}", f"--to={tmp_path / 'hf'}"]) == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["activation_function"] == "gelu"
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    x = torch.from_numpy(np.load(work / "x.npy"))
+    with torch.no_grad():
+        assert (hf(x).logits - torch.from_numpy(np.load(work / "logits.npy"))[..., :50257]).abs().max() < 1e-4
+
+
+def test_train_continues_the_run_with_its_iteration_and_adamw_moments(nano, tmp_path, capsys):
+    work, path, data = nano
+    nano_ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    out = tmp_path / "run"
+    args = TINY + [f"--data_dir={data}", f"--out_dir={out}", f"--init_from={path}", "--warmup_iters=0"]
+    assert train.run(args + ["--max_iters=6"]) == 0  # at its own end already: evaluate and save, no step
+    log = (out / "log.txt").read_text()
+    assert "continuing nanoGPT's run" in log and "at iter 6" in log and "its optimizer state continues" in log
+    ours = checkpoint.load_checkpoint(str(out / "ckpt.pt"))
+    assert ours["loop"]["iter_num"] == 6 and ours["model_args"]["mlp_act"] == "gelu_exact"
+    for i, s in nano_ckpt["optimizer"]["state"].items():
+        assert torch.equal(ours["optimizer"]["adamw"]["state"][i]["exp_avg"], s["exp_avg"])
+    assert train.run(args + ["--max_iters=9", "--init_from=resume"]) == 0  # and on from there, in this toolkit
+    steps = metrics(out)
+    assert [r["iter"] for r in steps] == [7, 8, 9] and all(np.isfinite(r["loss"]) for r in steps)
