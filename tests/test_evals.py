@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import eval as eval_script
-from gptlib.errors import run_command
+from gptlib.errors import ConfigError, run_command
 from gptlib import evals
 from gptlib import checkpoint, runtime
 from gptlib import shards
@@ -100,15 +100,15 @@ def test_parse_val_sets_and_errors(shard_dir, tmp_path):
     assert evals.val_split_names(str(d)) == ["val", "val-extra"]
     assert evals.check_primary_val("", sets) == "val"
     assert evals.check_primary_val(other, sets) == other
-    with pytest.raises(shards.DataError, match="primary_val='val-x' is not one of val_sets"):
+    with pytest.raises(ConfigError, match="primary_val='val-x' is not one of val_sets"):
         evals.check_primary_val("val-x", sets)
     with pytest.raises(shards.DataError, match=r"no 'val-python' shards .*splits there: train, val, val-extra"):
         evals.parse_val_sets(["val-python"], str(d))
     with pytest.raises(shards.DataError, match="does not exist"):
         evals.parse_val_sets([f"{tmp_path}/missing:val"], str(d))
-    with pytest.raises(shards.DataError, match="twice"):
+    with pytest.raises(ConfigError, match="twice"):
         evals.parse_val_sets(["val", "val"], str(d))
-    with pytest.raises(shards.DataError, match="empty"):
+    with pytest.raises(ConfigError, match="empty"):
         evals.parse_val_sets([], str(d))
 
     model = tiny_model()

@@ -259,7 +259,7 @@ def test_compile_switches_off_with_one_line_without_a_c_compiler(data, tmp_path,
     assert runtime.c_compiler() is None
     ok, why = runtime.compile_available("cpu")
     assert not ok and "no C compiler found" in why
-    assert train.run(args(data, tmp_path / "run", "--max_iters=1", "--compile=True")) == 0
+    assert train.run(args(data, tmp_path / "run", "--max_iters=1", "--compile=True", "--warmup_iters=1")) == 0
     assert "compile switched off: no C compiler found" in (tmp_path / "run" / "log.txt").read_text()
     monkeypatch.setenv("CC", sys.executable)  # any program on $CC counts
     assert runtime.compile_available("cpu") == (True, "")
@@ -267,7 +267,7 @@ def test_compile_switches_off_with_one_line_without_a_c_compiler(data, tmp_path,
 
 def test_compile_switched_off_with_message(data, tmp_path, monkeypatch):
     monkeypatch.setattr(runtime, "compile_available", lambda device: (False, "Triton is not installed"))
-    assert train.run(args(data, tmp_path, "--max_iters=1", "--compile=True")) == 0
+    assert train.run(args(data, tmp_path, "--max_iters=1", "--compile=True", "--warmup_iters=1")) == 0
     assert "compile switched off: Triton is not installed" in (tmp_path / "log.txt").read_text()
 
 

@@ -263,7 +263,7 @@ def test_a_refused_tracker_writes_nothing(shakespeare, tmp_path, monkeypatch):
     """tensorboard_log=True without tensorboard used to leave config.json, log.txt and metrics.jsonl behind."""
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # `from torch.utils.tensorboard import` fails
     out = tmp_path / "run"
-    assert run_train(shakespeare, out, "--max_iters=1", "--tensorboard_log=True") == 1
+    assert run_train(shakespeare, out, "--max_iters=1", "--warmup_iters=1", "--tensorboard_log=True") == 1
     assert not out.exists()
 
 
