@@ -139,7 +139,8 @@ def run(cfg):
         r = evals.hellaswag(model, device, ctx, items=hellaswag_items, limit=cfg.hellaswag_limit or None,
                             progress=bar("hellaswag"))
         results["hellaswag"] = r
-        print(f"{'hellaswag':<16} acc {r['acc']:.4f}  acc_norm {r['acc_norm']:.4f}  ({r['n']} items)")
+        print(f"{'hellaswag':<16} acc {r['acc']:.4f}  acc_norm {r['acc_norm']:.4f}  ({r['n']} items; acc_norm per "
+              f"character, as lm-eval computes it: {r['acc_norm_chars']:.4f})")
     if cfg.humaneval:
         r = evals.humaneval(model, device, ctx, cfg.humaneval_path, limit=cfg.humaneval_limit or None,
                             progress=bar("humaneval"))

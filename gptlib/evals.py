@@ -313,7 +313,7 @@ def hellaswag(model, device, autocast_ctx, path=None, limit=None, batch_items=HE
     mine = items[rank::world_size]
     enc = shards.gpt2_encoding()
     T = _block_size(model, block_size)
-    correct = correct_norm = 0
+    correct = correct_norm = correct_chars = 0
     with _eval_mode(model):
         for b in range(0, len(mine), batch_items):
             batch = mine[b:b + batch_items]
@@ -328,11 +328,17 @@ def hellaswag(model, device, autocast_ctx, path=None, limit=None, batch_items=HE
             labels = torch.tensor([item["label"] for item in batch])
             correct += int((pred == labels).sum())
             correct_norm += int((pred_norm == labels).sum())
+            chars = torch.tensor([[float(len(e)) for e in item["endings"]] for item in batch])  # (items, 4)
+            correct_chars += int(((sums / chars).argmin(dim=1) == labels).sum())
             if progress:
                 progress(b + len(batch), len(mine))
     n = len(mine)
-    n, correct, correct_norm = (int(v) for v in _all_reduce_sum([n, correct, correct_norm], device, world_size))
-    return {"acc": correct / max(n, 1), "acc_norm": correct_norm / max(n, 1), "n": n}
+    n, correct, correct_norm, correct_chars = (int(v) for v in _all_reduce_sum([n, correct, correct_norm, correct_chars],
+                                                                                 device, world_size))
+    # acc_norm divides by the ending's tokens (Karpathy's hellaswag.py); acc_norm_chars by its characters, as
+    # lm-evaluation-harness does, so the two tools' figures can be compared
+    return {"acc": correct / max(n, 1), "acc_norm": correct_norm / max(n, 1), "acc_norm_chars": correct_chars / max(n, 1),
+            "n": n}
 
 
 # ----------------------------------------------------------------------------- code: HumanEval

@@ -40,3 +40,24 @@ def test_bench_recipes_end_to_end(tmp_path):
     assert (tmp_path / "work" / "recipes.png").exists()
     again = run_module("benchmarks.bench_recipes", *args)  # finished runs are not run again
     assert "--- classic" not in again
+
+
+@pytest.mark.slow
+def test_llamacpp_route_gives_the_same_greedy_text(tmp_path):
+    """Only where llama-cpp-python and llama.cpp's converter are installed (not a test requirement: building it
+    takes about 11 minutes): export, convert to f32 and f16 GGUFs, compare (benchmarks/check_llamacpp.py)."""
+    pytest.importorskip("llama_cpp")
+    from benchmarks.check_llamacpp import find_converter
+    if find_converter("") is None:
+        pytest.skip("llama.cpp's convert_hf_to_gguf.py is not on the path")
+    import train
+    from conftest import SHARED_DATA
+    (tmp_path / "data").mkdir()
+    data = make_dataset(tmp_path / "data", (SHARED_DATA / "tinyshakespeare.txt").read_text()[:60_000], val_docs=20)
+    for name, recipe in (("classic", []), ("modern", ["config/recipe_modern.py"])):
+        assert train.run(recipe + ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=64", "--batch_size=4",
+                                   "--total_batch_size=256", "--max_iters=20", "--warmup_iters=2", "--device=cpu",
+                                   "--compile=False", f"--data_dir={data}", f"--out_dir={tmp_path / name}"]) == 0
+        out = run_module("benchmarks.check_llamacpp", f"--out_dir={tmp_path / name}")
+        result = json.loads(out.strip().splitlines()[-1])
+        assert all(g["greedy_identical"] for g in result["ggufs"].values()), out
