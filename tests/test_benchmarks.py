@@ -20,9 +20,12 @@ def run_module(module, *argv, timeout=300):
 def test_bench_memory_prints_train_and_eval_peaks_for_both_losses():
     out = run_module("benchmarks.bench_memory", "--n_layer=1", "--n_embd=64", "--n_head=2", "--batch_size=2",
                      "--block_size=256")
-    assert "machine: " in out and " cores; device cpu" in out
+    assert "machine: " in out and " cores, torch " in out and "; device cpu" in out
     rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
-    assert set(rows) == {"full", "chunked"} and all("train step" in r and "eval" in r for r in rows.values())
+    assert set(rows) == {"train", "eval", "HellaSwag"} and all("MB" in r for r in rows.values())
+    assert "full logits" in rows["train"] and "chunked" in rows["train"]
+    res = json.loads(out.strip().splitlines()[-1])["bench_memory"]
+    assert set(res) == {"train-full", "train-chunked", "eval-full", "eval-chunked", "hellaswag"}
 
 
 @pytest.mark.slow
@@ -61,3 +64,31 @@ def test_llamacpp_route_gives_the_same_greedy_text(tmp_path):
         out = run_module("benchmarks.check_llamacpp", f"--out_dir={tmp_path / name}")
         result = json.loads(out.strip().splitlines()[-1])
         assert all(g["greedy_identical"] for g in result["ggufs"].values()), out
+
+
+def test_bench_loss_reports_time_and_exactness_of_each_implementation():
+    out = run_module("benchmarks.bench_loss", "--rows=300", "--n_embd=32", "--vocab_size=700", "--iters=2",
+                     "--impls=project,full_eager,liger", "--chunk=128", "--json")
+    rows = {r["impl"]: r for r in map(json.loads, out.strip().splitlines())}
+    for impl in ("project", "full_eager"):
+        assert rows[impl]["ms"] > 0 and rows[impl]["loss_err"] < 1e-5 and rows[impl]["grad_w_rel_err"] < 1e-5
+        assert rows[impl]["device"] and rows[impl]["torch"]
+    assert "skipped" in rows["liger"] or "ms" in rows["liger"]  # liger-kernel is optional
+
+
+def test_profile_step_and_eval_sample_run_on_a_tiny_model(tmp_path):
+    out = run_module("benchmarks.profile_step", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32",
+                     "--batch_size=2", "--total_batch_size=64", "--device=cpu", "--compile=False", "--profiled_steps=1",
+                     "--top=5")
+    assert out.startswith("# ") and "aten::" in out
+    import train
+    from conftest import SHARED_DATA
+    (tmp_path / "data").mkdir()
+    data = make_dataset(tmp_path / "data", (SHARED_DATA / "tinyshakespeare.txt").read_text()[:40_000], val_docs=40)
+    assert train.run(["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4",
+                      "--total_batch_size=128", "--max_iters=2", "--warmup_iters=1", "--device=cpu", "--compile=False",
+                      f"--data_dir={data}", f"--out_dir={tmp_path / 'run'}"]) == 0
+    out = run_module("benchmarks.bench_eval_sample", f"--out_dir={tmp_path / 'run'}", "--sizes=64,256")
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["windows"] > 8 and [r["tokens"] for r in res["rows"]] == [64, 256]
+    assert all(r["even_diff"] >= 0 and r["stderr"] > 0 for r in res["rows"])
