@@ -208,6 +208,11 @@ def start_processes(device="auto", backend="", timeout_min=30):
 
 
 def stop_processes():
+    """Leave the process group: first collect the DDP wrapper and its reducer (they hold gloo work that, freed only
+    at interpreter exit, aborted a rank with 'terminate called without an active exception' about half the time
+    in 2-rank CPU runs), then destroy the group while the interpreter is whole."""
+    import gc
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
