@@ -362,10 +362,6 @@ def run_bench(cfg):
     return result
 
 
-def plural(n, word):
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
-
-
 def format_table(r):
     mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
     mem = "n/a" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.2f} GiB ({r['peak_mem_kind']})"
@@ -379,7 +375,7 @@ def format_table(r):
         ("step", f"{r['grad_accum']} x micro-batch {r['batch_size']} x {r['block_size']} = {r['tokens_per_iter']:,} tokens"),
         ("micro-step (fwd+bwd)", f"{r['micro_step_ms']:.1f} ms"),
         ("optimizer step", f"{r['optimizer_step_ms']:.1f} ms"),
-        ("ms/iter", f"{r['ms_per_iter']:.1f} ms ({plural(r['grad_accum'], 'micro-step')} + 1 optimizer step; medians of "
+        ("ms/iter", f"{r['ms_per_iter']:.1f} ms ({monitor.plural(r['grad_accum'], 'micro-step')} + 1 optimizer step; medians of "
                     f"{r['iters']} timed after {r['warmup_iters']} warm-up)"),
         ("tokens/s", f"{r['tokens_per_sec']:,.0f}"),
         ("MFU", f"{mfu}  [{r['peak_note']}]"),
@@ -399,7 +395,7 @@ def format_table(r):
         rows.append(("search", ", ".join(f"{B} {'fits' if ok else 'no'}" for B, ok in r["search"]) + graphs))
         where = ("one GPU; on N GPUs under torchrun, train.py divides the accumulation by N" if r["gpu_name"]
                  else f"one process on {r['device']}")
-        rows.append(("suggested", f"--batch_size={r['batch_size']} with {plural(r['grad_accum'], 'gradient accumulation step')} "
+        rows.append(("suggested", f"--batch_size={r['batch_size']} with {monitor.plural(r['grad_accum'], 'gradient accumulation step')} "
                                   f"for total_batch_size={r['tokens_per_iter']:,} ({where})"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

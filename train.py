@@ -69,15 +69,9 @@ def model_args_for(cfg, ckpt, adopt=False):
     continuing another run's checkpoint file (adopt: its model, whatever the settings say), OpenAI's for
     init_from='gpt2...', else the settings'."""
     args = {k: getattr(cfg, k) for k in MODEL_KEYS}
-    if ckpt is not None and adopt:
-        saved = ckpt["model_args"]
-        if cfg.block_size > saved["block_size"] and saved.get("pos_emb", "learned") == "learned":
-            raise CheckpointError(f"block_size={cfg.block_size} is larger than the checkpoint's {saved['block_size']}; "
-                                  f"its learned position embeddings cannot grow: use --block_size={saved['block_size']}")
-        args.update({k: v for k, v in saved.items() if k in MODEL_KEYS and k not in RESUME_MAY_CHANGE})
-    elif ckpt is not None:
+    if ckpt is not None:
         saved, saved_cfg = ckpt["model_args"], ckpt.get("config", {})
-        for k in MODEL_KEYS:  # a GPT-2 fine-tune keeps vocab 50257 while its settings say 50304: that is no change
+        for k in MODEL_KEYS if not adopt else ():  # a GPT-2 fine-tune keeps vocab 50257 while its settings say 50304
             if k not in RESUME_MAY_CHANGE and args[k] not in (saved.get(k), saved_cfg.get(k)):
                 raise CheckpointError(f"the checkpoint has {k}={saved.get(k)!r} but the settings say {args[k]!r}; "
                                       f"resume with the checkpoint's model settings or start a new out_dir")

@@ -120,12 +120,13 @@ def save_checkpoint(path, obj):
         raise
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Load with weights_only=True, so a downloaded checkpoint cannot run code; upgrade older versions."""
+def load_checkpoint(path, map_location="cpu", mmap=False):
+    """Load with weights_only=True, so a downloaded checkpoint cannot run code; upgrade older versions.
+    mmap: tensors stay on disk until touched (reading the loop state of a large file)."""
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {path}; train one first, or check out_dir")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # a corrupt file fails in many ways (UnpicklingError, EOFError, IndexError, KeyError...)
         raise CheckpointError(f"{path} is corrupt or not a checkpoint this code can load safely "
                               f"({short(e, 160) or type(e).__name__}); move it away and use another checkpoint") from None
@@ -185,14 +186,7 @@ def from_nanogpt(ckpt):
 
 def peek_loop(path):
     """The LoopState dict of a checkpoint without reading its tensors (memory-mapped): cheap on a 1.5 GB file."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        raise CheckpointError(f"{path} is corrupt or not a checkpoint this code can load safely "
-                              f"({short(e, 160) or type(e).__name__}); move it away or use another out_dir") from None
-    if isinstance(ckpt, dict) and ckpt.get("version") == 1:
-        ckpt = _upgrade_v1(ckpt)
-    return dict(ckpt.get("loop", {})) if isinstance(ckpt, dict) else {}
+    return dict(load_checkpoint(path, mmap=True)["loop"])
 
 
 def describe(ckpt):

@@ -40,7 +40,7 @@ def _rows(t, n_vocab):
     return t[:n_vocab]  # the real vocabulary rows; the padding rows are never used
 
 
-def _t(t, n_vocab):
+def transpose(t, n_vocab):
     return t.t()  # Linear (out, in) <-> GPT-2's Conv1D (in, out)
 
 
@@ -53,15 +53,15 @@ GPT2_TABLE = [
     ("transformer.wpe.weight", "transformer.wpe.weight", None),
     ("transformer.h.{i}.ln_1.weight", "transformer.h.{i}.ln_1.weight", None),
     ("transformer.h.{i}.ln_1.bias", "transformer.h.{i}.ln_1.bias", None),
-    ("transformer.h.{i}.attn.c_attn.weight", "transformer.h.{i}.attn.c_attn.weight", _t),
+    ("transformer.h.{i}.attn.c_attn.weight", "transformer.h.{i}.attn.c_attn.weight", transpose),
     ("transformer.h.{i}.attn.c_attn.bias", "transformer.h.{i}.attn.c_attn.bias", None),
-    ("transformer.h.{i}.attn.c_proj.weight", "transformer.h.{i}.attn.c_proj.weight", _t),
+    ("transformer.h.{i}.attn.c_proj.weight", "transformer.h.{i}.attn.c_proj.weight", transpose),
     ("transformer.h.{i}.attn.c_proj.bias", "transformer.h.{i}.attn.c_proj.bias", None),
     ("transformer.h.{i}.ln_2.weight", "transformer.h.{i}.ln_2.weight", None),
     ("transformer.h.{i}.ln_2.bias", "transformer.h.{i}.ln_2.bias", None),
-    ("transformer.h.{i}.mlp.c_fc.weight", "transformer.h.{i}.mlp.c_fc.weight", _t),
+    ("transformer.h.{i}.mlp.c_fc.weight", "transformer.h.{i}.mlp.c_fc.weight", transpose),
     ("transformer.h.{i}.mlp.c_fc.bias", "transformer.h.{i}.mlp.c_fc.bias", None),
-    ("transformer.h.{i}.mlp.c_proj.weight", "transformer.h.{i}.mlp.c_proj.weight", _t),
+    ("transformer.h.{i}.mlp.c_proj.weight", "transformer.h.{i}.mlp.c_proj.weight", transpose),
     ("transformer.h.{i}.mlp.c_proj.bias", "transformer.h.{i}.mlp.c_proj.bias", None),
     ("transformer.ln_f.weight", "transformer.ln_f.weight", None),
     ("transformer.ln_f.bias", "transformer.ln_f.bias", None),

@@ -246,6 +246,11 @@ def events_left(it, max_iters, interval):
     return max_iters // interval - (it - 1) // interval + (1 if max_iters % interval else 0)
 
 
+def plural(n, word):
+    """'1 file', '2,450 files'."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def human_count(n):
     """1234 -> '1.23K', 9999745024 -> '10.0B', 524288 -> '524K' (three significant figures)."""
     if abs(n) < 1000 and float(n).is_integer():

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import locks, shards
+from . import locks, monitor, shards
 from .errors import DataError, Interrupted, short
 from .locks import DirLock
 from .settings import setting
@@ -782,14 +782,12 @@ def prepare(cfg, spec, sources, extra=None, enc=None):
 
 def describe_inputs(sources):
     """'tinyshakespeare.txt', '3 files (a.parquet, b.parquet, ...)', 'the 2,450 files under /usr/lib/python3.11'."""
-    def plural(n, word):
-        return f"{n:,} {word}{'' if n == 1 else 's'}"
     if len(sources) == 1 and "files" in sources[0]:  # a --source_dir walk
-        return f"the {plural(sources[0]['files'], 'file')} under {sources[0]['name']}"
+        return f"the {monitor.plural(sources[0]['files'], 'file')} under {sources[0]['name']}"
     names = [os.path.basename(str(s.get("name", "?"))) for s in sources]
     if len(names) == 1:
         return names[0]
-    return f"{plural(len(names), 'file')} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+    return f"{monitor.plural(len(names), 'file')} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
 
 
 def summary(m):

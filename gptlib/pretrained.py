@@ -16,6 +16,7 @@ import torch
 from model import GPT, GPTConfig
 
 from .errors import UserError, short
+from .exports import GPT2_TABLE, transpose
 
 HUB_REPOS = {  # model name -> hub repository
     "gpt2": "openai-community/gpt2",  # 124M
@@ -27,7 +28,7 @@ GPT2_SHAPES = {  # model name -> (n_layer, n_head, n_embd), as in the repositori
     "gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280), "gpt2-xl": (48, 25, 1600),
 }
 GPT2_VOCAB, GPT2_CONTEXT = 50257, 1024
-CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # stored transposed
+CONV1D_WEIGHTS = tuple(ours.split("{i}.")[1] for ours, _, transform in GPT2_TABLE if transform is transpose)  # stored (in, out)
 MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")  # constant causal masks in old checkpoints, not weights
 HF_PREFIX = "transformer."
 
@@ -64,18 +65,6 @@ def state_dict_from_hf(hf_sd, config):
     if config.tie_weights:
         sd["lm_head.weight"] = sd["transformer.wte.weight"]  # the tied head is stored once, as wte
     return sd
-
-
-def state_dict_to_hf(model):
-    """A transformers GPT2LMHeadModel state dict (contiguous tensors) from model.GPT, for export."""
-    out = {}
-    for key, t in model.state_dict().items():
-        if key == "lm_head.weight" and model.config.tie_weights:
-            continue  # transformers re-ties it from transformer.wte.weight
-        if key.endswith(CONV1D_WEIGHTS):
-            t = t.t()  # Linear (out, in) -> Conv1D (in, out)
-        out[key] = t.detach().contiguous().clone()
-    return out
 
 
 def _download(repo, filename, hub_kwargs):
