@@ -17,7 +17,9 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 INIT_STD = 0.02  # GPT-2's weight init std (OpenAI's model.py, `normal_initializer(0.02)`)
-LOSS_CHUNK = 2048  # rows of logits the loss holds at a time: (2048, 50304) fp32 is 0.4 GB, never (B*T, vocab)
+LOSS_CHUNK = 2048  # rows of logits the loss holds at a time: (2048, 50304) bf16 is 0.2 GB, never (B*T, vocab)
+SOFTMAX_ROWS = 512  # eager mode: rows of a chunk whose fp32 softmax exists at once ((512, 50304) fp32: 0.1 GB)
+GRAD_W_BLOCK = 4096  # CPU, bf16: vocab rows of the head's gradient per product, so no (vocab, C) temporary
 
 
 @dataclass
@@ -195,17 +197,28 @@ class Block(nn.Module):
 def _chunk_loss(z, y, scale, softcap, want_grad):
     """One chunk of logits z (n, V), targets y (n,) (-1: ignored) -> each row's loss (n,) in fp32; with
     want_grad, d(sum of scale * loss)/dz is written over z (z's dtype: the logits are dead by then, so the
-    gradient needs no buffer of its own). The softmax is in fp32 whatever z's dtype. Written for eager mode:
-    each line is one pass over the chunk (log_softmax reads z in its dtype and writes fp32; exp and the
-    one-hot are in place; the scale and the cast back into z are one op). _chunk_loss_fusible is the same
-    math for inductor."""
+    gradient needs no buffer of its own). The softmax is in fp32 whatever z's dtype, SOFTMAX_ROWS rows at a time:
+    eager mode makes fp32 temporaries of the rows it works on (log_softmax converts a bf16 input to fp32 before
+    it starts: only fp16 on CUDA skips that copy), and a block keeps them at 2 x (512, V) instead of 2 x (n, V).
+    _chunk_loss_fusible is the same math for inductor, which needs no temporaries."""
+    row_loss = torch.empty(z.size(0), dtype=torch.float32, device=z.device)
+    for lo in range(0, z.size(0), SOFTMAX_ROWS):
+        rows = slice(lo, lo + SOFTMAX_ROWS)
+        row_loss[rows] = _block_loss(z[rows], y[rows], scale[rows], softcap, want_grad)
+    return row_loss
+
+
+def _block_loss(z, y, scale, softcap, want_grad):
+    """_chunk_loss on a block of rows z (m, V) (a view: the gradient is written into the chunk). Each line is
+    one pass over the block: exp, the one-hot and the cap's gradient are in place, the scale and the cast back
+    into z are one op."""
     logits = z
     if softcap:
         t = torch.tanh(z.float() / softcap)  # kept for the gradient of the cap
         z = softcap * t
-    lsm = torch.log_softmax(z, dim=1, dtype=torch.float32)  # (n, V): log p
-    safe = y.clamp(min=0)[:, None]  # (n, 1)
-    row_loss = -lsm.gather(1, safe)[:, 0] * (y != -1)  # (n,)
+    lsm = torch.log_softmax(z, dim=1, dtype=torch.float32)  # (m, V): log p
+    safe = y.clamp(min=0)[:, None]  # (m, 1)
+    row_loss = -lsm.gather(1, safe)[:, 0] * (y != -1)  # (m,)
     if want_grad:
         g = lsm.exp_().scatter_add_(1, safe, torch.full_like(safe, -1, dtype=lsm.dtype))  # softmax - one-hot
         if softcap:
@@ -248,13 +261,14 @@ def _chunk_fn(fuse):
 
 
 def _add_grad_w(grad_w, g, xc):
-    """grad_w (V, C) fp32 += g.T @ xc, with the product accumulated in fp32 even when g and xc are bf16/fp16."""
+    """grad_w (V, C) fp32 += g.T @ xc: the sum over chunks in fp32 even when g and xc are bf16/fp16."""
     if g.dtype == grad_w.dtype:
         grad_w.addmm_(g.t(), xc)
     elif grad_w.is_cuda:  # cuBLAS accumulates a low-precision product straight into fp32: no (V, C) temporary
         torch.addmm(grad_w, g.t(), xc, out_dtype=torch.float32, out=grad_w)
-    else:
-        grad_w += g.t() @ xc
+    else:  # CPU has no fp32-out addmm for bf16: a block of vocab rows at a time bounds the temporaries
+        for lo in range(0, g.size(1), GRAD_W_BLOCK):
+            grad_w[lo:lo + GRAD_W_BLOCK] += g[:, lo:lo + GRAD_W_BLOCK].t() @ xc  # (block, C)
 
 
 def _head_chunks(x, weight, targets, softcap, compute_dtype, fuse, want_grads):

@@ -35,6 +35,8 @@ def op_loss(fn, x, w, y, scale=1.0):
 @pytest.fixture
 def small_chunks(monkeypatch):
     monkeypatch.setattr(model, "LOSS_CHUNK", 96)  # 300 rows: 4 chunks, the last one short
+    monkeypatch.setattr(model, "SOFTMAX_ROWS", 40)  # eager softmax blocks of 40, 40, 16 rows (12 in the last chunk)
+    monkeypatch.setattr(model, "GRAD_W_BLOCK", 128)  # CPU bf16 weight gradient: vocab 500 / 700 in 4 / 6 blocks
 
 
 @pytest.mark.parametrize("softcap", [0.0, 15.0])
