@@ -115,7 +115,31 @@ def test_compiled_chunked_step_peaks_below_full_logits_in_bf16():
         assert out.returncode == 0, out.stderr[-2000:]
         peaks[case] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
     logits_mb = 4 * 1024 * 50304 * 2 / 2**20  # the bf16 logits full logits hold: 393 MB
-    assert peaks["train-chunked"] < 0.75 * peaks["train-full"] and peaks["train-full"] > 0.8 * logits_mb, peaks
+    assert peaks["train-chunked"] < 0.5 * peaks["train-full"] and peaks["train-full"] > 0.8 * logits_mb, peaks
+
+
+def _vm_hwm_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+def test_eager_softmax_of_a_bf16_chunk_holds_fp32_blocks_not_the_chunk():
+    """log_softmax(bf16, dtype=fp32) copies its input to fp32 first: over a whole 2,048-row chunk that was two
+    (2048, 50304) fp32 temporaries (0.8 GB) beside the chunk's bf16 logits (0.2 GB). Eager mode (evals, HellaSwag,
+    runs without compile) now makes them SOFTMAX_ROWS rows at a time."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(model.LOSS_CHUNK, 64, generator=gen).bfloat16()
+    w = torch.randn(50304, 64, generator=gen).bfloat16()
+    y = torch.randint(0, 50304, (model.LOSS_CHUNK,), generator=gen)
+    logits_mb = model.LOSS_CHUNK * 50304 * 2 / 2**20  # the chunk's bf16 logits: 196 MB
+    fp32_chunk_mb = model.LOSS_CHUNK * 50304 * 4 / 2**20  # one fp32 copy of the chunk: 393 MB (two were made)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # Linux: restart the resident-set high-water mark
+    with open("/proc/self/statm") as f:
+        base = int(f.read().split()[1]) * 4096 / 2**20
+    rows = model.head_row_losses(x, w, y)
+    assert rows.dtype == torch.float32 and torch.isfinite(rows).all()
+    assert _vm_hwm_mb() - base < logits_mb + fp32_chunk_mb, (_vm_hwm_mb() - base, logits_mb)  # 4 blocks: 2 x 98 MB
 
 
 def test_generate_past_block_size_computes_only_the_last_logits(monkeypatch):
