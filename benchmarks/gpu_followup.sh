@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# The GPU measurements issue 16 still needs, as one device command (about 6 min on an H100/H200). Results in
-# $OUT (default /tmp/gpu_followup): one log per item and timeline.txt. DRY=1: a CPU dry run at tiny shapes.
-#     bash benchmarks/gpu_followup.sh            # on the device, from the repository root, with its tiktoken cache
+# The GPU measurements issue 16 still needs, as one device command (about 8 min on an H100/H200 for all items).
+# Results in $OUT (default /tmp/gpu_followup): one log per item and timeline.txt. Items run in the order of ITEMS
+# (default: all, most needed first); one that would end past BUDGET seconds is skipped, so a second call with
+# ITEMS set to the skipped ones finishes the set. DRY=1: a CPU dry run at tiny shapes.
+#     bash benchmarks/gpu_followup.sh                                # on the device, from the repository root
+#     ITEMS="attention modern" BUDGET=200 bash benchmarks/gpu_followup.sh
 set -u
 OUT=${OUT:-/tmp/gpu_followup}; mkdir -p "$OUT"; PY=${PY:-python3}; BUDGET=${BUDGET:-420}; START=$(date +%s)
+ITEMS=${ITEMS:-"loss fit12 fit24 profile memory attention modern"}
 export PYTHONUNBUFFERED=1
 el() { echo $(( $(date +%s) - START )); }
 item() {  # item NAME ESTIMATE_S TIMEOUT_S command...
   local name=$1 est=$2 to=$3; shift 3
+  case " $ITEMS " in *" $name "*) ;; *) return ;; esac
   if (( $(el) + est > BUDGET )); then echo "[$(el)s] SKIP $name" | tee -a "$OUT/timeline.txt"; return; fi
   echo "[$(el)s] START $name" | tee -a "$OUT/timeline.txt"
   timeout "$to" "$@" > "$OUT/$name.log" 2>&1; echo "[$(el)s] END $name rc=$?" | tee -a "$OUT/timeline.txt"
@@ -16,9 +21,11 @@ item() {  # item NAME ESTIMATE_S TIMEOUT_S command...
 if [ "${DRY:-0}" = 1 ]; then
   D="--device=cpu"; CFG4070="config/train_tiny_cpu.py --device=cpu"; CFG3090="$CFG4070"; CAP12=""; CAP24=""
   LOSS="--device=cpu --rows=512 --vocab_size=2048 --iters=2"; MEM="--device=cpu --n_layer=1 --n_embd=64 --n_head=2 --block_size=256"
+  ATT="--device=cpu --batch_size=1 --n_head=2 --block_size=128 --iters=2"; B16="--batch_size=2 --compile=False"
 else
   D=""; CFG4070="config/train_gpt2_124m_4070.py"; CFG3090="config/train_gpt2_124m_3090.py"; CAP12="--memory_gib=12"; CAP24="--memory_gib=24"
   LOSS="--device=cuda --rows=16384"; MEM="--device=cuda --batch_size=8 --n_layer=12 --compile=True --dtype=bfloat16 --memory_gib=12"
+  ATT="--device=cuda"; B16="--batch_size=16"
 fi
 # 1. the loss op as committed (it writes each chunk's gradient over its logits: not yet measured on a GPU)
 item loss        60 150 $PY -m benchmarks.bench_loss $LOSS --json --impls=project_compiled,project,full_compiled
@@ -26,7 +33,12 @@ item loss        60 150 $PY -m benchmarks.bench_loss $LOSS --json --impls=projec
 item fit12       120 240 $PY bench.py $CFG4070 --find_batch_size $CAP12 --max_batch_size=32 --json --iters=5 --warmup_iters_bench=2
 item fit24       120 240 $PY bench.py $CFG3090 --find_batch_size $CAP24 --max_batch_size=64 --json --iters=5 --warmup_iters_bench=2
 # 4. where the step's time goes (the MFU target was missed: 39.6% on an H200)
-item profile     60 150 $PY -m benchmarks.profile_step $CFG4070 --batch_size=16 --top=20
+item profile     60 150 $PY -m benchmarks.profile_step $CFG4070 $B16 --top=20
 # 5. memory of what a 12 GB card runs: compiled bf16 step, eval batch, HellaSwag rows
 item memory      90 200 $PY -m benchmarks.bench_memory $MEM
+# 6. attention alone through each SDPA backend: is another kernel than the default faster on this card?
+item attention   20 90 $PY -m benchmarks.bench_attention $ATT
+# 7. the modern recipe, micro-step and optimizer step apart (devcheck's one-micro-step harness showed it 25% slower
+#    per token than classic; a real step amortises Muon's per-matrix work over 64 micro-steps)
+item modern      60 150 $PY -m benchmarks.profile_step $CFG4070 config/recipe_modern.py $B16 --top=20
 echo "[$(el)s] done" | tee -a "$OUT/timeline.txt"

@@ -76,11 +76,28 @@ def test_bench_loss_reports_time_and_exactness_of_each_implementation():
     assert "skipped" in rows["liger"] or "ms" in rows["liger"]  # liger-kernel is optional
 
 
+def test_bench_attention_times_each_backend_against_the_math_one():
+    out = run_module("benchmarks.bench_attention", "--device=cpu", "--batch_size=1", "--n_head=2", "--head_size=16",
+                     "--block_size=64", "--iters=2", "--backends=default,flash,cudnn,math", "--json")
+    rows = {r["backend"]: r for r in map(json.loads, out.strip().splitlines())}
+    for name in ("default", "math"):  # CPU has these; cudnn is skipped with the reason
+        assert rows[name]["ms"] > 0 and rows[name]["tflops"] > 0 and rows[name]["max_rel_err"] < 1e-5
+        assert rows[name]["device"] and rows[name]["torch"] and rows[name]["shape"] == [1, 2, 64, 16]
+    assert "skipped" in rows["cudnn"] and rows["cudnn"]["skipped"]
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.bench_attention", "--backends=flash,fast"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown backend 'fast'" in bad.stderr and len(bad.stderr.splitlines()) == 1
+
+
 def test_profile_step_and_eval_sample_run_on_a_tiny_model(tmp_path):
     out = run_module("benchmarks.profile_step", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32",
                      "--batch_size=2", "--total_batch_size=64", "--device=cpu", "--compile=False", "--profiled_steps=1",
                      "--top=5")
     assert out.startswith("# ") and "aten::" in out
+    kinds = {line[:22].strip(): float(line[22:31]) for line in out.splitlines()[2:] if line[:1].isalpha() and
+             line[22:31].strip().replace(".", "").isdigit()}
+    assert kinds["matmul"] > 0 and kinds["micro-step total"] > 0 and kinds["optimizer step total"] > 0, out
+    assert abs(sum(v for k, v in kinds.items() if "total" not in k) - kinds["micro-step total"]) < 0.1, kinds
     import train
     from conftest import SHARED_DATA
     (tmp_path / "data").mkdir()
