@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements issue 16 still needs, as one device command (about 8 min on an H100/H200 for all items).
-# Results in $OUT (default /tmp/gpu_followup): one log per item and timeline.txt. Items run in the order of ITEMS
+# Results in $OUT (default /tmp/gpu_followup): timeline.txt and logs.tgz (one log per item). Items run in the order of ITEMS
 # (default: all, most needed first); one that would end past BUDGET seconds is skipped, so a second call with
 # ITEMS set to the skipped ones finishes the set. DRY=1: a CPU dry run at tiny shapes.
 #     bash benchmarks/gpu_followup.sh                                # on the device, from the repository root
@@ -42,3 +42,5 @@ item attention   20 90 $PY -m benchmarks.bench_attention $ATT
 #    per token than classic; a real step amortises Muon's per-matrix work over 64 micro-steps)
 item modern      60 150 $PY -m benchmarks.profile_step $CFG4070 config/recipe_modern.py $B16 --top=20
 echo "[$(el)s] done" | tee -a "$OUT/timeline.txt"
+# the device hands back few files: every log in one archive (a run cut short leaves the logs as they are)
+(cd "$OUT" && ls *.log >/dev/null 2>&1 && tar czf logs.tgz *.log && rm -f *.log)

@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end at toy sizes and print what they measured, naming the machine.
 (slow: each starts several Python processes.)"""
 import json
+import os
 import subprocess
 import sys
 
@@ -109,3 +110,17 @@ def test_profile_step_and_eval_sample_run_on_a_tiny_model(tmp_path):
     res = json.loads(out.strip().splitlines()[-1])
     assert res["windows"] > 8 and [r["tokens"] for r in res["rows"]] == [64, 256]
     assert all(r["even_diff"] >= 0 and r["stderr"] > 0 for r in res["rows"])
+
+
+def test_gpu_followup_script_dry_runs_its_items_on_cpu(tmp_path):
+    """The prepared device command (benchmarks/gpu_followup.sh) must not be the thing that fails on a lent GPU:
+    its CPU dry run ends every chosen item with rc=0 and hands back the timeline and one archive of logs."""
+    env = {**os.environ, "DRY": "1", "OUT": str(tmp_path), "ITEMS": "loss profile attention",
+           "PY": sys.executable}
+    r = subprocess.run(["bash", "benchmarks/gpu_followup.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    timeline = (tmp_path / "timeline.txt").read_text()
+    assert [line.split()[2] for line in timeline.splitlines() if " END " in line] == ["loss", "profile", "attention"]
+    assert timeline.count("rc=0") == 3 and "SKIP" not in timeline, timeline
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs.tgz", "timeline.txt"]
