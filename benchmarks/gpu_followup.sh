@@ -15,7 +15,8 @@ item() {  # item NAME ESTIMATE_S TIMEOUT_S command...
   case " $ITEMS " in *" $name "*) ;; *) return ;; esac
   if (( $(el) + est > BUDGET )); then echo "[$(el)s] SKIP $name" | tee -a "$OUT/timeline.txt"; return; fi
   echo "[$(el)s] START $name" | tee -a "$OUT/timeline.txt"
-  timeout "$to" "$@" > "$OUT/$name.log" 2>&1; echo "[$(el)s] END $name rc=$?" | tee -a "$OUT/timeline.txt"
+  timeout "$to" "$@" > "$OUT/$name.log" 2>&1; local rc=$?  # before $(el), which sets $? itself
+  echo "[$(el)s] END $name rc=$rc" | tee -a "$OUT/timeline.txt"
   tail -n 3 "$OUT/$name.log" | cut -c1-500 >> "$OUT/timeline.txt"
 }
 if [ "${DRY:-0}" = 1 ]; then
