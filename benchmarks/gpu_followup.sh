@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The GPU measurements issue 16 still needs, as one device command (about 8 min on an H100/H200 for all items).
-# Results in $OUT (default /tmp/gpu_followup): timeline.txt and logs.tgz (one log per item). Items run in the order of ITEMS
-# (default: all, most needed first); one that would end past BUDGET seconds is skipped, so a second call with
-# ITEMS set to the skipped ones finishes the set. DRY=1: a CPU dry run at tiny shapes.
-#     bash benchmarks/gpu_followup.sh                                # on the device, from the repository root
-#     ITEMS="attention modern" BUDGET=200 bash benchmarks/gpu_followup.sh
+# The GPU measurements issue 16 still needs, as device commands (about 11 min on an H100/H200 for all items).
+# Results in $OUT (default /tmp/gpu_followup): timeline.txt, logs.tgz (one log per item) and, for the devcheck
+# items, results.jsonl. Items run in the order of ITEMS (default: all, most needed first); one that would end past
+# BUDGET seconds is skipped, so a second call with ITEMS set to the skipped ones finishes the set. DRY=1: a CPU
+# dry run at tiny shapes. On the device, from the repository root (devcheck/: a git-ignored copy of
+# shared/devcheck, carried, for the project-against-nanoGPT items):
+#     BUDGET=470 bash benchmarks/gpu_followup.sh                                     # timeout_s 560
+#     ITEMS="nano16 project16 attention modern" BUDGET=250 bash benchmarks/gpu_followup.sh   # timeout_s 320
 set -u
 OUT=${OUT:-/tmp/gpu_followup}; mkdir -p "$OUT"; PY=${PY:-python3}; BUDGET=${BUDGET:-420}; START=$(date +%s)
-ITEMS=${ITEMS:-"loss fit12 fit24 profile memory attention modern"}
+ITEMS=${ITEMS:-"loss fit12 fit24 profile memory nano16 project16 attention modern"}
 export PYTHONUNBUFFERED=1
 el() { echo $(( $(date +%s) - START )); }
 item() {  # item NAME ESTIMATE_S TIMEOUT_S command...
@@ -23,10 +25,11 @@ if [ "${DRY:-0}" = 1 ]; then
   D="--device=cpu"; CFG4070="config/train_tiny_cpu.py --device=cpu"; CFG3090="$CFG4070"; CAP12=""; CAP24=""
   LOSS="--device=cpu --rows=512 --vocab_size=2048 --iters=2"; MEM="--device=cpu --n_layer=1 --n_embd=64 --n_head=2 --block_size=256"
   ATT="--device=cpu --batch_size=1 --n_head=2 --block_size=128 --iters=2"; B16="--batch_size=2 --compile=False"
+  H="--tiny=1 --T=128 --steps=2 --warmup=1 --B=2 --compile=0"
 else
   D=""; CFG4070="config/train_gpt2_124m_4070.py"; CFG3090="config/train_gpt2_124m_3090.py"; CAP12="--memory_gib=12"; CAP24="--memory_gib=24"
   LOSS="--device=cuda --rows=16384"; MEM="--device=cuda --batch_size=8 --n_layer=12 --compile=True --dtype=bfloat16 --memory_gib=12"
-  ATT="--device=cuda"; B16="--batch_size=16"
+  ATT="--device=cuda"; B16="--batch_size=16"; H="--steps=12 --warmup=3 --B=16 --compile=1"
 fi
 # 1. the loss op as committed (it writes each chunk's gradient over its logits: not yet measured on a GPU)
 item loss        60 150 $PY -m benchmarks.bench_loss $LOSS --json --impls=project_compiled,project,full_compiled
@@ -37,6 +40,12 @@ item fit24       120 240 $PY bench.py $CFG3090 --find_batch_size $CAP24 --max_ba
 item profile     60 150 $PY -m benchmarks.profile_step $CFG4070 $B16 --top=20
 # 5. memory of what a 12 GB card runs: compiled bf16 step, eval batch, HellaSwag rows
 item memory      90 200 $PY -m benchmarks.bench_memory $MEM
+# 5b-c. project against nanoGPT on this card (the targets are relative; a card other than the first session's H200
+#    needs both again), through shared/devcheck's harness when a git-ignored copy of it was carried (devcheck/)
+if [ -f devcheck/harness.py ]; then
+  item nano16    75 150 env OUT="$OUT" $PY devcheck/harness.py --impl=nanogpt $H
+  item project16 75 150 env OUT="$OUT" $PY devcheck/harness.py --impl=project --recipe=classic $H
+fi
 # 6. attention alone through each SDPA backend: is another kernel than the default faster on this card?
 item attention   20 90 $PY -m benchmarks.bench_attention $ATT
 # 7. the modern recipe, micro-step and optimizer step apart (devcheck's one-micro-step harness showed it 25% slower
