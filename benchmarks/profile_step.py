@@ -27,7 +27,7 @@ class ProfileConfig(bench.BenchConfig):
 
 
 # (kind, pattern on a CUDA kernel's or a CPU operator's name), first match wins
-KINDS = (("attention", r"flash|fmha|attention|attn"),
+KINDS = (("attention", r"flash|fmha|attention|attn|sdpa"),
          ("optimizer", r"adam|multi_tensor|foreach|muon"),
          ("matmul", r"gemm|cutlass|xmma|nvjet|cublas|sm\d\d_|aten::(mm|addmm|bmm|baddbmm|linear|matmul)_?\b"),
          ("loss softmax", r"softmax|logsumexp|nll_loss|cross_entropy|scatter|gather|aten::exp_?\b"),
