@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# The GPU measurements issue 16 still needs, as device commands (about 11 min on an H100/H200 for all items).
+# The GPU measurements issue 16 still needs, as device commands (about 12 min on an H100/H200 for all items).
 # Results in $OUT (default /tmp/gpu_followup): timeline.txt, logs.tgz (one log per item) and, for the devcheck
 # items, results.jsonl. Items run in the order of ITEMS (default: all, most needed first); one that would end past
 # BUDGET seconds is skipped, so a second call with ITEMS set to the skipped ones finishes the set. DRY=1: a CPU
 # dry run at tiny shapes. On the device, from the repository root (devcheck/: a git-ignored copy of
 # shared/devcheck, carried, for the project-against-nanoGPT items):
-#     BUDGET=470 bash benchmarks/gpu_followup.sh                                     # timeout_s 560
-#     ITEMS="nano16 project16 attention modern" BUDGET=250 bash benchmarks/gpu_followup.sh   # timeout_s 320
+#     BUDGET=420 bash benchmarks/gpu_followup.sh                                       # timeout_s 500
+#     ITEMS="nano16 project16 nano_eager project_eager attention modern" BUDGET=260 \
+#         bash benchmarks/gpu_followup.sh                                               # timeout_s 340
+# (the first call runs loss, fit12, fit24, profile and memory; "modern" is the one to drop when time is short)
 set -u
 OUT=${OUT:-/tmp/gpu_followup}; mkdir -p "$OUT"; PY=${PY:-python3}; BUDGET=${BUDGET:-420}; START=$(date +%s)
-ITEMS=${ITEMS:-"loss fit12 fit24 profile memory nano16 project16 attention modern"}
+ITEMS=${ITEMS:-"loss fit12 fit24 profile memory nano16 project16 nano_eager project_eager attention modern"}
 export PYTHONUNBUFFERED=1
 el() { echo $(( $(date +%s) - START )); }
 item() {  # item NAME ESTIMATE_S TIMEOUT_S command...
@@ -45,6 +47,9 @@ item memory      90 200 $PY -m benchmarks.bench_memory $MEM
 if [ -f devcheck/harness.py ]; then
   item nano16    75 150 env OUT="$OUT" $PY devcheck/harness.py --impl=nanogpt $H
   item project16 75 150 env OUT="$OUT" $PY devcheck/harness.py --impl=project --recipe=classic $H
+  # eager (Windows, no Triton): run 1 had the project at 57.2 ms against nanoGPT's 44.3, before the eager loss changed
+  item nano_eager    25 90 env OUT="$OUT" $PY devcheck/harness.py --impl=nanogpt $H --compile=0 --mem_eval=0
+  item project_eager 25 90 env OUT="$OUT" $PY devcheck/harness.py --impl=project --recipe=classic $H --compile=0 --mem_eval=0
 fi
 # 6. attention alone through each SDPA backend: is another kernel than the default faster on this card?
 item attention   20 90 $PY -m benchmarks.bench_attention $ATT
