@@ -10,7 +10,7 @@
 #         bash benchmarks/gpu_followup.sh                                               # timeout_s 340
 # (the first call runs loss, fit12, fit24, profile and memory; "modern" is the one to drop when time is short)
 set -u
-OUT=${OUT:-/tmp/gpu_followup}; mkdir -p "$OUT"; PY=${PY:-python}  # as devcheck, which ran on the device; BUDGET=${BUDGET:-420}; START=$(date +%s)
+OUT=${OUT:-/tmp/gpu_followup}; mkdir -p "$OUT"; PY=${PY:-python}; BUDGET=${BUDGET:-420}; START=$(date +%s)  # python: as devcheck, which ran there
 ITEMS=${ITEMS:-"loss fit12 fit24 profile memory nano16 project16 nano_eager project_eager attention modern"}
 export PYTHONUNBUFFERED=1
 el() { echo $(( $(date +%s) - START )); }
