@@ -86,18 +86,19 @@ def main(argv):
     if unknown:
         raise ConfigError(f"backends: unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
     device = runtime.pick_device(cfg.device)
-    dtype = getattr(torch, runtime.pick_dtype(device, cfg.dtype))
+    dtype_name = runtime.pick_dtype(device, cfg.dtype)
+    dtype = getattr(torch, dtype_name)
     gen = torch.Generator().manual_seed(0)
     shape = (cfg.batch_size, cfg.n_head, cfg.block_size, cfg.head_size)  # (B, nh, T, hs), as model.py calls it
     q, k, v = (torch.randn(shape, generator=gen).to(device, dtype) for _ in range(3))
     ref = [t.float() for t in run(q.float(), k.float(), v.float(), SDPBackend.MATH)]  # fp32 math: the reference
     machine = torch.cuda.get_device_name(device) if device.startswith("cuda") else runtime.cpu_name()
-    print(f"# {machine}, torch {torch.__version__}, {str(dtype).removeprefix('torch.')}, B {cfg.batch_size}, heads {cfg.n_head} x "
+    print(f"# {machine}, torch {torch.__version__}, {dtype_name}, B {cfg.batch_size}, heads {cfg.n_head} x "
           f"{cfg.head_size}, T {cfg.block_size}, causal, forward + backward ({causal_flops(cfg) / 1e9:.1f} GFLOP)",
           file=sys.stderr)
     for name in names:
         r = measure(name, q, k, v, ref, cfg, device)
-        r.update(device=machine, torch=torch.__version__, dtype=str(dtype).removeprefix("torch."),
+        r.update(device=machine, torch=torch.__version__, dtype=dtype_name,
                  shape=list(shape))
         if cfg.json:
             print(json.dumps(r), flush=True)

@@ -24,12 +24,12 @@ item() {  # item NAME ESTIMATE_S TIMEOUT_S command...
   tail -n 3 "$OUT/$name.log" | cut -c1-500 >> "$OUT/timeline.txt"
 }
 if [ "${DRY:-0}" = 1 ]; then
-  D="--device=cpu"; CFG4070="config/train_tiny_cpu.py --device=cpu"; CFG3090="$CFG4070"; CAP12=""; CAP24=""
+  CFG4070="config/train_tiny_cpu.py --device=cpu"; CFG3090="$CFG4070"; CAP12=""; CAP24=""
   LOSS="--device=cpu --rows=512 --vocab_size=2048 --iters=2"; MEM="--device=cpu --n_layer=1 --n_embd=64 --n_head=2 --block_size=256"
   ATT="--device=cpu --batch_size=1 --n_head=2 --block_size=128 --iters=2"; B16="--batch_size=2 --compile=False"
   H="--tiny=1 --T=128 --steps=2 --warmup=1 --B=2 --compile=0"
 else
-  D=""; CFG4070="config/train_gpt2_124m_4070.py"; CFG3090="config/train_gpt2_124m_3090.py"; CAP12="--memory_gib=12"; CAP24="--memory_gib=24"
+  CFG4070="config/train_gpt2_124m_4070.py"; CFG3090="config/train_gpt2_124m_3090.py"; CAP12="--memory_gib=12"; CAP24="--memory_gib=24"
   LOSS="--device=cuda --rows=16384"; MEM="--device=cuda --batch_size=8 --n_layer=12 --compile=True --dtype=bfloat16 --memory_gib=12"
   ATT="--device=cuda"; B16="--batch_size=16"; H="--steps=12 --warmup=3 --B=16 --compile=1"
 fi

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import model
+from benchmarks.bench_memory import current_rss_mb, peak_mb, reset_peak
 from conftest import REPO
 from model import GPT, GPTConfig
 
@@ -118,11 +119,6 @@ def test_compiled_chunked_step_peaks_below_full_logits_in_bf16():
     assert peaks["train-chunked"] < 0.5 * peaks["train-full"] and peaks["train-full"] > 0.8 * logits_mb, peaks
 
 
-def _vm_hwm_mb():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-
-
 def test_eager_softmax_of_a_bf16_chunk_holds_fp32_blocks_not_the_chunk():
     """log_softmax(bf16, dtype=fp32) copies its input to fp32 first: over a whole 2,048-row chunk that was two
     (2048, 50304) fp32 temporaries (0.8 GB) beside the chunk's bf16 logits (0.2 GB). Eager mode (evals, HellaSwag,
@@ -133,13 +129,12 @@ def test_eager_softmax_of_a_bf16_chunk_holds_fp32_blocks_not_the_chunk():
     y = torch.randint(0, 50304, (model.LOSS_CHUNK,), generator=gen)
     logits_mb = model.LOSS_CHUNK * 50304 * 2 / 2**20  # the chunk's bf16 logits: 196 MB
     fp32_chunk_mb = model.LOSS_CHUNK * 50304 * 4 / 2**20  # one fp32 copy of the chunk: 393 MB (two were made)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # Linux: restart the resident-set high-water mark
-    with open("/proc/self/statm") as f:
-        base = int(f.read().split()[1]) * 4096 / 2**20
+    reset_peak("cpu")  # the resident set's high-water mark, as bench_memory measures it
+    base = current_rss_mb()
     rows = model.head_row_losses(x, w, y)
     assert rows.dtype == torch.float32 and torch.isfinite(rows).all()
-    assert _vm_hwm_mb() - base < logits_mb + fp32_chunk_mb, (_vm_hwm_mb() - base, logits_mb)  # 4 blocks: 2 x 98 MB
+    peak = peak_mb("cpu") - base
+    assert peak < logits_mb + fp32_chunk_mb, (peak, logits_mb)  # 4 blocks: 2 x 98 MB
 
 
 def test_generate_past_block_size_computes_only_the_last_logits(monkeypatch):
