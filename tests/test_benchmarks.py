@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, SHARED_DATA
 from test_train import make_dataset
 
 
@@ -112,15 +112,42 @@ def test_profile_step_and_eval_sample_run_on_a_tiny_model(tmp_path):
     assert all(r["even_diff"] >= 0 and r["stderr"] > 0 for r in res["rows"])
 
 
-def test_gpu_followup_script_dry_runs_its_items_on_cpu(tmp_path):
+@pytest.mark.parametrize("items", ["loss profile attention", pytest.param("fit12 user", marks=pytest.mark.slow)])
+def test_gpu_followup_script_dry_runs_its_items_on_cpu(tmp_path, items):
     """The prepared device command (benchmarks/gpu_followup.sh) must not be the thing that fails on a lent GPU:
     its CPU dry run ends every chosen item with rc=0 and hands back the timeline and one archive of logs."""
-    env = {**os.environ, "DRY": "1", "OUT": str(tmp_path), "ITEMS": "loss profile attention",
-           "PY": sys.executable}
+    env = {**os.environ, "DRY": "1", "OUT": str(tmp_path), "ITEMS": items, "PY": sys.executable,
+           "DATA": str(SHARED_DATA)}
     r = subprocess.run(["bash", "benchmarks/gpu_followup.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     timeline = (tmp_path / "timeline.txt").read_text()
-    assert [line.split()[2] for line in timeline.splitlines() if " END " in line] == ["loss", "profile", "attention"]
-    assert timeline.count("rc=0") == 3 and "SKIP" not in timeline, timeline
+    assert [line.split()[2] for line in timeline.splitlines() if " END " in line] == items.split()
+    assert timeline.count("rc=0") == len(items.split()) and "SKIP" not in timeline, timeline
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logs.tgz", "timeline.txt"]
+
+
+@pytest.mark.slow
+def test_gpu_user_path_dry_runs_every_check_on_cpu(tmp_path):
+    """The user's-path device check (benchmarks/gpu_user_path.py) on CPU at the tiny config: prepare, train,
+    resume, sample, eval, export, each check passing, so the device run fails only on what the GPU does."""
+    out = run_module("benchmarks.gpu_user_path", "--device=cpu", "--tiny=True", "--compile=False", "--batch_size=4",
+                     f"--parquet={SHARED_DATA}/fineweb_sample.parquet",
+                     f"--hellaswag_path={SHARED_DATA}/hellaswag_val.jsonl", f"--work={tmp_path / 'work'}")
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    checks = {r["check"]: r for r in lines if "check" in r}
+    assert list(checks) == ["resume", "sample", "eval", "export"] and all(r["ok"] for r in checks.values()), checks
+    assert checks["resume"]["bit_exact"] and checks["eval"]["rel_diff"] == 0.0  # CPU against CPU
+    assert checks["export"]["same_top_token"] == 1.0 and "acc_norm" in checks["eval"]
+    assert lines[-1] == {"user_path": "passed", "checks": 4, "failed": 0}
+
+
+def test_gpu_user_path_refuses_a_used_folder_and_a_missing_parquet(tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "ckpt.pt").write_text("a run's")
+    for argv, words in [([f"--work={tmp_path / 'old'}", "--parquet=x.parquet"], "is not empty"),
+                        ([], "--parquet is required")]:
+        r = subprocess.run([sys.executable, "-m", "benchmarks.gpu_user_path", "--device=cpu", *argv], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert (tmp_path / "old" / "ckpt.pt").read_text() == "a run's"
