@@ -117,6 +117,7 @@ class Bench:
                 self.recompile()
             else:
                 progress(f"compile switched off: {why}")
+        self.dynamic_batch = False  # during a compiled batch search: compile the batch dimension dynamic at once
         self.loader = None
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.last_fit = None  # (bytes the last fitting run needed, the card's bytes) on CUDA
@@ -149,6 +150,9 @@ class Bench:
 
     def micro_step(self, B, grad_accum):
         x, y = self.batch(B)
+        if self.dynamic_batch and B > 1:  # dynamo would specialise a size-1 dimension anyway
+            torch._dynamo.mark_dynamic(x, 0)
+            torch._dynamo.mark_dynamic(y, 0)
         with self.ctx:
             _, loss = self.model(x, y)
             loss = loss / grad_accum
@@ -237,29 +241,36 @@ def compiled_graphs():
 
 
 def find_max_batch(bench, cap):
-    """Largest B <= cap with bench.fits(B): double from 1 until a failure or the cap, then binary search.
-    Compiled, every candidate runs in a compiled graph: dynamo makes the batch dimension dynamic at the
-    second size, so the search costs two compilations, not one per size."""
+    """Largest B <= cap with bench.fits(B): double until a failure or the cap, then binary search.
+    Compiled, every candidate runs in a compiled graph, one for every size: the search starts at 2 with the
+    batch dimension marked dynamic (dynamo would compile size 1 on its own, then again once it sees a second size;
+    1 is tried only when 2 does not fit)."""
     tried = []
 
     def fits(B):
-        progress(f"batch-size search: trying micro-batch {B}" + (" (compiling)" if bench.compiled and len(tried) < 2 else ""))
+        progress(f"batch-size search: trying micro-batch {B}" + (" (compiling)" if bench.compiled and not tried else ""))
         ok = bench.fits(B)
         tried.append((B, ok))
         progress(f"batch-size search: micro-batch {B} {'fits' if ok else 'does not fit'}")
         return ok
-    best = _search(fits, cap)
+    bench.dynamic_batch = bench.compiled
+    try:
+        best = _search(fits, cap, start=2 if bench.compiled else 1)
+    finally:
+        bench.dynamic_batch = False
     if not best:
         raise OutOfMemory(f"even batch_size=1 at block_size={bench.cfg.block_size} does not fit; "
                           f"lower block_size or the model size, or use dtype=bfloat16/float16")
     return best, tried
 
 
-def _search(fits, cap):
-    """Largest B <= cap with fits(B), 0 if none; fits must be monotone."""
-    if not fits(1):
-        return 0
-    good = 1
+def _search(fits, cap, start=1):
+    """Largest B <= cap with fits(B), 0 if none; fits must be monotone. The doubling starts at `start`
+    (1 is tried after it only if it does not fit)."""
+    start = min(start, cap)
+    if not fits(start):
+        return 1 if start > 1 and fits(1) else 0
+    good = start
     while good < cap and fits(min(2 * good, cap)):
         good = min(2 * good, cap)
     bad = min(2 * good, cap + 1)  # first size known (or assumed, past the cap) not to fit

@@ -104,10 +104,13 @@ def test_batch_search_counts_the_eval_and_hellaswag_batches():
     assert res["fit_checks"] == "train step, eval, HellaSwag" and res["memory_margin"] is None  # no margin on CPU
 
 
-def test_batch_search_arithmetic_large_cap():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_batch_search_arithmetic_large_cap(compiled):
+    """Compiled, the search starts at 2 (the first graph then has a dynamic batch dimension) and tries 1 only
+    when 2 does not fit."""
     class Fake:
         def __init__(self, limit):
-            self.limit, self.calls, self.compiled = limit, 0, False
+            self.limit, self.calls, self.compiled = limit, 0, compiled
             self.cfg = load_config(bench.BenchConfig, [])
 
         def fits(self, B):
@@ -116,10 +119,24 @@ def test_batch_search_arithmetic_large_cap():
 
     for limit, cap, want in [(37, 1024, 37), (1024, 1024, 1024), (1, 8, 1), (300, 100, 100), (64, 1024, 64)]:
         f = Fake(limit)
-        assert bench.find_max_batch(f, cap) == (want, [(B, B <= limit) for B, _ in bench.find_max_batch(Fake(limit), cap)[1]])
-        assert f.calls <= 2 * 11  # O(log cap) tries
+        best, tried = bench.find_max_batch(f, cap)
+        assert best == want and tried == [(B, B <= limit) for B, _ in tried] and f.calls == len(tried)
+        assert tried[0][0] == (2 if compiled else 1) and f.calls <= 2 * 11  # O(log cap) tries
+        assert not f.dynamic_batch  # only during the search
+    assert [B for B, _ in bench.find_max_batch(Fake(1), 8)[1]] == ([2, 1] if compiled else [1, 2])
     with pytest.raises(bench.OutOfMemory, match="batch_size=1"):
         bench.find_max_batch(Fake(0), 8)
+
+
+def test_compiled_batch_search_compiles_the_model_once():
+    """Every candidate runs in the first candidate's graph of the model (before: size 1, then a dynamic recompile
+    at size 2). One small recompile is left: the loss's fused softmax, after AOTAutograd's first-call check of
+    custom ops (torch 2.13) ran it under a dispatch mode."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+    from model import GPT
+    b = bench.Bench(load_config(bench.BenchConfig, [t for t in TINY if t != "--compile=False"]))
+    assert b.compiled and bench.find_max_batch(b, cap=8) == (8, [(2, True), (4, True), (8, True)])
+    assert len(_debug_get_cache_entry_list(GPT.forward.__code__)) == 1
 
 
 def test_non_oom_errors_are_not_swallowed_by_the_search():
