@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements issue 16 still needs, as device commands (about 11 min on an H100/H200 for all items).
+# The GPU measurements issue 16 still needs, as device commands (about 12 min on an H100/H200 for all items).
 # Results in $OUT (default /tmp/gpu_followup): timeline.txt, logs.tgz (one log per item) and, for the devcheck
 # items, results.jsonl. ITEMS picks items (default: all); they run in this file's order, most needed first, and
 # one that would end past BUDGET seconds is skipped, so a second call naming the skipped ones finishes the set.
@@ -7,9 +7,9 @@
 # copy of shared/devcheck with tiktoken_cache/ and data/ (shared/data's fineweb_sample.parquet and
 # hellaswag_val.jsonl), which the project-against-nanoGPT items and the user's path need. A session has 15 min of
 # device time, the machine's start included, so the two calls together stay near 12:
-#     ITEMS="loss fit12 profile fit24" BUDGET=370 bash benchmarks/gpu_followup.sh               # timeout_s 420
-#     ITEMS="user attention memory project16 nano16 modern" BUDGET=280 bash benchmarks/gpu_followup.sh  # 330
-# (on a card other than the first session's H200, name project16 and nano16 in place of memory: the targets are relative)
+#     ITEMS="loss fit12 profile fit24" BUDGET=330 bash benchmarks/gpu_followup.sh                # timeout_s 400
+#     ITEMS="user project16 nano16 attention memory modern" BUDGET=300 bash benchmarks/gpu_followup.sh  # 360
+# (project16 and nano16 only on a card other than the first session's H200: the targets are relative to nanoGPT)
 set -u
 OUT=${OUT:-/tmp/gpu_followup}; mkdir -p "$OUT"; PY=${PY:-python}; BUDGET=${BUDGET:-420}; START=$(date +%s)  # python: as devcheck, which ran there
 ITEMS=${ITEMS:-"loss fit12 profile fit24 user attention memory project16 nano16 modern nano_eager project_eager"}  # all
@@ -38,11 +38,11 @@ fi
 # 1. the loss op as committed (it writes each chunk's gradient over its logits: not yet measured on a GPU)
 item loss        60 150 $PY -m benchmarks.bench_loss $LOSS --json --impls=project_compiled,project,full_compiled
 # 2. the largest micro-batch of the 4070 config on an emulated 12 GB card, compiled, then timed
-item fit12       120 240 $PY bench.py $CFG4070 --find_batch_size $CAP12 --max_batch_size=32 --json --iters=5 --warmup_iters_bench=2
+item fit12       90 240 $PY bench.py $CFG4070 --find_batch_size $CAP12 --max_batch_size=32 --json --iters=5 --warmup_iters_bench=2
 # 3. where the step's time goes (the MFU target was missed: 39.6% on an H200)
 item profile     60 150 $PY -m benchmarks.profile_step $CFG4070 $B16 --top=20
 # 4. the same search for the 3090 config on an emulated 24 GB card
-item fit24       120 240 $PY bench.py $CFG3090 --find_batch_size $CAP24 --max_batch_size=64 --json --iters=5 --warmup_iters_bench=2
+item fit24       90 240 $PY bench.py $CFG3090 --find_batch_size $CAP24 --max_batch_size=64 --json --iters=5 --warmup_iters_bench=2
 # 5. the user's whole path on the GPU: train, resume from a step checkpoint, sample (cache on/off), eval against the
 #    CPU's, export and load in transformers (sample.py, eval.py, export.py and a resume had never run on a GPU)
 DATA=${DATA:-devcheck/data}
@@ -50,16 +50,16 @@ if [ -f "$DATA/fineweb_sample.parquet" ]; then
   item user      200 300 $PY -m benchmarks.gpu_user_path $USER --parquet="$DATA/fineweb_sample.parquet" \
     --hellaswag_path="$DATA/hellaswag_val.jsonl"
 fi
-# 6. attention alone through each SDPA backend: is another kernel than the default faster on this card?
-item attention   20 90 $PY -m benchmarks.bench_attention $ATT
-# 7. memory of what a 12 GB card runs: compiled bf16 step, eval batch, HellaSwag rows
-item memory      90 200 $PY -m benchmarks.bench_memory $MEM
-# 8. project against nanoGPT on this card (the targets are relative; a card other than the first session's H200
+# 6. project against nanoGPT on this card (the targets are relative; a card other than the first session's H200
 #    needs both again), through shared/devcheck's harness when a git-ignored copy of it was carried (devcheck/)
 if [ -f devcheck/harness.py ]; then
   item project16 75 150 env OUT="$OUT" $PY devcheck/harness.py --impl=project --recipe=classic $H
   item nano16    75 150 env OUT="$OUT" $PY devcheck/harness.py --impl=nanogpt $H
 fi
+# 7. attention alone through each SDPA backend: is another kernel than the default faster on this card?
+item attention   20 90 $PY -m benchmarks.bench_attention $ATT
+# 8. memory of what a 12 GB card runs: compiled bf16 step, eval batch, HellaSwag rows
+item memory      90 200 $PY -m benchmarks.bench_memory $MEM
 # 9. the modern recipe, micro-step and optimizer step apart (devcheck's one-micro-step harness showed it 25% slower
 #    per token than classic; a real step amortises Muon's per-matrix work over 64 micro-steps)
 item modern      60 150 $PY -m benchmarks.profile_step $CFG4070 config/recipe_modern.py $B16 --top=20
