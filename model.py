@@ -9,7 +9,9 @@ References:
    projections and head, and logit soft-capping (Gemma 2, 2024), as combined by modded-nanogpt.
 Only the model lives here: optimizer policy, FLOP/MFU accounting and hardware tables are elsewhere.
 """
+import hashlib
 import math
+import pathlib
 from dataclasses import dataclass, field
 
 import torch
@@ -192,6 +194,11 @@ class Block(nn.Module):
 # torch.compile sees one opaque call with a registered shape function. When inductor could see the chunk loop it
 # fused across chunks, which kept every chunk's bf16 logits alive at once, and it baked the batch size into the
 # graph (a recompile per micro-batch size; issue 16).
+# torch.compile's on-disk caches know a custom op by its name, not by its fake, setup or backward code: an edited
+# backward kept being served the old one's compiled graph, silently (pytorch/pytorch#144344, #160472; seen here
+# when the backward took over the mean's 1/n). So the ops' names carry a digest of this file: an edit, or an
+# update of the project, compiles them afresh.
+_OP_TAG = hashlib.sha256(pathlib.Path(__file__).read_bytes()).hexdigest()[:12]
 
 
 def _chunk_loss(z, y, scale, softcap, want_grad):
@@ -272,12 +279,15 @@ def _add_grad_w(grad_w, g, xc):
 
 
 def _head_chunks(x, weight, targets, softcap, compute_dtype, fuse, want_grads):
-    """Loop over chunks of rows: per-row losses (N,) fp32, and with want_grads the gradients of their mean
-    over targets != -1 w.r.t. x (x's dtype) and weight (weight's dtype), made in the same pass."""
+    """Loop over chunks of rows: per-row losses (N,) fp32, and with want_grads the gradients of their sum
+    over targets != -1 w.r.t. x (x's dtype) and weight (weight's dtype), made in the same pass.
+    The sum's, not the mean's: each chunk's gradient lives in its logits' buffer, in the compute dtype, and the
+    mean's 1/n there (6e-5 at 16K rows) flushed fp16's small probabilities to zero, since a GradScaler scales
+    only after this op (fp16 grad_x error 4e-2, against 3e-4 for full logits under a GradScaler). The
+    backward applies 1/n in fp32."""
     with torch.autocast(x.device.type, enabled=False):  # the dtypes below are explicit
         chunk_loss = _chunk_fn(fuse)
-        valid = targets != -1
-        scale = valid / valid.sum().clamp(min=1)  # (N,): the mean's 1/n, and 0 on rows that do not count
+        scale = (targets != -1).float()  # (N,): 0 on rows that do not count
         w = weight.to(compute_dtype)  # (V, C), cast once for every chunk
         row_loss = torch.empty(x.size(0), dtype=torch.float32, device=x.device)
         grad_x = torch.empty_like(x) if want_grads else None
@@ -287,20 +297,25 @@ def _head_chunks(x, weight, targets, softcap, compute_dtype, fuse, want_grads):
             xc = x[rows].to(compute_dtype)  # (n, C)
             z = xc @ w.t()  # (n, V) logits in the compute dtype
             row_loss[rows] = chunk_loss(z, targets[rows], scale[rows], softcap, want_grads)
-            if want_grads:  # z now holds d loss / d logits
+            if want_grads:  # z now holds d (sum of row losses) / d logits
                 grad_x[rows] = z @ w  # (n, C)
                 _add_grad_w(grad_w, z, xc)
             del z
         return row_loss, grad_x, (grad_w.to(weight.dtype) if want_grads else None)
 
 
-@torch.library.custom_op("gpt2kit::head_loss", mutates_args=())
+@torch.library.custom_op(f"gpt2kit::head_loss_{_OP_TAG}", mutates_args=())
 def _head_loss_op(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float,
                   compute_dtype: torch.dtype, fuse: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean loss, its gradient w.r.t. x, w.r.t. weight): the loss's backward is a multiply by these."""
+    """(mean loss, the gradients of the summed loss w.r.t. x and weight): the backward multiplies these by its
+    incoming gradient / n."""
     row_loss, grad_x, grad_w = _head_chunks(x, weight, targets, softcap, compute_dtype, fuse, want_grads=True)
-    n = (targets != -1).sum().clamp(min=1)
-    return row_loss.sum() / n, grad_x, grad_w
+    return row_loss.sum() / _count(targets), grad_x, grad_w
+
+
+def _count(targets):
+    """n of the mean: the rows that count (at least 1, so that a batch of only ignored rows gives 0, not NaN)."""
+    return (targets != -1).sum().clamp(min=1)
 
 
 @_head_loss_op.register_fake
@@ -309,22 +324,23 @@ def _(x, weight, targets, softcap, compute_dtype, fuse):
 
 
 def _head_loss_setup(ctx, inputs, output):
-    ctx.save_for_backward(output[1], output[2])
+    ctx.save_for_backward(output[1], output[2], _count(inputs[2]))
 
 
 def _head_loss_backward(ctx, grad_loss, _grad_gx, _grad_gw):
-    grad_x, grad_w = ctx.saved_tensors
+    grad_x, grad_w, n = ctx.saved_tensors
+    s = grad_loss / n  # fp32 scalar: the mean's 1/n times what comes in (1/grad_accum, a GradScaler's scale)
     if torch.compiler.is_compiling():  # inductor reuses the saved buffers for these products by itself
-        return grad_x * grad_loss, grad_w * grad_loss, None, None, None, None
+        return grad_x * s, grad_w * s, None, None, None, None
     # eager: scale in place, no copy of the (vocab, C) gradient (a second backward through this graph fails
     # loudly on the saved tensors' version counter instead of using scaled values)
-    return grad_x.mul_(grad_loss), grad_w.mul_(grad_loss), None, None, None, None
+    return grad_x.mul_(s), grad_w.mul_(s), None, None, None, None
 
 
 _head_loss_op.register_autograd(_head_loss_backward, setup_context=_head_loss_setup)
 
 
-@torch.library.custom_op("gpt2kit::head_row_losses", mutates_args=())
+@torch.library.custom_op(f"gpt2kit::head_row_losses_{_OP_TAG}", mutates_args=())
 def _row_losses_op(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float,
                    compute_dtype: torch.dtype, fuse: bool) -> torch.Tensor:
     """Each row's loss (N,) fp32, 0 where targets == -1: no gradients (evals)."""
@@ -348,8 +364,7 @@ def head_loss(x, weight, targets, softcap=0.0):
     dtype, fuse = _compute_dtype(x), torch.compiler.is_compiling()
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return _head_loss_op(x, weight, targets, float(softcap), dtype, fuse)[0]
-    n = (targets != -1).sum().clamp(min=1)
-    return _row_losses_op(x, weight, targets, float(softcap), dtype, fuse).sum() / n
+    return _row_losses_op(x, weight, targets, float(softcap), dtype, fuse).sum() / _count(targets)
 
 
 def head_row_losses(x, weight, targets, softcap=0.0):
