@@ -100,9 +100,11 @@ class Rotary(nn.Module):
         self.register_buffer("sin", angles.sin(), persistent=False)
 
     def forward(self, x, start):
-        """x (B, nh, T, hs) at positions start .. start+T-1, rotated."""
-        T, half = x.size(2), x.size(3) // 2
-        cos, sin = self.cos[start:start + T].to(x.dtype), self.sin[start:start + T].to(x.dtype)  # (T, hs/2)
+        """x (B, T, ..., hs) at positions start .. start+T-1 (dim 1), rotated."""
+        T, half = x.size(1), x.size(-1) // 2
+        shape = (T,) + (1,) * (x.dim() - 3) + (half,)  # (T, 1, ..., hs/2): broadcast over the dims between
+        cos = self.cos[start:start + T].to(x.dtype).view(shape)
+        sin = self.sin[start:start + T].to(x.dtype).view(shape)
         x1, x2 = x[..., :half], x[..., half:]
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
@@ -128,16 +130,18 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, rotary=None, kv_cache=None):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
         hs = C // self.n_head
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, T, C) -> (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, hs)  # (B, T, 3C) -> (B, T, 3, nh, hs)
+        q, k, v = qkv.unbind(2)  # 3 x (B, T, nh, hs)
         past = kv_cache.length(self.layer_idx) if kv_cache is not None else 0
-        if self.qk_norm:  # bounded attention logits: stable at higher learning rates (Dehghani et al. 2023)
-            q, k = F.rms_norm(q, (hs,)), F.rms_norm(k, (hs,))
-        if rotary is not None:  # new tokens sit at positions past .. past + T - 1
-            q, k = rotary(q, past), rotary(k, past)
+        if self.qk_norm or rotary is not None:  # q and k together: one kernel each, not two, in eager mode (issue 16)
+            qk = qkv[:, :, :2]  # (B, T, 2, nh, hs)
+            if self.qk_norm:  # bounded attention logits: stable at higher learning rates (Dehghani et al. 2023)
+                qk = F.rms_norm(qk, (hs,))
+            if rotary is not None:  # new tokens sit at positions past .. past + T - 1
+                qk = rotary(qk, past)
+            q, k = qk.unbind(2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, T, nh, hs) -> (B, nh, T, hs)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, past + T, hs)
         dropout_p = self.dropout if self.training else 0.0
