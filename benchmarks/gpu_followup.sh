@@ -8,7 +8,7 @@
 # hellaswag_val.jsonl), which the project-against-nanoGPT items and the user's path need. A session has 15 min of
 # device time, the machine's start included, so the two calls together stay near 12:
 #     ITEMS="loss fit12 profile fit24" BUDGET=330 bash benchmarks/gpu_followup.sh                # timeout_s 400
-#     ITEMS="user project16 nano16 attention memory modern" BUDGET=300 bash benchmarks/gpu_followup.sh  # 360
+#     ITEMS="user attention project16 nano16 memory modern" BUDGET=290 bash benchmarks/gpu_followup.sh  # 340
 # (project16 and nano16 only on a card other than the first session's H200: the targets are relative to nanoGPT)
 set -u
 OUT=${OUT:-/tmp/gpu_followup}; mkdir -p "$OUT"; PY=${PY:-python}; BUDGET=${BUDGET:-420}; START=$(date +%s)  # python: as devcheck, which ran there
@@ -29,7 +29,7 @@ if [ "${DRY:-0}" = 1 ]; then
   CFG4070="config/train_tiny_cpu.py --device=cpu"; CFG3090="$CFG4070"; CAP12=""; CAP24=""
   LOSS="--device=cpu --rows=512 --vocab_size=2048 --iters=2"; MEM="--device=cpu --n_layer=1 --n_embd=64 --n_head=2 --block_size=256"
   ATT="--device=cpu --batch_size=1 --n_head=2 --block_size=128 --iters=2"; B16="--batch_size=2 --compile=False"
-  H="--tiny=1 --T=128 --steps=2 --warmup=1 --B=2 --compile=0"; USER="--device=cpu --tiny=True --compile=False --batch_size=4"
+  H="--tiny=1 --T=128 --steps=2 --warmup=1 --B=2 --compile=0"; USER="--device=cpu --tiny=True --compile=False --batch_size=4 --iters=4"
 else
   CFG4070="config/train_gpt2_124m_4070.py"; CFG3090="config/train_gpt2_124m_3090.py"; CAP12="--memory_gib=12"; CAP24="--memory_gib=24"
   LOSS="--device=cuda --rows=16384"; MEM="--device=cuda --batch_size=8 --n_layer=12 --compile=True --dtype=bfloat16 --memory_gib=12"
@@ -44,10 +44,11 @@ item profile     60 150 $PY -m benchmarks.profile_step $CFG4070 $B16 --top=20
 # 4. the same search for the 3090 config on an emulated 24 GB card
 item fit24       90 240 $PY bench.py $CFG3090 --find_batch_size $CAP24 --max_batch_size=64 --json --iters=5 --warmup_iters_bench=2
 # 5. the user's whole path on the GPU: train, resume from a step checkpoint, sample (cache on/off), eval against the
-#    CPU's, export and load in transformers (sample.py, eval.py, export.py and a resume had never run on a GPU)
+#    CPU's, export and load in transformers, the same run in fp16 (sample.py, eval.py, export.py, a resume and fp16
+#    had never run on a GPU)
 DATA=${DATA:-devcheck/data}
 if [ -f "$DATA/fineweb_sample.parquet" ]; then
-  item user      200 300 $PY -m benchmarks.gpu_user_path $USER --parquet="$DATA/fineweb_sample.parquet" \
+  item user      240 360 $PY -m benchmarks.gpu_user_path $USER --parquet="$DATA/fineweb_sample.parquet" \
     --hellaswag_path="$DATA/hellaswag_val.jsonl"
 fi
 # 6. project against nanoGPT on this card (the targets are relative; a card other than the first session's H200

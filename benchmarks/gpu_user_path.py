@@ -1,20 +1,21 @@
 """A user's whole path on a GPU, as the commands they type: prepare FineWeb, train (compiled, bf16), resume a
 run from a step checkpoint, sample (KV cache on and off), evaluate on the GPU and on the CPU, export to
-transformers and load the export on the GPU. Each check prints one JSON line and the last line sums them up;
-the exit status is 1 if a check failed. Before issue 16 only train.py had run on a GPU, once, with no resume;
-sample.py, eval.py and export.py never had.
+transformers and load the export on the GPU, train in fp16. Each check prints one JSON line and the last line
+sums them up; the exit status is 1 if a check failed. Before issue 16 only train.py had run on a GPU, once,
+with no resume; sample.py, eval.py and export.py never had.
 
     python -m benchmarks.gpu_user_path --parquet=devcheck/data/fineweb_sample.parquet \\
-        --hellaswag_path=devcheck/data/hellaswag_val.jsonl                      # on the GPU: ~3 min on an H200
+        --hellaswag_path=devcheck/data/hellaswag_val.jsonl                      # on the GPU: ~4 min on an H200
     python -m benchmarks.gpu_user_path --device=cpu --tiny=True --parquet=...   # the CPU dry run a test makes
 
 What each check compares:
-- resume: the run resumed from its own iteration-10 checkpoint against the straight run, iterations 11-20.
+- resume: the run resumed from its own half-way checkpoint against the straight run, over the second half.
   Exact on CPU (tests/test_train.py holds that); on a GPU the figure is the largest difference, since some
   CUDA kernels (the embedding's backward, atomics in attention's) add in a run-dependent order.
 - sample: greedy text with the KV cache and without it: the same tokens.
 - eval: the GPU's bf16 val loss and HellaSwag against the CPU's fp32 on the same checkpoint and windows.
 - export: transformers' logits on one window against the project's, both fp32 on the device.
+- fp16: the same run in fp16 with a GradScaler (cards without bf16) against the default dtype's.
 """
 import json
 import os
@@ -27,11 +28,12 @@ from dataclasses import dataclass
 from gptlib.errors import ConfigError, run_command
 from gptlib.settings import load_config, setting
 
-ITERS = 20  # straight run's optimizer steps; the resumed run starts from the checkpoint at half of them
 EVAL_TOKENS = 16384  # val tokens each eval scores: the CPU scores them too, in fp32
 HELLASWAG_ITEMS = 100  # items scored on both devices (HellaSwag's first, fixed)
 RESUME_TOL = {"cpu": 0.0, "cuda": 2e-2}  # largest |loss difference| a resumed run may show
 EVAL_TOL = 2e-2  # bf16 against fp32 val loss, relative
+FP16_FIRST_TOL = 2e-2  # |first loss difference| against the default dtype's run: one forward, same weights and tokens
+FP16_END_TOL = 5e-2  # relative difference of the last loss
 TRANSFORMERS_TOL = 1e-3  # largest |logit difference|, both in fp32 (tests/test_export.py holds 1e-4 at 40 tokens)
 
 
@@ -43,6 +45,7 @@ class UserPathConfig:
     work: str = setting("")  # a new or empty folder for the data, runs and export; '': a fresh temporary one
     tiny: bool = setting(False)  # the tiny CPU config instead of GPT-2 124M (the dry run)
     batch_size: int = setting(8, ge=1)  # micro-batch (two per optimizer step)
+    iters: int = setting(20, ge=2)  # optimizer steps of each run; the resumed run starts from the checkpoint at half
     compile: bool = setting(True)  # torch.compile the training runs, as users do
 
     def problems(self):
@@ -79,28 +82,45 @@ def report(checks, name, ok, **facts):
     print(json.dumps({"check": name, "ok": ok, **facts}), flush=True)
 
 
-def train_and_resume(cfg, work, data, log, checks):
-    """A straight run of ITERS steps keeping its step checkpoints, then a run resumed from the middle one."""
+def train_args(cfg, data):
+    """train.py's arguments for the runs: cfg.iters steps of two micro-batches, an eval half-way and at the end."""
     config = ["config/train_tiny_cpu.py"] if cfg.tiny else ["config/train_gpt2_124m_4070.py"]
     T = 128 if cfg.tiny else 1024
-    common = config + [f"--data_dir={data}", f"--device={cfg.device}", f"--compile={cfg.compile}",
-                       f"--batch_size={cfg.batch_size}", f"--total_batch_size={2 * cfg.batch_size * T}",
-                       f"--max_iters={ITERS}", f"--lr_decay_iters={ITERS}", "--warmup_iters=2", "--log_interval=1",
-                       f"--eval_interval={ITERS // 2}", f"--eval_tokens={EVAL_TOKENS}", "--hellaswag_interval=0",
-                       "--humaneval_interval=0"]
+    return config + [f"--data_dir={data}", f"--device={cfg.device}", f"--compile={cfg.compile}",
+                     f"--batch_size={cfg.batch_size}", f"--total_batch_size={2 * cfg.batch_size * T}",
+                     f"--max_iters={cfg.iters}", f"--lr_decay_iters={cfg.iters}", "--warmup_iters=2",
+                     "--log_interval=1", f"--eval_interval={cfg.iters // 2}", f"--eval_tokens={EVAL_TOKENS}",
+                     "--hellaswag_interval=0", "--humaneval_interval=0"]
+
+
+def train_and_resume(cfg, work, data, log, checks):
+    """A straight run keeping its step checkpoints, then a run resumed from the middle one."""
+    common = train_args(cfg, data)
     straight, resumed = os.path.join(work, "straight"), os.path.join(work, "resumed")
-    _, s1 = run("train", ["train.py", *common, f"--out_dir={straight}", f"--ckpt_interval={ITERS // 2}",
+    half, n = cfg.iters // 2, cfg.iters
+    _, s1 = run("train", ["train.py", *common, f"--out_dir={straight}", f"--ckpt_interval={half}",
                           "--keep_last_n=2"], log)
-    middle = os.path.join(straight, f"ckpt_{ITERS // 2:07d}.pt")
+    middle = os.path.join(straight, f"ckpt_{half:07d}.pt")
     _, s2 = run("resume", ["train.py", *common, f"--out_dir={resumed}", "--init_from=resume",
                            f"--resume_from={middle}"], log)
     a, b = train_losses(straight), train_losses(resumed)
-    later = [i for i in a if i > ITERS // 2]
-    diffs = [abs(a[i] - b.get(i, float("inf"))) for i in later]
+    diffs = [abs(a[i] - b.get(i, float("inf"))) for i in a if i > half]
     tol = RESUME_TOL["cpu" if cfg.device == "cpu" else "cuda"]
-    report(checks, "resume", len(a) == ITERS and max(diffs) <= tol, first_loss=a[1], last_loss=a[ITERS],
+    report(checks, "resume", len(a) == n and max(diffs) <= tol, first_loss=a[1], last_loss=a[n],
            max_abs_diff=max(diffs), bit_exact=max(diffs) == 0.0, tolerance=tol, straight_s=s1, resumed_s=s2)
     return straight
+
+
+def fp16(cfg, run_dir, data, work, log, checks):
+    """The same run in fp16 with a GradScaler (GPUs without bf16: T4, V100, RTX 20xx), against the first: the
+    same start and about the same end (the scaler may skip a first step or two whose gradients overflow)."""
+    out = os.path.join(work, "fp16")
+    _, secs = run("train in fp16", ["train.py", *train_args(cfg, data), "--dtype=float16", f"--out_dir={out}"], log)
+    a, b, n = train_losses(run_dir), train_losses(out), cfg.iters
+    end_rel = abs(b[n] - a[n]) / a[n]
+    report(checks, "fp16", len(b) == n and abs(b[1] - a[1]) <= FP16_FIRST_TOL and end_rel <= FP16_END_TOL,
+           first_loss=b[1], first_loss_default=a[1], last_loss=b[n], last_loss_default=a[n],
+           end_rel_diff=end_rel, seconds=secs)
 
 
 def sample(cfg, run_dir, data, work, log, checks):
@@ -182,7 +202,7 @@ def main(argv):
                                   "--val_tokens=100000", "--overwrite=True"], log)
         print(json.dumps({"step": "prepare", "s": secs}), flush=True)
         run_dir = train_and_resume(cfg, work, data, log, checks)
-        for check in (sample, evaluate, export):  # each on the trained run; a failed one does not stop the rest
+        for check in (sample, evaluate, export, fp16):  # each on the trained run; a failed one does not stop the rest
             try:
                 check(cfg, run_dir, data, work, log, checks)
             except StepFailed as e:

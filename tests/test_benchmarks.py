@@ -130,16 +130,20 @@ def test_gpu_followup_script_dry_runs_its_items_on_cpu(tmp_path, items):
 @pytest.mark.slow
 def test_gpu_user_path_dry_runs_every_check_on_cpu(tmp_path):
     """The user's-path device check (benchmarks/gpu_user_path.py) on CPU at the tiny config: prepare, train,
-    resume, sample, eval, export, each check passing, so the device run fails only on what the GPU does."""
+    resume, sample, eval, export, fp16 (slow on a CPU: 4 steps), each check passing, so the device run fails
+    only on what the GPU does."""
     out = run_module("benchmarks.gpu_user_path", "--device=cpu", "--tiny=True", "--compile=False", "--batch_size=4",
+                     "--iters=4",
                      f"--parquet={SHARED_DATA}/fineweb_sample.parquet",
                      f"--hellaswag_path={SHARED_DATA}/hellaswag_val.jsonl", f"--work={tmp_path / 'work'}")
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     checks = {r["check"]: r for r in lines if "check" in r}
-    assert list(checks) == ["resume", "sample", "eval", "export"] and all(r["ok"] for r in checks.values()), checks
+    assert list(checks) == ["resume", "sample", "eval", "export", "fp16"] and all(r["ok"] for r in checks.values()), \
+        checks
     assert checks["resume"]["bit_exact"] and checks["eval"]["rel_diff"] == 0.0  # CPU against CPU
     assert checks["export"]["same_top_token"] == 1.0 and "acc_norm" in checks["eval"]
-    assert lines[-1] == {"user_path": "passed", "checks": 4, "failed": 0}
+    assert checks["fp16"]["first_loss"] != checks["fp16"]["first_loss_default"]  # it did run in fp16
+    assert lines[-1] == {"user_path": "passed", "checks": 5, "failed": 0}
 
 
 def test_gpu_user_path_refuses_a_used_folder_and_a_missing_parquet(tmp_path):
