@@ -242,8 +242,8 @@ def compiled_graphs():
 
 def find_max_batch(bench, cap):
     """Largest B <= cap with bench.fits(B): double until a failure or the cap, then binary search.
-    Compiled, every candidate runs in a compiled graph, one for every size: the search starts at 2 with the
-    batch dimension marked dynamic (dynamo would compile size 1 on its own, then again once it sees a second size;
+    Compiled, every candidate runs compiled, in one graph for all sizes: the search starts at 2 with the batch
+    dimension marked dynamic (dynamo would compile size 1 on its own, then again once it sees a second size;
     1 is tried only when 2 does not fit)."""
     tried = []
 
