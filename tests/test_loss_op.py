@@ -80,7 +80,7 @@ def test_op_under_bf16_autocast_matches_autocast_autograd(small_chunks):
 def test_op_under_fp16_autocast_is_as_exact_as_full_logits_with_a_grad_scaler():
     """fp16 (cards without bf16): the op makes its gradients before a GradScaler can scale them, so it must not
     put the mean's 1/n into its fp16 buffer. It did: at 2,048 rows, p / n of most tokens is below fp16's
-    smallest number, and grad_x's error was 40x that of full logits under a GradScaler."""
+    smallest number, and grad_x's error was 130x that of full logits under a GradScaler (3.9e-2 vs 3.0e-4)."""
     gen = torch.Generator().manual_seed(2)
     x, w = torch.randn(2048, 32, generator=gen), 0.3 * torch.randn(50304, 32, generator=gen)
     y = torch.randint(0, 50304, (2048,), generator=gen)
