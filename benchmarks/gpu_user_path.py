@@ -25,11 +25,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from gptlib import runtime
 from gptlib.errors import ConfigError, run_command
+from gptlib.monitor import METRICS_FILE, read_metrics
 from gptlib.settings import load_config, setting
+from gptlib.train_settings import TrainConfig
 
 EVAL_TOKENS = 16384  # val tokens each eval scores: the CPU scores them too, in fp32
 HELLASWAG_ITEMS = 100  # items scored on both devices (HellaSwag's first, fixed)
+HELLASWAG_FLIPS = 5  # of them, choices bf16 may flip against fp32 (an early model's scores sit near ties)
 RESUME_TOL = {"cpu": 0.0, "cuda": 2e-2}  # largest |loss difference| a resumed run may show
 EVAL_TOL = 2e-2  # bf16 against fp32 val loss, relative
 FP16_FIRST_TOL = 2e-2  # |first loss difference| against the default dtype's run: one forward, same weights and tokens
@@ -39,7 +43,7 @@ TRANSFORMERS_TOL = 1e-3  # largest |logit difference|, both in fp32 (tests/test_
 
 @dataclass
 class UserPathConfig:
-    device: str = setting("cuda", pattern=r"cpu|cuda(:\d+)?")  # where training, sampling and the GPU evals run
+    device: str = setting("cuda", pattern=r"auto|cpu|cuda(:\d+)?")  # where training, sampling and the GPU evals run
     parquet: str = setting("")  # a FineWeb parquet file (../shared/data/fineweb_sample.parquet), required
     hellaswag_path: str = setting("")  # HellaSwag jsonl to score on both devices; '': skip that check
     work: str = setting("")  # a new or empty folder for the data, runs and export; '': a fresh temporary one
@@ -73,8 +77,7 @@ def run(name, args, log):
 
 def train_losses(out_dir):
     """{iteration: training loss} from a run's metrics.jsonl."""
-    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        return {r["iter"]: r["loss"] for r in map(json.loads, f) if r["kind"] == "train"}
+    return {r["iter"]: r["loss"] for r in read_metrics(os.path.join(out_dir, METRICS_FILE)) if r["kind"] == "train"}
 
 
 def report(checks, name, ok, **facts):
@@ -85,7 +88,7 @@ def report(checks, name, ok, **facts):
 def train_args(cfg, data):
     """train.py's arguments for the runs: cfg.iters steps of two micro-batches, an eval half-way and at the end."""
     config = ["config/train_tiny_cpu.py"] if cfg.tiny else ["config/train_gpt2_124m_4070.py"]
-    T = 128 if cfg.tiny else 1024
+    T = load_config(TrainConfig, config).block_size
     return config + [f"--data_dir={data}", f"--device={cfg.device}", f"--compile={cfg.compile}",
                      f"--batch_size={cfg.batch_size}", f"--total_batch_size={2 * cfg.batch_size * T}",
                      f"--max_iters={cfg.iters}", f"--lr_decay_iters={cfg.iters}", "--warmup_iters=2",
@@ -152,10 +155,10 @@ def evaluate(cfg, run_dir, data, work, log, checks):
     facts = dict(val_loss=dev["val"]["loss"], cpu_val_loss=cpu["val"]["loss"], rel_diff=rel, device_s=dev_s,
                  cpu_s=cpu_s)
     ok = rel <= EVAL_TOL
-    if cfg.hellaswag_path:  # an early model's scores sit near ties, so bf16 may flip a few of its 100 choices
+    if cfg.hellaswag_path:
         flips = abs(dev["hellaswag"]["acc_norm"] - cpu["hellaswag"]["acc_norm"]) * HELLASWAG_ITEMS
         facts.update(acc_norm=dev["hellaswag"]["acc_norm"], cpu_acc_norm=cpu["hellaswag"]["acc_norm"])
-        ok = ok and flips <= 5
+        ok = ok and flips <= HELLASWAG_FLIPS
     report(checks, "eval", ok, tolerance=EVAL_TOL, **facts)
 
 
@@ -168,11 +171,8 @@ def export(cfg, run_dir, data, work, log, checks):
     _, secs = run("export", ["export.py", f"--out_dir={run_dir}", f"--to={to}", "--overwrite=True"], log)
     model, _, _ = checkpoint.load_model("resume", run_dir)
     T = model.config.block_size
-    r = shards.ShardReader(shards.list_shards(data, "val")[0])
-    try:
-        x = torch.as_tensor(r.read(0, T).astype("int64"))[None].to(cfg.device)  # (1, T): the val split's first window
-    finally:
-        r.close()
+    first = shards.read_shard(shards.list_shards(data, "val")[0])[:T]  # the val split's first window
+    x = torch.as_tensor(first.astype("int64"))[None].to(cfg.device)  # (1, T)
     hf = AutoModelForCausalLM.from_pretrained(to).to(cfg.device).eval()
     with torch.no_grad():  # the export keeps the 50,257 real rows of a padded vocabulary
         ours = model.to(cfg.device).eval()(x)[0][0, :, :shards.VOCAB_SIZE]  # (T, 50257)
@@ -185,11 +185,7 @@ def export(cfg, run_dir, data, work, log, checks):
 
 def main(argv):
     cfg = load_config(UserPathConfig, argv)
-    if cfg.device.startswith("cuda"):
-        import torch
-        if not torch.cuda.is_available():
-            raise ConfigError("--device=cuda, but PyTorch sees no CUDA GPU here; run it on the GPU machine or "
-                              "pass --device=cpu --tiny=True for the dry run")
+    cfg.device = runtime.pick_device(cfg.device)  # a missing GPU is one line here, not a failure in every command
     if cfg.work and os.path.isdir(cfg.work) and os.listdir(cfg.work):
         raise ConfigError(f"--work={cfg.work} is not empty (the runs start from scratch); name a new folder or "
                           f"omit --work")
