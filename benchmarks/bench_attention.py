@@ -92,7 +92,7 @@ def main(argv):
     shape = (cfg.batch_size, cfg.n_head, cfg.block_size, cfg.head_size)  # (B, nh, T, hs), as model.py calls it
     q, k, v = (torch.randn(shape, generator=gen).to(device, dtype) for _ in range(3))
     ref = [t.float() for t in run(q.float(), k.float(), v.float(), SDPBackend.MATH)]  # fp32 math: the reference
-    machine = torch.cuda.get_device_name(device) if device.startswith("cuda") else runtime.cpu_name()
+    machine = runtime.machine_name(device)
     print(f"# {machine}, torch {torch.__version__}, {dtype_name}, B {cfg.batch_size}, heads {cfg.n_head} x "
           f"{cfg.head_size}, T {cfg.block_size}, causal, forward + backward ({causal_flops(cfg) / 1e9:.1f} GFLOP)",
           file=sys.stderr)

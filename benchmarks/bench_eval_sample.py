@@ -48,7 +48,7 @@ def main(argv):
     losses = torch.cat([w.cpu() for _, w in evals.window_losses(model, loader, starts, cfg.batch_size, T, cfg.device,
                                                                  runtime.autocast(cfg.device, dtype))]).numpy()
     whole, sd = float(losses.mean()), float(losses.std(ddof=1))
-    machine = torch.cuda.get_device_name(cfg.device) if cfg.device.startswith("cuda") else runtime.cpu_name()
+    machine = runtime.machine_name(cfg.device)
     print(f"{path} on {data_dir}:{cfg.split}: {len(starts):,} windows of {T} ({len(starts) * T:,} tokens); whole-split "
           f"loss {whole:.4f}, per-window sd {sd:.3f} ({machine}, torch {torch.__version__})")
     print(f"{'tokens':>10} {'windows':>8} {'even strides':>13} {'its stderr':>11} {'|diff|':>8} {'first N':>9} {'|diff|':>8}")

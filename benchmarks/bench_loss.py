@@ -137,7 +137,7 @@ def main(argv):
     torch.backends.cuda.matmul.allow_tf32 = False  # the reference in true fp32
     ref = reference(x, w, y)
     torch.backends.cuda.matmul.allow_tf32 = True
-    machine = torch.cuda.get_device_name(device) if device.startswith("cuda") else runtime.cpu_name()
+    machine = runtime.machine_name(device)
     print(f"# {machine}, torch {torch.__version__}, {dtype}, rows {cfg.rows}, n_embd {cfg.n_embd}, vocab "
           f"{cfg.vocab_size}, LOSS_CHUNK {model.LOSS_CHUNK}", file=sys.stderr)
     for name in [s.strip() for s in cfg.impls.split(",") if s.strip()]:

@@ -129,7 +129,7 @@ def main(argv):
             raise RuntimeError(f"case {case} failed: {out.stderr.strip().splitlines()[-1:]}")
         results[case] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
     import torch
-    where = torch.cuda.get_device_name(cfg.device) if cfg.device.startswith("cuda") else runtime.cpu_name()
+    where = runtime.machine_name(cfg.device)
     card = f", as a {cfg.memory_gib:g} GiB card" if cfg.memory_gib else ""
     import model
     print(f"machine: {where}, {os.cpu_count()} cores, torch {torch.__version__}; device {cfg.device}{card}; "

@@ -70,7 +70,7 @@ def main(argv):
     # apart, so that Muon's matmuls are not counted with the model's: each micro-step adds to the gradients
     micro = profiled(b, activities, lambda: b.micro_step(cfg.batch_size, 1), n)
     opt = profiled(b, activities, b.optimizer_step, n)
-    name = torch.cuda.get_device_name(b.device) if cuda else bench.runtime.cpu_name()
+    name = bench.runtime.machine_name(b.device)
     print(f"# {name}, torch {torch.__version__}, {b.dtype}, compile {b.compiled}, micro-batch {cfg.batch_size} x "
           f"{cfg.block_size}, optimizer {cfg.optimizer}; {n} micro-steps, then {n} optimizer steps "
           f"({'device' if cuda else 'CPU'} time)")

@@ -164,6 +164,11 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
+def machine_name(device):
+    """What a benchmark names its machine by: the GPU's name on CUDA, else the CPU's."""
+    return torch.cuda.get_device_name(device) if str(device).startswith("cuda") else cpu_name()
+
+
 
 # ----------------------------------------------------------------------------- torchrun
 
