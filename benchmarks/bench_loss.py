@@ -7,6 +7,10 @@ x (rows, n_embd) fp32 as the final norm hands it over, weight (vocab, n_embd) fp
 every 9th row ignored (-1). Implementations ('impls', comma-separated):
   project           model.head_loss in eager mode (torch.library.custom_op, chunked, gradients in the forward)
   project_compiled  the same inside torch.compile (the per-chunk softmax becomes inductor kernels)
+  project_fixed_vocab  the same, with the per-chunk kernels compiled for a fixed vocab width and any number of
+                    rows, instead of model.py's dynamic=True (both symbolic): a candidate for the CUDA path, to be
+                    measured on a GPU (a symbolic width leaves each element's row index to a division by a
+                    runtime value, and Triton without 16-byte divisibility hints: pytorch/pytorch#177061)
   full_compiled     logits = x @ weight.T then F.cross_entropy, compiled: what nanoGPT computes
   full_eager        the same, eager
   liger             liger-kernel's LigerFusedLinearCrossEntropyLoss (CUDA, if installed)
@@ -14,6 +18,7 @@ every 9th row ignored (-1). Implementations ('impls', comma-separated):
 Exactness is against fp32 logits and F.cross_entropy (no autocast): the loss's absolute error, and each
 gradient's largest error relative to its largest entry.
 """
+import contextlib
 import json
 import statistics
 import sys
@@ -27,7 +32,7 @@ from gptlib import runtime
 from gptlib.errors import ConfigError, run_command
 from gptlib.settings import load_config, setting
 
-ALL_IMPLS = ("project", "project_compiled", "full_compiled", "full_eager", "liger", "cce")
+ALL_IMPLS = ("project", "project_compiled", "project_fixed_vocab", "full_compiled", "full_eager", "liger", "cce")
 
 
 @dataclass
@@ -48,7 +53,7 @@ def make_impl(name, softcap=0.0):
     import model
     if name == "project":
         return lambda x, w, y: model.head_loss(x, w, y, softcap)
-    if name == "project_compiled":
+    if name in ("project_compiled", "project_fixed_vocab"):
         return torch.compile(lambda x, w, y: model.head_loss(x, w, y, softcap))
 
     def full(x, w, y):
@@ -71,6 +76,30 @@ def make_impl(name, softcap=0.0):
             return f"cut-cross-entropy not importable ({e})"
         return lambda x, w, y: linear_cross_entropy(x.to(_lowp()), w.to(_lowp()), y, ignore_index=-1)
     raise ConfigError(f"impls: unknown implementation {name!r}; choose from {', '.join(ALL_IMPLS)}")
+
+
+@contextlib.contextmanager
+def chunk_kernels(name):
+    """project_fixed_vocab: model.py's per-chunk kernels swapped for ones compiled with only the rows dynamic.
+    Yields a list that gets one entry per chunk those kernels ran (empty: the swap did not take)."""
+    import model
+    calls = []
+    if name != "project_fixed_vocab":
+        yield calls
+        return
+    kept = model._fused_chunk_loss
+    compiled = torch.compile(model._chunk_loss_fusible)  # dims that never change (the vocab) stay fixed
+
+    def rows_dynamic(z, y, scale, softcap, want_grad):
+        calls.append(z.size(0))
+        for t in (z, y, scale):
+            torch._dynamo.maybe_mark_dynamic(t, 0)  # one graph for every chunk length, as model.py's
+        return compiled(z, y, scale, softcap, want_grad)
+    model._fused_chunk_loss = rows_dynamic
+    try:
+        yield calls
+    finally:
+        model._fused_chunk_loss = kept
 
 
 def _lowp():
@@ -142,7 +171,10 @@ def main(argv):
           f"{cfg.vocab_size}, LOSS_CHUNK {model.LOSS_CHUNK}", file=sys.stderr)
     for name in [s.strip() for s in cfg.impls.split(",") if s.strip()]:
         fn = make_impl(name)
-        r = {"impl": name, "skipped": fn} if isinstance(fn, str) else measure(name, fn, x, w, y, ctx, cfg, ref)
+        with chunk_kernels(name) as calls:
+            r = {"impl": name, "skipped": fn} if isinstance(fn, str) else measure(name, fn, x, w, y, ctx, cfg, ref)
+        if name == "project_fixed_vocab" and "ms" in r and not calls:
+            r = {"impl": name, "error": "the op did not run the swapped per-chunk kernels: model.py has changed"}
         r.update(device=machine, torch=torch.__version__, dtype=dtype, rows=cfg.rows, chunk=model.LOSS_CHUNK)
         if cfg.json:
             print(json.dumps(r), flush=True)

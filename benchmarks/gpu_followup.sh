@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# The GPU measurements issue 16 still needs, as device commands (about 12 min on an H100/H200 for all items).
-# Results in $OUT (default /tmp/gpu_followup): timeline.txt, logs.tgz (one log per item) and, for the devcheck
-# items, results.jsonl. ITEMS picks items (default: all); they run in this file's order, most needed first, and
-# one that would end past BUDGET seconds is skipped, so a second call naming the skipped ones finishes the set.
-# DRY=1: a CPU dry run at tiny shapes. On the device, from the repository root, carrying devcheck/: a git-ignored
-# copy of shared/devcheck with tiktoken_cache/ and data/ (shared/data's fineweb_sample.parquet and
+# The GPU measurements to take on a lent device (about 12 min on an H100/H200 for all items). Results in $OUT
+# (default /tmp/gpu_followup): timeline.txt, logs.tgz (one log per item) and, for the devcheck items,
+# results.jsonl. ITEMS picks items (default: all); they run in this file's order, most needed first, and one that
+# would end past BUDGET seconds (by its estimate) is skipped, so a second call naming the skipped ones finishes
+# the set. DRY=1: a CPU dry run at tiny shapes. On the device, from the repository root, carrying devcheck/: a
+# git-ignored copy of shared/devcheck with tiktoken_cache/ and data/ (shared/data's fineweb_sample.parquet and
 # hellaswag_val.jsonl), which the project-against-nanoGPT items and the user's path need. A session has 15 min of
-# device time, the machine's start included, so the two calls together stay near 12:
-#     ITEMS="loss fit12 profile fit24" BUDGET=330 bash benchmarks/gpu_followup.sh                # timeout_s 400
-#     ITEMS="user attention project16 nano16 memory modern" BUDGET=290 bash benchmarks/gpu_followup.sh  # 340
-# (project16 and nano16 only on a card other than the first session's H200: the targets are relative to nanoGPT)
+# device time, the machine's start included (about 30 s in the fourth session); run 4 took 720 s for all items:
+#     ITEMS="loss project16 nano16 profile fit12" BUDGET=330 bash benchmarks/gpu_followup.sh                # timeout_s 400
+#     ITEMS="memory fit24 user modern attention nano_eager project_eager" BUDGET=450 bash benchmarks/gpu_followup.sh  # 500
+# The first call re-measures what changed after run 4: the compiled loss's gradient in a buffer of its own again
+# (run 3's form, 9.28 ms; run 4's over-the-logits form 14.70), the fixed-vocab candidate, and the step against
+# nanoGPT's.
 set -u
 OUT=${OUT:-/tmp/gpu_followup}; mkdir -p "$OUT"; PY=${PY:-python}; BUDGET=${BUDGET:-420}; START=$(date +%s)  # python: as devcheck, which ran there
-ITEMS=${ITEMS:-"loss fit12 profile fit24 user attention memory project16 nano16 modern nano_eager project_eager"}  # all
-export TIKTOKEN_CACHE_DIR=${TIKTOKEN_CACHE_DIR:-$PWD/devcheck/tiktoken_cache}  # the device has tiktoken, not its BPE files
+ITEMS=${ITEMS:-"loss project16 nano16 profile fit12 memory fit24 user attention modern nano_eager project_eager"}  # all
+# the device has tiktoken, not its BPE files, and presets TIKTOKEN_CACHE_DIR to an empty /opt/tiktoken_cache (which
+# failed the user's path in the fourth device session): the carried copy wins whenever it is there
+if [ -d devcheck/tiktoken_cache ]; then export TIKTOKEN_CACHE_DIR=$PWD/devcheck/tiktoken_cache; fi
 export PYTHONUNBUFFERED=1
 el() { echo $(( $(date +%s) - START )); }
 item() {  # item NAME ESTIMATE_S TIMEOUT_S command...
@@ -35,36 +39,34 @@ else
   LOSS="--device=cuda --rows=16384"; MEM="--device=cuda --batch_size=8 --n_layer=12 --compile=True --dtype=bfloat16 --memory_gib=12"
   ATT="--device=cuda"; B16="--batch_size=16"; H="--steps=12 --warmup=3 --B=16 --compile=1"; USER="--device=cuda"
 fi
-# 1. the loss op as committed (it writes each chunk's gradient over its logits: not yet measured on a GPU)
-item loss        60 150 $PY -m benchmarks.bench_loss $LOSS --json --impls=project_compiled,project,full_compiled
-# 2. the largest micro-batch of the 4070 config on an emulated 12 GB card, compiled, then timed
-item fit12       90 240 $PY bench.py $CFG4070 --find_batch_size $CAP12 --max_batch_size=32 --json --iters=5 --warmup_iters_bench=2
-# 3. where the step's time goes (the MFU target was missed: 39.6% on an H200)
+# 1. the loss op: the compiled gradient in a buffer of its own again (run 3's form), and the fixed-vocab candidate
+item loss        75 150 $PY -m benchmarks.bench_loss $LOSS --json --impls=project_compiled,project_fixed_vocab,project,full_compiled
+# 2. project against nanoGPT at the same micro-batch on this card (the targets are relative), through
+#    shared/devcheck's harness when a git-ignored copy of it was carried (devcheck/)
+if [ -f devcheck/harness.py ]; then
+  item project16 75 150 env OUT="$OUT" $PY devcheck/harness.py --impl=project --recipe=classic $H
+  item nano16    75 150 env OUT="$OUT" $PY devcheck/harness.py --impl=nanogpt $H
+fi
+# 3. where the step's time goes (MFU: 39.6% in run 3, 35.1% in run 4)
 item profile     60 150 $PY -m benchmarks.profile_step $CFG4070 $B16 --top=20
-# 4. the same search for the 3090 config on an emulated 24 GB card
+# 4. the largest micro-batch of the 4070 config on an emulated 12 GB card, compiled, then timed
+item fit12       90 240 $PY bench.py $CFG4070 --find_batch_size $CAP12 --max_batch_size=32 --json --iters=5 --warmup_iters_bench=2
+# 5. memory of what a 12 GB card runs: compiled bf16 step, eval batch, HellaSwag rows
+item memory      90 200 $PY -m benchmarks.bench_memory $MEM
+# 6. the same search for the 3090 config on an emulated 24 GB card
 item fit24       90 240 $PY bench.py $CFG3090 --find_batch_size $CAP24 --max_batch_size=64 --json --iters=5 --warmup_iters_bench=2
-# 5. the user's whole path on the GPU: train, resume from a step checkpoint, sample (cache on/off), eval against the
-#    CPU's, export and load in transformers, the same run in fp16 (sample.py, eval.py, export.py, a resume and fp16
-#    had never run on a GPU)
+# 7. the user's whole path on the GPU: train, resume from a step checkpoint, sample (cache on/off), eval against the
+#    CPU's, export and load in transformers, the same run in fp16 (all passed in run 4)
 DATA=${DATA:-devcheck/data}
 if [ -f "$DATA/fineweb_sample.parquet" ]; then
   item user      240 360 $PY -m benchmarks.gpu_user_path $USER --parquet="$DATA/fineweb_sample.parquet" \
     --hellaswag_path="$DATA/hellaswag_val.jsonl"
 fi
-# 6. project against nanoGPT on this card (the targets are relative; a card other than the first session's H200
-#    needs both again), through shared/devcheck's harness when a git-ignored copy of it was carried (devcheck/)
-if [ -f devcheck/harness.py ]; then
-  item project16 75 150 env OUT="$OUT" $PY devcheck/harness.py --impl=project --recipe=classic $H
-  item nano16    75 150 env OUT="$OUT" $PY devcheck/harness.py --impl=nanogpt $H
-fi
-# 7. attention alone through each SDPA backend: is another kernel than the default faster on this card?
+# 8. attention alone through each SDPA backend: is another kernel than the default faster on this card?
 item attention   20 90 $PY -m benchmarks.bench_attention $ATT
-# 8. memory of what a 12 GB card runs: compiled bf16 step, eval batch, HellaSwag rows
-item memory      90 200 $PY -m benchmarks.bench_memory $MEM
-# 9. the modern recipe, micro-step and optimizer step apart (devcheck's one-micro-step harness showed it 25% slower
-#    per token than classic; a real step amortises Muon's per-matrix work over 64 micro-steps)
+# 9. the modern recipe, micro-step and optimizer step apart (run 4: micro-step as classic's, Muon's step 7.87 ms)
 item modern      60 150 $PY -m benchmarks.profile_step $CFG4070 config/recipe_modern.py $B16 --top=20
-# 10. eager (Windows, no Triton): run 1 had the project at 57.2 ms against nanoGPT's 44.3, before the eager loss changed
+# 10. eager (Windows, no Triton): the project 50.2 ms against nanoGPT's 44.4 in run 4 (57.2 against 44.3 in run 1)
 if [ -f devcheck/harness.py ]; then
   item nano_eager    25 90 env OUT="$OUT" $PY devcheck/harness.py --impl=nanogpt $H --compile=0 --mem_eval=0
   item project_eager 25 90 env OUT="$OUT" $PY devcheck/harness.py --impl=project --recipe=classic $H --compile=0 --mem_eval=0

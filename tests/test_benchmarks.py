@@ -69,9 +69,9 @@ def test_llamacpp_route_gives_the_same_greedy_text(tmp_path):
 
 def test_bench_loss_reports_time_and_exactness_of_each_implementation():
     out = run_module("benchmarks.bench_loss", "--rows=300", "--n_embd=32", "--vocab_size=700", "--iters=2",
-                     "--impls=project,full_eager,liger", "--chunk=128", "--json")
+                     "--impls=project,full_eager,liger,project_fixed_vocab", "--chunk=128", "--json")
     rows = {r["impl"]: r for r in map(json.loads, out.strip().splitlines())}
-    for impl in ("project", "full_eager"):
+    for impl in ("project", "full_eager", "project_fixed_vocab"):  # chunks of 128, 128, 44 rows
         assert rows[impl]["ms"] > 0 and rows[impl]["loss_err"] < 1e-5 and rows[impl]["grad_w_rel_err"] < 1e-5
         assert rows[impl]["device"] and rows[impl]["torch"]
     assert "skipped" in rows["liger"] or "ms" in rows["liger"]  # liger-kernel is optional
