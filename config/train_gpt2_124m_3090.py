@@ -4,8 +4,8 @@ tokens/step: 16 x 1024 x 32 accumulation steps = 524,288 (2**19, GPT-3 Small's 0
 total: 19,073 steps x 524,288 = 10.0B tokens = 80 tokens/param = 4.0x Chinchilla's 20
 micro-batch 16: twice the 4070 config's activations (the logits are never built in full); a compiled
 training step needed 8.9 GiB with the CUDA context on an H200 (BENCHMARKS.md, torch 2.11), so 24 GB has room
-for a larger micro-batch. Not yet measured on a 3090: `python bench.py config/train_gpt2_124m_3090.py
---find_batch_size` finds the largest.
+for a larger micro-batch: capped at 24 GiB (`--memory_gib=24`), the batch search fit up to 56. Not yet
+measured on a 3090: `python bench.py config/train_gpt2_124m_3090.py --find_batch_size` finds the largest.
 Multi-GPU: torchrun --standalone --nproc_per_node=N train.py config/train_gpt2_124m_3090.py
 (accumulation drops to 32/N; total_batch_size stays 524,288).
 """
