@@ -5,10 +5,10 @@
 
 x (rows, n_embd) fp32 as the final norm hands it over, weight (vocab, n_embd) fp32 as the parameter, targets with
 every 9th row ignored (-1). Implementations ('impls', comma-separated):
-  project           model.head_loss in eager mode (torch.library.custom_op, chunked, gradients in the forward)
+  project           gptlib.head_loss.head_loss in eager mode (torch.library.custom_op, chunked, gradients in the forward)
   project_compiled  the same inside torch.compile (the per-chunk softmax becomes inductor kernels)
   project_fixed_vocab  the same, with the per-chunk kernels compiled for a fixed vocab width and any number of
-                    rows, instead of model.py's dynamic=True (both symbolic): a candidate for the CUDA path, to be
+                    rows, instead of head_loss.py's dynamic=True (both symbolic): a candidate for the CUDA path, to be
                     measured on a GPU (a symbolic width leaves each element's row index to a division by a
                     runtime value, and Triton without 16-byte divisibility hints: pytorch/pytorch#177061)
   full_compiled     logits = x @ weight.T then F.cross_entropy, compiled: what nanoGPT computes
@@ -44,17 +44,17 @@ class LossBenchConfig:
     dtype: str = setting("auto", choices=["auto", "float32", "bfloat16", "float16"])  # autocast dtype; auto: bf16 on GPU
     iters: int = setting(10, ge=1)  # timed forward+backward passes (after 2 warm-up passes)
     impls: str = setting(",".join(ALL_IMPLS))  # which implementations, comma-separated
-    chunk: int = setting(0, ge=0)  # model.LOSS_CHUNK for the project's op; 0: model.py's default
+    chunk: int = setting(0, ge=0)  # head_loss.LOSS_CHUNK for the project's op; 0: gptlib/head_loss.py's default
     json: bool = setting(False)  # one JSON line per implementation
 
 
 def make_impl(name, softcap=0.0):
     """name -> f(x, weight, targets) -> mean loss, or a reason it cannot run here (str)."""
-    import model
+    from gptlib import head_loss as hl
     if name == "project":
-        return lambda x, w, y: model.head_loss(x, w, y, softcap)
+        return lambda x, w, y: hl.head_loss(x, w, y, softcap)
     if name in ("project_compiled", "project_fixed_vocab"):
-        return torch.compile(lambda x, w, y: model.head_loss(x, w, y, softcap))
+        return torch.compile(lambda x, w, y: hl.head_loss(x, w, y, softcap))
 
     def full(x, w, y):
         return F.cross_entropy((x @ w.t()).float(), y, ignore_index=-1)
@@ -80,26 +80,26 @@ def make_impl(name, softcap=0.0):
 
 @contextlib.contextmanager
 def chunk_kernels(name):
-    """project_fixed_vocab: model.py's per-chunk kernels swapped for ones compiled with only the rows dynamic.
+    """project_fixed_vocab: head_loss.py's per-chunk kernels swapped for ones compiled with only the rows dynamic.
     Yields a list that gets one entry per chunk those kernels ran (empty: the swap did not take)."""
-    import model
+    from gptlib import head_loss as hl
     calls = []
     if name != "project_fixed_vocab":
         yield calls
         return
-    kept = model._fused_chunk_loss
-    compiled = torch.compile(model._chunk_loss_fusible)  # dims that never change (the vocab) stay fixed
+    kept = hl._fused_chunk_loss
+    compiled = torch.compile(hl._chunk_loss_fusible)  # dims that never change (the vocab) stay fixed
 
     def rows_dynamic(z, y, scale, softcap, want_grad):
         calls.append(z.size(0))
         for t in (z, y, scale):
-            torch._dynamo.maybe_mark_dynamic(t, 0)  # one graph for every chunk length, as model.py's
+            torch._dynamo.maybe_mark_dynamic(t, 0)  # one graph for every chunk length, as head_loss.py's
         return compiled(z, y, scale, softcap, want_grad)
-    model._fused_chunk_loss = rows_dynamic
+    hl._fused_chunk_loss = rows_dynamic
     try:
         yield calls
     finally:
-        model._fused_chunk_loss = kept
+        hl._fused_chunk_loss = kept
 
 
 def _lowp():
@@ -150,9 +150,9 @@ def measure(name, fn, x, w, y, ctx, cfg, ref):
 
 def main(argv):
     cfg = load_config(LossBenchConfig, argv)
-    import model
+    from gptlib import head_loss as hl
     if cfg.chunk:
-        model.LOSS_CHUNK = cfg.chunk
+        hl.LOSS_CHUNK = cfg.chunk
     device = runtime.pick_device(cfg.device)
     dtype = runtime.pick_dtype(device, cfg.dtype)
     torch.backends.cuda.matmul.allow_tf32 = True  # as train.py
@@ -168,14 +168,14 @@ def main(argv):
     torch.backends.cuda.matmul.allow_tf32 = True
     machine = runtime.machine_name(device)
     print(f"# {machine}, torch {torch.__version__}, {dtype}, rows {cfg.rows}, n_embd {cfg.n_embd}, vocab "
-          f"{cfg.vocab_size}, LOSS_CHUNK {model.LOSS_CHUNK}", file=sys.stderr)
+          f"{cfg.vocab_size}, LOSS_CHUNK {hl.LOSS_CHUNK}", file=sys.stderr)
     for name in [s.strip() for s in cfg.impls.split(",") if s.strip()]:
         fn = make_impl(name)
         with chunk_kernels(name) as calls:
             r = {"impl": name, "skipped": fn} if isinstance(fn, str) else measure(name, fn, x, w, y, ctx, cfg, ref)
         if name == "project_fixed_vocab" and "ms" in r and not calls:
-            r = {"impl": name, "error": "the op did not run the swapped per-chunk kernels: model.py has changed"}
-        r.update(device=machine, torch=torch.__version__, dtype=dtype, rows=cfg.rows, chunk=model.LOSS_CHUNK)
+            r = {"impl": name, "error": "the op did not run the swapped per-chunk kernels: gptlib/head_loss.py has changed"}
+        r.update(device=machine, torch=torch.__version__, dtype=dtype, rows=cfg.rows, chunk=hl.LOSS_CHUNK)
         if cfg.json:
             print(json.dumps(r), flush=True)
         elif "ms" in r:

@@ -1,4 +1,4 @@
-"""Peak memory of what a run does at one micro-batch: a training step with the chunked head+loss (model.py)
+"""Peak memory of what a run does at one micro-batch: a training step with the chunked head+loss (gptlib/head_loss.py)
 against one over full logits, an eval batch, and HellaSwag's largest batch of scored rows (issues 12, 16).
 
     python -m benchmarks.bench_memory                                          # CPU, fp32, eager
@@ -40,7 +40,7 @@ class MemoryConfig:
     dtype: str = setting("float32", choices=["float32", "bfloat16", "float16"])  # autocast dtype of every case
     compile: bool = setting(False)  # torch.compile the training steps (evals run the raw model, as train.py)
     memory_gib: float = setting(0.0, ge=0)  # CUDA: cap the allocator as on a card of this many GiB (0: the whole card)
-    loss_chunk: int = setting(0, ge=0)  # rows per chunk of the head+loss (model.LOSS_CHUNK); 0: model.py's
+    loss_chunk: int = setting(0, ge=0)  # rows per chunk of the head+loss (hl.LOSS_CHUNK); 0: head_loss.py's
     case: str = setting("")  # internal: run one case and print its peak
 
 
@@ -72,10 +72,10 @@ def current_rss_mb():
 def one_case(cfg):
     import torch
     import torch.nn.functional as F
-    import model as model_py
+    from gptlib import head_loss
     from model import GPT, GPTConfig
     if cfg.loss_chunk:
-        model_py.LOSS_CHUNK = cfg.loss_chunk
+        head_loss.LOSS_CHUNK = cfg.loss_chunk
     mode, _, path = cfg.case.partition("-")
     cuda = cfg.device.startswith("cuda")
     if cuda and cfg.memory_gib:
@@ -131,9 +131,9 @@ def main(argv):
     import torch
     where = runtime.machine_name(cfg.device)
     card = f", as a {cfg.memory_gib:g} GiB card" if cfg.memory_gib else ""
-    import model
+    from gptlib import head_loss as hl
     print(f"machine: {where}, {os.cpu_count()} cores, torch {torch.__version__}; device {cfg.device}{card}; "
-          f"loss chunk {cfg.loss_chunk or model.LOSS_CHUNK} rows; "
+          f"loss chunk {cfg.loss_chunk or hl.LOSS_CHUNK} rows; "
           f"{cfg.dtype}, training steps {'compiled' if cfg.compile else 'eager'}; model {cfg.n_layer}x{cfg.n_embd}; "
           f"micro-batch {cfg.batch_size} x {cfg.block_size}; peak memory above the model, gradients and batch:")
     print(f"  train step  full logits {results['train-full']:8,.0f} MB   chunked {results['train-chunked']:8,.0f} MB")

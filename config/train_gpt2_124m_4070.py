@@ -2,7 +2,7 @@
 
 tokens/step: 8 x 1024 x 64 accumulation steps = 524,288 (2**19, GPT-3 Small's 0.5M batch)
 total: 19,073 steps x 524,288 = 10.0B tokens = 80 tokens/param = 4.0x Chinchilla's 20
-micro-batch 8: the loss never builds the 8 x 1024 x 50304 logits (model.head_loss works 2,048 rows at a
+micro-batch 8: the loss never builds the 8 x 1024 x 50304 logits (gptlib/head_loss.py works 2,048 rows at a
 time), so a compiled training step needed 6.7 GiB with the CUDA context on an H200 (BENCHMARKS.md, torch
 2.11; 8.9 GiB at micro-batch 16), eval 2.5 GiB: 12 GB fits; capped at 12 GiB (`--memory_gib=12`), the
 batch search fit up to 23. Not yet measured on a 4070: confirm with

@@ -13,7 +13,7 @@ total: 1,907 steps = 1.0B tokens = 6.2 tokens/param (0.31x Chinchilla's 20), a t
 10B: public speedrun work reached GPT-2 small's FineWeb val loss (3.28) in about that many tokens with these
 changes; the CPU benchmark (BENCHMARKS.md) measured the gain at small scale. Not yet run at this size here.
 time: about 11 h at 25K tok/s (arithmetic: measure with bench.py, then --plan --tokens_per_sec=N)
-memory: the head + loss never hold full logits (model.py); not yet measured on a 4070 (bench.py --find_batch_size).
+memory: the head + loss never hold full logits (gptlib/head_loss.py); not yet measured on a 4070 (bench.py --find_batch_size).
 """
 out_dir = "out-modern-124m"
 batch_size = 8  # micro-batch for 12 GB, as the classic 4070 config; 64 accumulation steps

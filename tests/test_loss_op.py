@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import model
+from gptlib import head_loss as hl
 from benchmarks.bench_memory import current_rss_mb, peak_mb, reset_peak
 from conftest import REPO
 from model import GPT, GPTConfig
@@ -36,9 +36,9 @@ def op_loss(fn, x, w, y, scale=1.0):
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    monkeypatch.setattr(model, "LOSS_CHUNK", 96)  # 300 rows: 4 chunks, the last one short
-    monkeypatch.setattr(model, "SOFTMAX_ROWS", 40)  # eager softmax blocks of 40, 40, 16 rows (12 in the last chunk)
-    monkeypatch.setattr(model, "GRAD_W_BLOCK", 128)  # CPU bf16 weight gradient: vocab 500 / 700 in 4 / 6 blocks
+    monkeypatch.setattr(hl, "LOSS_CHUNK", 96)  # 300 rows: 4 chunks, the last one short
+    monkeypatch.setattr(hl, "SOFTMAX_ROWS", 40)  # eager softmax blocks of 40, 40, 16 rows (12 in the last chunk)
+    monkeypatch.setattr(hl, "GRAD_W_BLOCK", 128)  # CPU bf16 weight gradient: vocab 500 / 700 in 4 / 6 blocks
 
 
 @pytest.mark.parametrize("softcap", [0.0, 15.0])
@@ -48,14 +48,14 @@ def test_op_equals_cross_entropy_on_full_logits_eager_and_compiled(small_chunks,
     y = torch.randint(0, 700, (300,), generator=gen)
     y[::5] = -1  # ignored rows: no loss, no gradient
     ref = reference(x, w, y, softcap)
-    eager = op_loss(lambda a, b, c: model.head_loss(a, b, c, softcap), x, w, y)
-    compiled = op_loss(torch.compile(lambda a, b, c: model.head_loss(a, b, c, softcap)), x, w, y, scale=0.25)
+    eager = op_loss(lambda a, b, c: hl.head_loss(a, b, c, softcap), x, w, y)
+    compiled = op_loss(torch.compile(lambda a, b, c: hl.head_loss(a, b, c, softcap)), x, w, y, scale=0.25)
     for got, scale in ((eager, 1.0), (compiled, 0.25)):
         assert torch.allclose(got[0], ref[0], rtol=1e-6, atol=1e-6)
         for i in (1, 2):  # fp32 rounding: the op sums before it takes 1/n, autograd after
             assert torch.allclose(got[i], scale * ref[i], rtol=1e-5, atol=1e-6 * ref[i].abs().max().item())
-    assert model._fused_chunk_loss is not None  # the compiled model ran the per-chunk inductor kernels
-    rows = model.head_row_losses(x, w, y, softcap)
+    assert hl._fused_chunk_loss is not None  # the compiled model ran the per-chunk inductor kernels
+    rows = hl.head_row_losses(x, w, y, softcap)
     assert torch.allclose(rows.sum() / (y != -1).sum(), ref[0], rtol=1e-6) and (rows[y == -1] == 0).all()
 
 
@@ -67,8 +67,8 @@ def test_op_under_bf16_autocast_matches_autocast_autograd(small_chunks):
     y = torch.randint(0, 500, (300,), generator=gen)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         want = op_loss(lambda a, b, c: F.cross_entropy((a @ b.t()).float(), c, ignore_index=-1), x, w, y)
-        got = op_loss(model.head_loss, x, w, y)
-        comp = op_loss(torch.compile(model.head_loss), x, w, y)
+        got = op_loss(hl.head_loss, x, w, y)
+        comp = op_loss(torch.compile(hl.head_loss), x, w, y)
     for g in (got, comp):
         assert g[1].dtype == g[2].dtype == torch.float32
         assert abs(g[0] - want[0]) < 1e-4
@@ -87,8 +87,8 @@ def test_op_under_fp16_autocast_is_as_exact_as_full_logits_with_a_grad_scaler():
     _, *ref = reference(x, w, y, 0.0)
     with torch.autocast("cpu", dtype=torch.float16):
         full = op_loss(lambda a, b, c: F.cross_entropy((a @ b.t()).float(), c), x, w, y, scale=2.0 ** 16)
-        ours = op_loss(model.head_loss, x, w, y)
-        comp = op_loss(torch.compile(model.head_loss), x, w, y)
+        ours = op_loss(hl.head_loss, x, w, y)
+        comp = op_loss(torch.compile(hl.head_loss), x, w, y)
     err = lambda got, want: ((got - want).norm() / want.norm()).item()  # noqa: E731
     for i in (1, 2):  # grad_x, grad_w
         full_err = err(full[i] / 2.0 ** 16, ref[i - 1])
@@ -98,17 +98,19 @@ def test_op_under_fp16_autocast_is_as_exact_as_full_logits_with_a_grad_scaler():
 
 def test_an_edited_backward_is_compiled_afresh_not_served_from_the_cache(tmp_path):
     """torch.compile's caches key a graph on the custom op's name, not on its backward's code (pytorch/pytorch
-    #144344): after an update of model.py, a compiled run kept the old backward, silently. A copy of model.py
+    #144344): after an update of the op, a compiled run kept the old backward, silently. A copy of head_loss.py
     whose backward is then edited to double the gradient must give twice the gradient, with the same cache."""
-    script = ("import torch, model\n"
+    script = ("import torch\nfrom gptlib import head_loss as hl\n"
               "x, w = torch.ones(6, 4, requires_grad=True), torch.linspace(-1, 1, 40).view(10, 4)\n"
-              "torch.compile(model.head_loss)(x, w, torch.arange(6)).backward()\n"
+              "torch.compile(hl.head_loss)(x, w, torch.arange(6)).backward()\n"
               "print(x.grad.abs().sum().item())\n")
-    source = (REPO / "model.py").read_text()
+    source = (REPO / "gptlib" / "head_loss.py").read_text()
+    (tmp_path / "gptlib").mkdir()
+    (tmp_path / "gptlib" / "__init__.py").write_text("")
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
 
     def grad_sum(text):
-        (tmp_path / "model.py").write_text(text)
+        (tmp_path / "gptlib" / "head_loss.py").write_text(text)
         r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                            timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
@@ -123,7 +125,7 @@ def test_a_second_backward_through_the_op_fails_loudly():
     """Eager backward scales the saved gradients in place (no copy of the vocab x C gradient): a second pass
     over the same graph must raise, never return gradients scaled twice."""
     x, w = torch.randn(8, 4, requires_grad=True), torch.randn(10, 4, requires_grad=True)
-    loss = model.head_loss(x, w, torch.randint(0, 10, (8,)))
+    loss = hl.head_loss(x, w, torch.randint(0, 10, (8,)))
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
@@ -167,29 +169,30 @@ def test_eager_softmax_of_a_bf16_chunk_holds_fp32_blocks_not_the_chunk():
     (2048, 50304) fp32 temporaries (0.8 GB) beside the chunk's bf16 logits (0.2 GB). Eager mode (evals, HellaSwag,
     runs without compile) now makes them SOFTMAX_ROWS rows at a time."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(model.LOSS_CHUNK, 64, generator=gen).bfloat16()
+    x = torch.randn(hl.LOSS_CHUNK, 64, generator=gen).bfloat16()
     w = torch.randn(50304, 64, generator=gen).bfloat16()
-    y = torch.randint(0, 50304, (model.LOSS_CHUNK,), generator=gen)
-    logits_mb = model.LOSS_CHUNK * 50304 * 2 / 2**20  # the chunk's bf16 logits: 196 MB
-    fp32_chunk_mb = model.LOSS_CHUNK * 50304 * 4 / 2**20  # one fp32 copy of the chunk: 393 MB (two were made)
+    y = torch.randint(0, 50304, (hl.LOSS_CHUNK,), generator=gen)
+    logits_mb = hl.LOSS_CHUNK * 50304 * 2 / 2**20  # the chunk's bf16 logits: 196 MB
+    fp32_chunk_mb = hl.LOSS_CHUNK * 50304 * 4 / 2**20  # one fp32 copy of the chunk: 393 MB (two were made)
     reset_peak("cpu")  # the resident set's high-water mark, as bench_memory measures it
     base = current_rss_mb()
-    rows = model.head_row_losses(x, w, y)
+    rows = hl.head_row_losses(x, w, y)
     assert rows.dtype == torch.float32 and torch.isfinite(rows).all()
     peak = peak_mb("cpu") - base
     assert peak < logits_mb + fp32_chunk_mb, (peak, logits_mb)  # 4 blocks: 2 x 98 MB
 
 
 OP_PEAK = """
-import json, sys, torch, model
+import json, sys, torch
+from gptlib import head_loss as hl
 from benchmarks.bench_memory import current_rss_mb, peak_mb, reset_peak
 compiled = sys.argv[1] == "compiled"
 gen = torch.Generator().manual_seed(0)
-n = 3 * model.LOSS_CHUNK
+n = 3 * hl.LOSS_CHUNK
 x = torch.randn(n, 64, generator=gen).bfloat16().requires_grad_()
 w = torch.randn(50304, 64, generator=gen).bfloat16().requires_grad_()
 y = torch.randint(0, 50304, (n,), generator=gen)
-fn = torch.compile(lambda a, b, c: model.head_loss(a, b, c)) if compiled else model.head_loss
+fn = torch.compile(lambda a, b, c: hl.head_loss(a, b, c)) if compiled else hl.head_loss
 if compiled:
     fn(x, w, y)  # compile first, at this shape: compilation's own memory is not the op's
 reset_peak("cpu")
@@ -211,8 +214,8 @@ def test_the_op_holds_one_chunks_logits_and_one_gradient_at_a_time(compiled):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    chunk_mb = model.LOSS_CHUNK * 50304 * 2 / 2**20
-    block_mb = model.SOFTMAX_ROWS * 50304 * 4 / 2**20
+    chunk_mb = hl.LOSS_CHUNK * 50304 * 2 / 2**20
+    block_mb = hl.SOFTMAX_ROWS * 50304 * 4 / 2**20
     allowed = 2 * chunk_mb if compiled else chunk_mb + 3 * block_mb  # 393 MB, 491 MB
     assert r["finite"] and r["peak_mb"] < allowed + chunk_mb / 2, (r, allowed)
 
