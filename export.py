@@ -4,8 +4,9 @@ convert_hf_to_gguf.py), Ollama, LM Studio and lm-evaluation-harness run.
     python export.py --out_dir=out-fineweb --to=hf-fineweb                 # the run's best checkpoint
     python export.py --init_from=../nanoGPT/out/ckpt.pt --to=hf-nanogpt    # a nanoGPT run
 
-The GPT-2 recipe becomes a GPT2LMHeadModel, the modern recipe an ApertusForCausalLM (gptlib/exports.py says
-why, and what cannot be exported). The folder holds config.json, model.safetensors (fp32, the 50257 real
+The GPT-2 recipe becomes a GPT2LMHeadModel, the modern recipe an ApertusForCausalLM, and a model no native
+architecture runs (the speedrun recipe, a soft cap) its own model.py with a wrapper that transformers loads with
+trust_remote_code=True (gptlib/exports.py says why each). The folder holds config.json, model.safetensors (fp32, the 50257 real
 vocabulary rows), generation_config.json, tokenizer_config.json with GPT-2's vocab.json and merges.txt, and a
 README.md model card. It is written all at once: a refused or failed export leaves nothing behind.
 """
@@ -62,7 +63,8 @@ def facts_of(model, ckpt, out_dir):
     loop, cfg = (ckpt or {}).get("loop", {}), (ckpt or {}).get("config", {})
     facts = {"name": os.path.basename(os.path.normpath(out_dir)) or "model",
              "params": monitor.human_count(model.get_num_params()),
-             "recipe": "GPT-2" if not model.config.not_gpt2() else "modern (" + ", ".join(model.config.not_gpt2()) + ")",
+             "recipe": "GPT-2" if not model.config.not_gpt2() else
+             ("speedrun (" if model.config.speedrun() else "modern (") + ", ".join(model.config.not_gpt2()) + ")",
              "tokens trained": monitor.human_count(loop["tokens"]) if loop.get("tokens") else None,
              "data": cfg.get("data_dir"),
              "best val loss": f"{loop['best_val']:.4f}" if math.isfinite(loop.get("best_val", math.inf)) else None}
@@ -81,7 +83,11 @@ def export(model, to, overwrite=False, facts=None):
     target = exports.pick_target(model.config)
     n_vocab = min(model.config.vocab_size, VOCAB_SIZE)
     tensors = exports.state_dict_for(model, target, n_vocab)
-    files = {
+    files = exports.code_files() if target == "code" else {}
+    if target == "code":
+        print(f"note: {exports.remote_code_note(model.config)}; transformers loads it with trust_remote_code=True",
+              file=sys.stderr)
+    files |= {
         "model.safetensors": lambda path: save_file(tensors, path, metadata={"format": "pt"}),
         "config.json": json.dumps(exports.hf_config(model.config, target, n_vocab), indent=2).encode(),
         "generation_config.json": json.dumps(exports.generation_config(), indent=2).encode(),
@@ -102,7 +108,6 @@ def export(model, to, overwrite=False, facts=None):
 def main(argv):
     cfg = load_config(ExportConfig, argv, foreign=TrainConfig)
     model, described, ckpt = checkpoint.load_model(cfg.init_from, cfg.out_dir)
-    exports.pick_target(model.config)  # refuse before anything else happens
     written, target = export(model, cfg.to, cfg.overwrite, facts_of(model, ckpt, cfg.out_dir))
     print(f"exported {described}, {model.get_num_params() / 1e6:.2f}M params, as {exports.TARGETS[target]['class']} "
           f"to {cfg.to}: {', '.join(written)}")

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from gptlib.attention import attend, doc_layout, make_masks  # document and sliding-window masks, attention under them
 from gptlib.head_loss import head_loss, head_row_losses  # the loss op (chunked head + cross-entropy)
 
 INIT_STD = 0.02  # GPT-2's weight init std (OpenAI's model.py, `normal_initializer(0.02)`)
@@ -39,13 +40,40 @@ class GPTConfig:
     mlp_act: str = field(default="gelu", metadata={"choices": ["gelu", "gelu_exact", "relu2"]})  # MLP activation: tanh GELU (GPT-2), exact erf GELU (nanoGPT's nn.GELU()) or ReLU^2
     zero_init: bool = False  # start the residual output projections and the head at zero (needs tie_weights=False)
     logit_softcap: float = field(default=0.0, metadata={"ge": 0})  # squash logits smoothly into (-cap, cap); 0: off
+    # the speedrun's switches (config/recipe_speedrun.py; README "Which recipe"), each off by default
+    doc_mask: bool = False  # attention stays inside each document (each starts with eot_token) and positions restart there
+    eot_token: int = field(default=50256, metadata={"ge": 0})  # the token that starts every document in the shards (GPT-2's <|endoftext|>)
+    attn_window: int = field(default=0, metadata={"ge": 0})  # sliding-window attention: a query sees at most this many latest tokens (0: all); train.py may grow it (window_start)
+    window_pattern: str = field(default="L", metadata={"pattern": "[LS]+"})  # per block, L: attn_window, S: half of it; tiled over the first half of the blocks, mirrored over the second
+    value_residual: bool = False  # mix the first block's attention values into every later block's (learned weights)
+    x0_skip: bool = False  # feed the normalised token embedding into every block's input (learned weights)
+    unet_skips: bool = False  # blocks of the second half add the outputs of the first half in mirror order (learned weights)
+    value_embeds: int = field(default=0, metadata={"ge": 0})  # extra token-embedding tables mixed into the values of the first and last this-many blocks (0: none)
 
     def not_gpt2(self):
         """The settings that make this model compute something other than GPT-2 (so OpenAI's weights, or
         transformers' GPT2LMHeadModel, cannot stand in for it), as 'key=value' strings."""
         gpt2 = GPTConfig()
         return [f"{k}={getattr(self, k)!r}" for k in ("pos_emb", "norm", "qk_norm", "mlp_act", "logit_softcap")
-                if getattr(self, k) != getattr(gpt2, k)]
+                + SPEEDRUN_KEYS if getattr(self, k) != getattr(gpt2, k)]
+
+    def speedrun(self):
+        """The speedrun switches this model uses, as 'key=value' strings (no export target but its own code)."""
+        gpt2 = GPTConfig()
+        return [f"{k}={getattr(self, k)!r}" for k in SPEEDRUN_KEYS if getattr(self, k) != getattr(gpt2, k)]
+
+    def windows(self):
+        """Each block's window kind, 'L' or 'S': window_pattern tiled over the first half of the blocks and
+        mirrored over the second (the record's long-short pattern 'LSSSLS' gives LSSSLS SLSSSL for 12 blocks)."""
+        half = (self.n_layer + 1) // 2
+        first = (self.window_pattern * half)[:half]
+        return first + first[::-1][self.n_layer % 2:]
+
+    def value_embed_layers(self):
+        """Block index -> the value-embedding table it mixes in: tables 0..k-1 in the first k blocks and again in
+        the last k (the record's 012 ... 012 sharing)."""
+        k, n = self.value_embeds, self.n_layer
+        return {**{i: i for i in range(k)}, **{n - k + i: i for i in range(k)}} if k else {}
 
     def problems(self):
         """Why these settings cannot build a model, as messages (empty when they can)."""
@@ -59,7 +87,16 @@ class GPTConfig:
         if self.zero_init and self.tie_weights:
             out.append("zero_init starts the head at zero, which would zero the tied token embedding too; "
                        "set tie_weights=False")
+        if 2 * self.value_embeds > self.n_layer:
+            out.append(f"value_embeds={self.value_embeds} puts a table in the first and the last {self.value_embeds} "
+                       f"blocks, which needs n_layer >= {2 * self.value_embeds}; use value_embeds <= {self.n_layer // 2}")
+        if "S" in self.window_pattern and self.attn_window < 2:
+            out.append(f"window_pattern={self.window_pattern!r} gives some blocks half of attn_window, but attn_window="
+                       f"{self.attn_window}; set attn_window (e.g. 1792, the record's) or window_pattern='L'")
         return out
+
+
+SPEEDRUN_KEYS = ("doc_mask", "attn_window", "value_residual", "x0_skip", "unet_skips", "value_embeds")
 
 
 class KVCache:
@@ -67,6 +104,8 @@ class KVCache:
 
     def __init__(self, n_layer):
         self.layers = [None] * n_layer  # layer i -> (k, v), each (B, nh, T_past, hs)
+        self.docs = None  # doc_mask: the document id of every cached token (B, T_past)
+        self.last = None  # doc_mask: (doc id, position) of the last cached token, each (B,)
 
     def __len__(self):
         """Number of cached positions."""
@@ -91,17 +130,29 @@ class Rotary(nn.Module):
 
     def __init__(self, head_size, block_size, base):
         super().__init__()
-        inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)  # (hs/2,)
-        angles = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq)  # (block_size, hs/2)
-        self.register_buffer("cos", angles.cos(), persistent=False)  # recomputed, never in a checkpoint
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.head_size, self.block_size, self.base = head_size, block_size, base
+        self.register_buffer("cos", torch.empty(block_size, head_size // 2), persistent=False)  # never in a checkpoint
+        self.register_buffer("sin", torch.empty(block_size, head_size // 2), persistent=False)
+        self.rope_tables()
 
-    def forward(self, x, start):
-        """x (B, T, ..., hs) at positions start .. start+T-1 (dim 1), rotated."""
+    def rope_tables(self):
+        """Compute the cos and sin tables (also after a load that made the module on the meta device)."""
+        hs, device = self.head_size, self.cos.device if self.cos.device.type != "meta" else None
+        inv_freq = self.base ** (-torch.arange(0, hs, 2, dtype=torch.float32, device=device) / hs)  # (hs/2,)
+        angles = torch.outer(torch.arange(self.block_size, dtype=torch.float32, device=device), inv_freq)  # (block_size, hs/2)
+        self.cos, self.sin = angles.cos(), angles.sin()
+
+    def forward(self, x, pos):
+        """x (B, T, ..., hs) rotated to positions pos: an int, the first of T consecutive ones (dim 1), or each
+        token's own (B, T) (documents restart at 0)."""
         T, half = x.size(1), x.size(-1) // 2
-        shape = (T,) + (1,) * (x.dim() - 3) + (half,)  # (T, 1, ..., hs/2): broadcast over the dims between
-        cos = self.cos[start:start + T].to(x.dtype).view(shape)
-        sin = self.sin[start:start + T].to(x.dtype).view(shape)
+        if isinstance(pos, int):
+            shape = (T,) + (1,) * (x.dim() - 3) + (half,)  # (T, 1, ..., hs/2): broadcast over the dims between
+            cos, sin = self.cos[pos:pos + T], self.sin[pos:pos + T]
+        else:
+            shape = tuple(pos.shape) + (1,) * (x.dim() - 3) + (half,)  # (B, T, 1, ..., hs/2)
+            cos, sin = self.cos[pos], self.sin[pos]
+        cos, sin = cos.to(x.dtype).view(shape), sin.to(x.dtype).view(shape)
         x1, x2 = x[..., :half], x[..., half:]
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
@@ -114,7 +165,7 @@ def make_norm(config):
 
 class CausalSelfAttention(nn.Module):
 
-    def __init__(self, config, layer_idx):
+    def __init__(self, config, layer_idx, mixes_values=False):
         super().__init__()
         self.layer_idx = layer_idx
         self.n_head = config.n_head
@@ -124,8 +175,13 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        if mixes_values:  # v = a * v + b * (a value embedding, or the first block's v); the record's init: 0.5, 0.5
+            self.v_lambdas = nn.Parameter(torch.tensor([0.5, 0.5]))
 
-    def forward(self, x, rotary=None, kv_cache=None):
+    def forward(self, x, rotary=None, kv_cache=None, pos=None, mask=None, v_mix=None):
+        """x (B, T, C) -> (y (B, T, C), this block's values before mixing (B, T, nh, hs)). pos: the tokens'
+        positions (None: past .. past + T - 1); mask: gptlib/attention.py's (None: plain causal); v_mix: values
+        (B, T, C) mixed into this block's."""
         B, T, C = x.size()
         hs = C // self.n_head
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, hs)  # (B, T, 3C) -> (B, T, 3, nh, hs)
@@ -135,24 +191,18 @@ class CausalSelfAttention(nn.Module):
             qk = qkv[:, :, :2]  # (B, T, 2, nh, hs)
             if self.qk_norm:  # bounded attention logits: stable at higher learning rates (Dehghani et al. 2023)
                 qk = F.rms_norm(qk, (hs,))
-            if rotary is not None:  # new tokens sit at positions past .. past + T - 1
-                qk = rotary(qk, past)
+            if rotary is not None:  # new tokens sit at positions past .. past + T - 1, or their documents' ones
+                qk = rotary(qk, past if pos is None else pos)
             q, k = qk.unbind(2)
+        raw_v = v
+        if v_mix is not None:  # value residual (Zhou et al. 2024) or a value embedding: records #9, #14
+            v = self.v_lambdas[0] * v + self.v_lambdas[1] * v_mix.view_as(v)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, T, nh, hs) -> (B, nh, T, hs)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, past + T, hs)
-        dropout_p = self.dropout if self.training else 0.0
-        if past == 0:
-            # flash / memory-efficient kernels when available (Dao et al. 2022)
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        elif T == 1:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)  # one new query sees every cached key
-        else:
-            # new query i sits at position past + i and may see keys 0 .. past + i
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = attend(q, k, v, mask, past, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(self.c_proj(y)), raw_v
 
 
 class MLP(nn.Module):
@@ -177,15 +227,22 @@ class Block(nn.Module):
 
     def __init__(self, config, layer_idx):
         super().__init__()
+        mixes_values = layer_idx in config.value_embed_layers() or (config.value_residual and layer_idx > 0)
         self.ln_1 = make_norm(config)
-        self.attn = CausalSelfAttention(config, layer_idx)
+        self.attn = CausalSelfAttention(config, layer_idx, mixes_values)
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
+        if config.x0_skip:  # input = a * x + b * x0, starting as x alone (record #9's init: 1, 0)
+            self.x0_lambdas = nn.Parameter(torch.tensor([1.0, 0.0]))
 
-    def forward(self, x, rotary=None, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), rotary, kv_cache)
+    def forward(self, x, rotary=None, kv_cache=None, x0=None, **attn):
+        """x (B, T, C) -> (x, the attention's values before mixing); attn: CausalSelfAttention's pos, mask, v_mix."""
+        if x0 is not None:
+            x = self.x0_lambdas[0] * x + self.x0_lambdas[1] * x0
+        y, v = self.attn(self.ln_1(x), rotary, kv_cache, **attn)
+        x = x + y
         x = x + self.mlp(self.ln_2(x))
-        return x
+        return x, v
 
 
 class GPT(nn.Module):
@@ -198,9 +255,16 @@ class GPT(nn.Module):
         layers = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
         if config.pos_emb == "learned":
             layers["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        if config.value_embeds:  # token tables mixed into the values (record #14): memory, not FLOPs (gathers)
+            layers["vte"] = nn.ModuleList(nn.Embedding(config.vocab_size, config.n_embd) for _ in range(config.value_embeds))
         layers.update(drop=nn.Dropout(config.dropout), h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
                       ln_f=make_norm(config))
         self.transformer = nn.ModuleDict(layers)
+        if config.unet_skips:  # block n/2 + i adds block n/2 - 1 - i's output times a weight starting at 1 (record #11)
+            self.skip_weights = nn.Parameter(torch.ones(config.n_layer // 2))
+        if config.attn_window:  # the long window now: train.py grows it; in the state_dict, so a checkpoint keeps its own
+            self.register_buffer("window", torch.tensor(config.attn_window))
+        self.flex = None  # FlexAttention block masks: None: on CUDA (gptlib/attention.py says why); True/False: forced
         self.rotary = Rotary(config.n_embd // config.n_head, config.block_size, config.rope_base) \
             if config.pos_emb == "rope" else None
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -213,6 +277,8 @@ class GPT(nn.Module):
                     nn.init.zeros_(p)
                 else:  # GPT-2 section 2.3: residual projections scaled by 1/sqrt(N), N = 2 residual layers per block
                     nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * config.n_layer))
+        for table in self.transformer.vte if config.value_embeds else ():
+            nn.init.normal_(table.weight)  # std 1, nn.Embedding's default, as the record: mixed in unnormalised
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -232,7 +298,12 @@ class GPT(nn.Module):
                 n -= self.transformer.wpe.weight.numel()
             if not self.config.tie_weights:
                 n -= self.lm_head.weight.numel()
+            n -= self.value_embed_params()
         return n
+
+    def value_embed_params(self):
+        """Parameters of the value-embedding tables: memory and optimizer state, but gathers, not FLOPs."""
+        return sum(t.weight.numel() for t in self.transformer.vte) if "vte" in self.transformer else 0
 
     def _hidden(self, idx, kv_cache=None):
         """The final normalised hidden states (B, T, C) of tokens idx (B, T) that follow the cached ones."""
@@ -240,13 +311,47 @@ class GPT(nn.Module):
         T = idx.size(1)
         if past + T > self.config.block_size:
             raise ValueError(f"sequence length {past + T} exceeds block_size {self.config.block_size}; crop the input")
+        pos, masks = self._layout(idx, kv_cache)
         x = self.transformer.wte(idx)  # (B, T, C)
         if "wpe" in self.transformer:
-            x = x + self.transformer.wpe(torch.arange(past, past + T, dtype=torch.long, device=idx.device))
+            x = x + self.transformer.wpe(torch.arange(past, past + T, device=idx.device) if pos is None else pos)
         x = self.transformer.drop(x)
-        for block in self.transformer.h:
-            x = block(x, self.rotary, kv_cache)
+        cfg, x0 = self.config, None
+        if cfg.x0_skip:  # every block sees the normalised embedding too (record #9)
+            x = x0 = F.rms_norm(x, (x.size(-1),))
+        ve = [table(idx) for table in self.transformer.vte] if cfg.value_embeds else []  # each (B, T, C)
+        ve_at, kinds, half = cfg.value_embed_layers(), cfg.windows(), cfg.n_layer // 2
+        skips, v1 = [], None
+        for i, block in enumerate(self.transformer.h):
+            if cfg.unet_skips and i >= cfg.n_layer - half:  # U-net: the second half adds the first's outputs, mirrored
+                x = x + self.skip_weights[i - (cfg.n_layer - half)] * skips.pop()
+            v_mix = ve[ve_at[i]] if i in ve_at else v1 if cfg.value_residual else None
+            x, v = block(x, self.rotary, kv_cache, x0, pos=pos, mask=masks and masks[kinds[i]], v_mix=v_mix)
+            v1 = v if i == 0 else v1
+            if cfg.unet_skips and i < half:
+                skips.append(x)
         return self.transformer.ln_f(x)
+
+    def _layout(self, idx, kv_cache=None):
+        """(positions (B, T), or None for past .. past + T - 1; window kind -> mask, or None for plain causal
+        attention) of tokens idx (B, T) after the cached ones; notes their documents in kv_cache."""
+        cfg = self.config
+        if not cfg.doc_mask and not cfg.attn_window:
+            return None, None
+        past = len(kv_cache) if kv_cache is not None else 0
+        if cfg.doc_mask:
+            docs, pos = doc_layout(idx, cfg.eot_token, kv_cache.last if past else None)
+        else:
+            docs, pos = torch.zeros_like(idx), None
+        k_docs = docs
+        if kv_cache is not None:
+            k_docs = torch.cat([kv_cache.docs, docs], dim=1) if past else docs  # (B, past + T)
+            kv_cache.docs, kv_cache.last = k_docs, (docs[:, -1], pos[:, -1]) if pos is not None else None
+        windows = {kind: None if not cfg.attn_window else self.window if kind == "L" else self.window // 2
+                   for kind in set(cfg.windows())}
+        flex = (idx.device.type == "cuda" if self.flex is None else self.flex) and kv_cache is None \
+            and not (self.training and cfg.dropout)  # FlexAttention has no dropout
+        return pos, make_masks(docs, k_docs, past, windows, flex)
 
     def _logits(self, x):
         logits = self.lm_head(x)

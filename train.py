@@ -166,6 +166,10 @@ def changed_settings(cfg, saved, it):
         if k == "data_order":
             line += ": kept at the checkpoint's order, so the run reads exactly the data it would have"
         lines.append(line)
+    w_old, w_new = optim.window_at(it, old), optim.window_at(it, cfg)
+    if w_old != w_new:
+        lines.append(f"resume: the attention window at iter {it} is now {w_new} (it would have been {w_old}), because "
+                     f"its warmup follows the new settings")
     lr_old, lr_new = optim.lr_at(it, old), optim.lr_at(it, cfg)
     if not math.isclose(lr_old, lr_new, rel_tol=1e-9):
         lines.append(f"resume: the learning rate at iter {it} is now {lr_new:.2e} (it would have been {lr_old:.2e}), "
@@ -173,6 +177,13 @@ def changed_settings(cfg, saved, it):
                      ("; to keep decaying instead, set lr_decay_iters to the old max_iters"
                       if lr_new > lr_old and cfg.max_iters != old.max_iters and not cfg.lr_decay_iters else ""))
     return lines
+
+
+def quality_lines(model, cfg):
+    """The plan's lines on how long GPT-2 small's quality takes with this run's recipe (monitor.TOKENS_TO_GPT2)."""
+    c = model.config
+    return monitor.gpt2_quality(monitor.recipe_of(c, cfg.optimizer), (c.n_layer, c.n_embd) == (12, 768),
+                                cfg.total_batch_size, cfg.tokens_per_sec or None)
 
 
 def main(argv):
@@ -224,11 +235,12 @@ def run_training(cfg, procs, cleanup):
                                 tokens_per_step=cfg.total_batch_size, max_iters=cfg.max_iters,
                                 iter_num=ckpt["loop"].get("iter_num", 0) if ckpt else 0,
                                 train_tokens=shards.split_tokens(manifest, "train") if manifest else None,
-                                tokens_per_sec=cfg.tokens_per_sec or None)
+                                tokens_per_sec=cfg.tokens_per_sec or None, n_params_value_embeds=model.value_embed_params())
         if master:
             print(f"gradient accumulation {grad_accum} x {cfg.batch_size} x {cfg.block_size} x {world} GPU(s) "
                   f"= {cfg.total_batch_size:,} tokens/step")
             print("\n".join(monitor.format_plan(plan)))
+            print("\n".join(quality_lines(model, cfg)))
             print(f"checkpoints: {optim.checkpoint_bytes(model, cfg) / 1e9:.2f} GB each")
         return 0
 
@@ -352,8 +364,9 @@ def run_training(cfg, procs, cleanup):
     peak_flops, peak_note = monitor.peak_flops(device_type, dtype, override_tflops=cfg.peak_tflops)
     plan = monitor.plan_run(n_params=n_params, n_params_non_embedding=raw_model.get_num_params(True),
                             tokens_per_step=cfg.total_batch_size, max_iters=cfg.max_iters, iter_num=loop.iter_num,
-                            train_tokens=train_loader.total_tokens, tokens_per_sec=cfg.tokens_per_sec or None)
-    for line in monitor.format_plan(plan):
+                            train_tokens=train_loader.total_tokens, tokens_per_sec=cfg.tokens_per_sec or None,
+                            n_params_value_embeds=raw_model.value_embed_params())
+    for line in monitor.format_plan(plan) + quality_lines(raw_model, cfg):
         log(line)
     log(f"checkpoints: {optim.checkpoint_bytes(raw_model, cfg) / 1e9:.2f} GB each (ckpt.pt, ckpt_best.pt"
         + (f", {cfg.keep_last_n} numbered" if cfg.keep_last_n else "") + ")")
@@ -423,6 +436,7 @@ def run_training(cfg, procs, cleanup):
 
     # ------------------------------------------------------------------ training loop
     to_device = runtime.BatchCopier(device)
+    window_schedule = dataclasses.replace(cfg, attn_window=raw_model.config.attn_window)  # an adopted model's own
     stop = StopRequest()
     cleanup.callback(stop.restore)
     stopping = None  # the signal this process acts on; under DDP only the all-reduced flag sets it, so all ranks agree
@@ -430,6 +444,8 @@ def run_training(cfg, procs, cleanup):
     pace = monitor.Pace()  # tok/s, MFU and ETA from recent steps, the ETA with the evals and checkpoints to come
     while True:
         last = loop.iter_num >= cfg.max_iters
+        if raw_model.config.attn_window:  # this iteration's window (its warmup), for the eval and the step below
+            raw_model.window.fill_(optim.window_at(loop.iter_num, window_schedule))
 
         # evaluate (skipped at the first iteration of a resume when the checkpoint was written after this eval)
         if (loop.iter_num % cfg.eval_interval == 0 or last) and loop.iter_num != loop.last_eval_iter:

@@ -1,18 +1,24 @@
-"""The classic and the modern recipe side by side, on the same real tokens.
+"""The classic, the modern and the speedrun recipe side by side, on the same real tokens.
 
     python -m benchmarks.bench_recipes --data_files=../shared/data/fineweb_sample.parquet     # the CPU benchmark
+    python -m benchmarks.bench_recipes --data_dir=data/stdlib --ladder --jobs=2 ...            # + the speedrun ladder
 
 Trains a small GPT (4 layers x 256 wide, context 256 by default) with the classic recipe (GPT-2 model,
 AdamW, cosine) at a few learning rates and with the modern one (config/recipe_modern.py) at a few scales
 of its learning rates, every run on the same tokens in the same order, then prints val loss against tokens
 seen for the best run of each, and the fraction of the classic recipe's tokens that the modern one needs to
 reach the classic's final val loss. Variants (e.g. --variants=windows,softcap) rerun the best modern
-setting with one more change.
+setting with one more change. --ladder adds the speedrun recipe's features to the best modern run one at a
+time, in the records' order (LADDER: each rung keeps the ones before it; the last rung is
+config/recipe_speedrun.py at this scale), and reports the fraction of the modern run's tokens that each rung
+needs to reach the modern run's final val loss (issue 26's yardstick). Every run uses the same rows
+(block_size tokens each, batch_size of them per step) and is evaluated on the same val windows.
 
 Each run is a real train.py run (a subprocess) into work_dir/<name>/, so what is measured is what users get;
 a finished run is not run again, so an interrupted benchmark resumes where it stopped. Results also go to
 work_dir/results.json and work_dir/recipes.png.
 """
+import concurrent.futures
 import json
 import math
 import os
@@ -35,6 +41,21 @@ VARIANTS = {  # name -> settings layered on the best modern run
     "stream": ["--data_order=stream"],
     "adam_lr_x3": ["--learning_rate=9e-3"],  # 3x the AdamW rate of embeddings, head and gains (Muon's unchanged)
 }
+SPEEDRUN = os.path.join(REPO, "config", "recipe_speedrun.py")
+
+
+def ladder(cfg):
+    """(rung name, the settings it adds) in the records' order; each rung keeps the ones before it."""
+    return [
+        ("docs", ["--doc_mask=True"]),  # record #12: attention inside documents (here: in rows of block_size)
+        ("window", [f"--attn_window={cfg.window}", f"--window_pattern={cfg.window_pattern}"]),  # #12, long-short
+        ("window_warmup", [f"--window_start={cfg.window_start}"]),  # record #13
+        ("value_residual", ["--value_residual=True"]),  # record #9
+        ("x0_skip", ["--x0_skip=True"]),  # record #9 (its Muon momentum warmup is a default of both recipes)
+        ("unet", ["--unet_skips=True"]),  # record #11
+        ("value_embeds", ["--value_residual=False", f"--value_embeds={cfg.value_embeds}"]),  # #14: replaces #9's
+        ("softcap15", ["--logit_softcap=15"]),  # record #18: the whole config/recipe_speedrun.py
+    ]
 
 
 @dataclass
@@ -54,6 +75,12 @@ class RecipesConfig:
     classic_lrs: list[float] = setting([1e-3, 2e-3, 4e-3])  # AdamW peak learning rates tried for the classic recipe
     modern_scales: list[float] = setting([0.5, 1.0, 2.0])  # multiples of the modern recipe's learning_rate and muon_lr tried
     variants: list[str] = setting([])  # extra runs on the best modern setting: windows, softcap
+    ladder: bool = setting(False)  # also add the speedrun recipe's features to the best modern run, one at a time
+    window: int = setting(256, ge=2)  # ladder: the final long attention window (config/recipe_speedrun.py: 1792)
+    window_start: int = setting(32, ge=1)  # ladder: the window at step 0, growing to window (recipe: 128)
+    window_pattern: str = setting("LS", pattern="[LS]+")  # ladder: long/short blocks (recipe: LSSSLS for 12 blocks)
+    value_embeds: int = setting(2, ge=1)  # ladder: value-embedding tables (recipe: 3 for 12 blocks; at most n_layer/2)
+    jobs: int = setting(1, ge=1)  # runs trained at once, each with cpu_cores/jobs torch threads
     seed: int = setting(1337, ge=0)  # the same for every run: same init draw, same data order
     data_order: str = setting("windows", choices=["stream", "windows"])  # the data order of every run (both recipes)
     device: str = setting("cpu", pattern=r"auto|cpu|mps|cuda(:\d+)?")  # where the runs train
@@ -77,10 +104,14 @@ def prepare_data(cfg):
     return out
 
 
+def steps_of(cfg):
+    return max(1, cfg.tokens // (cfg.batch_size * cfg.block_size))
+
+
 def run(cfg, data_dir, name, extra):
     """One train.py run (skipped when it already finished); returns its eval records."""
     out = os.path.join(cfg.work_dir, name)
-    steps = max(1, cfg.tokens // (cfg.batch_size * cfg.block_size))
+    steps = steps_of(cfg)
     done = os.path.exists(os.path.join(out, "ckpt.pt")) and any(
         r.get("kind") == "eval" and r["iter"] == steps for r in read_metrics(os.path.join(out, METRICS_FILE)))
     if not done:
@@ -90,7 +121,8 @@ def run(cfg, data_dir, name, extra):
                 f"--warmup_iters={round(cfg.warmup_frac * steps)}", f"--eval_interval={cfg.eval_interval}",
                 f"--eval_tokens={cfg.eval_tokens}", "--log_interval=10", f"--ckpt_interval={steps}",
                 f"--seed={cfg.seed}", f"--device={cfg.device}", f"--compile={cfg.compile}", f"--dtype={cfg.dtype}",
-                f"--data_order={cfg.data_order}", "--overwrite=True", *extra]
+                f"--data_order={cfg.data_order}", "--overwrite=True",
+                f"--cpu_threads={max(1, (os.cpu_count() or 1) // cfg.jobs) if cfg.device == 'cpu' else 0}", *extra]
         t0 = time.time()
         print(f"--- {name}: {steps} steps", flush=True)
         subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], check=True, stdout=subprocess.DEVNULL)
@@ -108,47 +140,72 @@ def tokens_to_reach(curve, target):
     return None
 
 
+def run_all(cfg, data_dir, specs):
+    """{name: run(...)} for specs {name: extra settings}, cfg.jobs at a time."""
+    with concurrent.futures.ThreadPoolExecutor(cfg.jobs) as pool:
+        futures = {name: pool.submit(run, cfg, data_dir, name, extra) for name, extra in specs.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def report_ladder(runs, best_modern, names):
+    """Each rung's final val loss, and the fraction of the modern run's tokens it needs to reach the modern
+    run's final val loss; returns {rung: fraction}."""
+    target, total = runs[best_modern][0][-1][1], runs[best_modern][0][-1][0]
+    print(f"\nthe speedrun ladder (each rung adds its feature to the ones above), against {best_modern}'s final "
+          f"val loss {target:.4f} after {total:,} tokens:")
+    fractions = {}
+    for name in names:
+        need = tokens_to_reach(runs[name][0], target)
+        fractions[name] = need / total if need is not None else math.nan
+        print(f"  {name:<44} final {runs[name][0][-1][1]:.4f}   reaches it after "
+              + (f"{need:>10,.0f} tokens: {fractions[name]:6.1%}" if need is not None else "never in this run"))
+    return fractions
+
+
 def main(argv):
     cfg = load_config(RecipesConfig, argv)
     data_dir = prepare_data(cfg)
-    runs = {}
-    for lr in cfg.classic_lrs:
-        runs[f"classic-lr{lr:g}"] = run(cfg, data_dir, f"classic-lr{lr:g}", [f"--learning_rate={lr}", f"--min_lr={lr / 10}"])
     modern = load_config(TrainConfig, [MODERN])
-    for s in cfg.modern_scales:
-        runs[f"modern-x{s:g}"] = run(cfg, data_dir, f"modern-x{s:g}", [MODERN, f"--learning_rate={modern.learning_rate * s}",
-                                                                       f"--muon_lr={modern.muon_lr * s}"])
+    scaled = lambda s: [MODERN, f"--learning_rate={modern.learning_rate * s}", f"--muon_lr={modern.muon_lr * s}"]
+    specs = {f"classic-lr{lr:g}": [f"--learning_rate={lr}", f"--min_lr={lr / 10}"] for lr in cfg.classic_lrs}
+    specs |= {f"modern-x{s:g}": scaled(s) for s in cfg.modern_scales}
+    runs = run_all(cfg, data_dir, specs)
     final = {name: curve[-1][1] for name, (curve, _) in runs.items()}
     best_classic = min((n for n in runs if n.startswith("classic")), key=final.get)
     best_modern = min((n for n in runs if n.startswith("modern")), key=final.get)
-    s = float(best_modern.split("-x")[1])
-    for v in cfg.variants:
-        name = f"{best_modern}+{v}"
-        runs[name] = run(cfg, data_dir, name, [MODERN, f"--learning_rate={modern.learning_rate * s}",
-                                              f"--muon_lr={modern.muon_lr * s}", *VARIANTS[v]])
-        final[name] = runs[name][0][-1][1]
+    best = scaled(float(best_modern.split("-x")[1]))
+    specs = {f"{best_modern}+{v}": best + VARIANTS[v] for v in cfg.variants}
+    rungs, added = [], []
+    for rung, settings in ladder(cfg) if cfg.ladder else ():
+        added += settings
+        rungs.append(f"{best_modern}+{rung}")
+        specs[rungs[-1]] = best + added
+    runs |= run_all(cfg, data_dir, specs)
+    final |= {name: runs[name][0][-1][1] for name in specs}
     target = final[best_classic]
     need = tokens_to_reach(runs[best_modern][0], target)
     total = runs[best_classic][0][-1][0]
 
     print(f"\nmachine: {runtime.cpu_name()}, {os.cpu_count()} cores; device {cfg.device}; "
-          f"model {cfg.n_layer}x{cfg.n_embd}, context {cfg.block_size}; {cfg.tokens:,} tokens per run")
+          f"model {cfg.n_layer}x{cfg.n_embd}, rows of {cfg.block_size} x {cfg.batch_size}; {cfg.tokens:,} tokens per run")
     print("final val loss of every run (lower is better):")
     for name, v in final.items():
         tps = runs[name][1]
-        print(f"  {name:<28} {v:.4f}   {sum(tps[1:]) / max(1, len(tps) - 1):,.0f} tok/s")
-    print(f"\nval loss vs tokens seen ({best_classic} | {best_modern}):")
-    for (t, a), (_, b) in zip(runs[best_classic][0], runs[best_modern][0]):
-        print(f"  {t:>10,}  {a:.4f}  {b:.4f}")
+        print(f"  {name:<44} {v:.4f}   {sum(tps[1:]) / max(1, len(tps) - 1):,.0f} tok/s")
+    shown = [best_classic, best_modern] + rungs[-1:]
+    print(f"\nval loss vs tokens seen ({' | '.join(shown)}):")
+    for points in zip(*(runs[n][0] for n in shown)):
+        print(f"  {points[0][0]:>10,}  " + "  ".join(f"{v:.4f}" for _, v in points))
     frac = need / total if need is not None else math.nan
     print(f"\nthe modern recipe reaches the classic recipe's final val loss {target:.4f} after "
           + (f"{need:,.0f} of {total:,} tokens: {frac:.1%} of the tokens" if need else "never in this run"))
+    ladder_fractions = report_ladder(runs, best_modern, rungs) if rungs else {}
     with open(os.path.join(cfg.work_dir, "results.json"), "w") as f:
         json.dump({"config": vars(cfg), "final": final, "best_classic": best_classic, "best_modern": best_modern,
-                   "tokens_fraction": frac, "curves": {n: c for n, (c, _) in runs.items()}}, f, indent=1)
+                   "tokens_fraction": frac, "ladder_fractions": ladder_fractions,
+                   "curves": {n: c for n, (c, _) in runs.items()}}, f, indent=1)
     import plot
-    plot.plot_runs([os.path.join(cfg.work_dir, n) for n in (best_classic, best_modern)],
-                   os.path.join(cfg.work_dir, "recipes.png"))
+    plot.plot_runs([os.path.join(cfg.work_dir, n) for n in shown], os.path.join(cfg.work_dir, "recipes.png"))
 
 
 if __name__ == "__main__":

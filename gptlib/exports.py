@@ -12,7 +12,10 @@ below: ReLU^2. A prototype measured 4.3e-6 max logit difference in transformers 
 (f32 KV cache), greedy text identical. Qwen3 is also exact in transformers (its gated MLP with gate = up =
 c_fc and hidden_act='relu' is relu(a)*a = relu(a)^2), but llama.cpp's qwen3 graph hardcodes SiLU and ignores
 hidden_act (1.67 max logit difference, other greedy text), so it is not offered.
-What no target expresses (logit_softcap; a mix such as RoPE with LayerNorm) is refused with one line.
+    code     anything model.py runs (the speedrun switches, logit_softcap, a mix such as RoPE with LayerNorm):
+             model.py itself, with the modules it imports, and a thin wrapper, loaded by transformers'
+             AutoModelForCausalLM with trust_remote_code=True (gptlib/remote_code/); llama.cpp cannot load it
+A model goes to the first target that runs it exactly, so a model gpt2 or apertus runs never needs remote code.
 
 A mapping table is a list of (our key, its key or keys, transform); '{i}' stands for the layer index.
 """
@@ -22,6 +25,8 @@ import os
 import shutil
 
 import torch
+
+from model import SPEEDRUN_KEYS, GPTConfig
 
 from .errors import ConfigError, UserError
 from .shards import EOT, VOCAB_SIZE
@@ -136,33 +141,76 @@ def _apertus_extras(c, n_vocab):
     return out
 
 
+CODE_TABLE = [("", "gpt.", None)]  # every tensor of model.GPT's state_dict, under the wrapper's attribute `gpt`
+REMOTE_CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "remote_code")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CODE_FILES = {  # exported name -> the project file it is (model.py's imports from gptlib become relative ones)
+    "configuration_gpt2kit.py": os.path.join(REMOTE_CODE, "configuration_gpt2kit.py"),
+    "modeling_gpt2kit.py": os.path.join(REMOTE_CODE, "modeling_gpt2kit.py"),
+    "model.py": os.path.join(REPO, "model.py"),
+    "attention.py": os.path.join(REPO, "gptlib", "attention.py"),
+    "head_loss.py": os.path.join(REPO, "gptlib", "head_loss.py"),
+}
+NO_GGUF = ("llama.cpp cannot load this model (no GGUF architecture has its {what}): for GGUF, train with "
+           "config/recipe_modern.py, which exports as ApertusForCausalLM")
+
+
+def _code_config(c, n_vocab):
+    import dataclasses
+    return {"architectures": ["Gpt2kitForCausalLM"], "model_type": "gpt2kit", "vocab_size": n_vocab,
+            "auto_map": {"AutoConfig": "configuration_gpt2kit.Gpt2kitConfig",
+                         "AutoModelForCausalLM": "modeling_gpt2kit.Gpt2kitForCausalLM"},
+            "gpt": dataclasses.asdict(c), "max_position_embeddings": c.block_size, "use_cache": False,
+            "tie_word_embeddings": False}  # the wrapper's own tie (model.GPT's) is in its code
+
+
+def code_files():
+    """{exported name: bytes} of the modeling code: the project's files, their gptlib imports made relative."""
+    out = {}
+    for name, path in CODE_FILES.items():
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        out[name] = text.replace("\nfrom gptlib.", "\nfrom .").encode()
+    return out
+
+
+NO_SPEEDRUN = {k: (getattr(GPTConfig(), k),) for k in SPEEDRUN_KEYS}  # no native architecture has these
 TARGETS = {  # name -> what it needs of model.GPTConfig, its table, config and extra tensors
     "gpt2": {"needs": {"pos_emb": ("learned",), "norm": ("layernorm",), "qk_norm": (False,),
-                       "mlp_act": ("gelu", "gelu_exact"), "logit_softcap": (0.0,)},
+                       "mlp_act": ("gelu", "gelu_exact"), "logit_softcap": (0.0,), **NO_SPEEDRUN},
              "table": GPT2_TABLE, "config": _gpt2_config, "extras": _gpt2_extras, "class": "GPT2LMHeadModel"},
     "apertus": {"needs": {"pos_emb": ("rope",), "norm": ("rmsnorm",), "qk_norm": (True,), "mlp_act": ("relu2",),
-                          "bias": (False,), "logit_softcap": (0.0,)},
+                          "bias": (False,), "logit_softcap": (0.0,), **NO_SPEEDRUN},
                 "table": APERTUS_TABLE, "config": _apertus_config, "extras": _apertus_extras,
                 "class": "ApertusForCausalLM"},
+    "code": {"needs": {}, "table": CODE_TABLE, "config": _code_config, "extras": lambda c, n: {},
+             "class": "Gpt2kitForCausalLM (trust_remote_code=True)"},
 }
 
 
+def _misses(config, name):
+    """The settings of config that target `name` cannot express, as 'key=value' strings."""
+    return [f"{k}={getattr(config, k)!r}" for k, ok in TARGETS[name]["needs"].items() if getattr(config, k) not in ok]
+
+
 def pick_target(config):
-    """The target that runs this model exactly, or ExportError naming the settings no target expresses."""
-    misses = {}
-    for name, t in TARGETS.items():
-        misses[name] = [f"{k}={getattr(config, k)!r}" for k, ok in t["needs"].items() if getattr(config, k) not in ok]
-        if not misses[name]:
-            return name
-    name, missing = min(misses.items(), key=lambda kv: len(kv[1]))
-    raise ExportError(f"no export target runs this model exactly: {', '.join(missing)} cannot be expressed by "
-                      f"{TARGETS[name]['class']} (the nearest); train without it to export, or use sample.py and "
-                      f"eval.py on the checkpoint directly")
+    """The first target that runs this model exactly ('code' runs every model)."""
+    return next(name for name in TARGETS if not _misses(config, name))
+
+
+def remote_code_note(config):
+    """One line for a model that only its own code runs: what llama.cpp lacks for it, and what to do instead."""
+    nearest = min((n for n in TARGETS if n != "code"), key=lambda n: len(_misses(config, n)))
+    return NO_GGUF.format(what=", ".join(_misses(config, nearest)))
 
 
 def state_dict_for(model, target, n_vocab):
     """The target's tensors (contiguous, fp32 as trained) from model.GPT, through its mapping table."""
     c, sd = model.config, model.state_dict()
+    if target == "code":  # model.py's own names and shapes, all rows (its code cuts the logits to n_vocab)
+        prefix = CODE_TABLE[0][1]
+        return {prefix + k: v.detach().float().contiguous().clone() if v.is_floating_point() else v.clone()
+                for k, v in sd.items()}
     out = {}
     for ours, theirs, transform in TARGETS[target]["table"]:
         for i in range(c.n_layer) if "{i}" in ours else [None]:
@@ -210,10 +258,13 @@ def model_card(target, config, facts):
     lines += ["", "transformers:", "", "```python",
               "from transformers import AutoModelForCausalLM, AutoTokenizer",
               "tok = AutoTokenizer.from_pretrained('THIS_FOLDER')",
-              "model = AutoModelForCausalLM.from_pretrained('THIS_FOLDER')",
+              "model = AutoModelForCausalLM.from_pretrained('THIS_FOLDER'"
+              + (", trust_remote_code=True)" if target == "code" else ")"),
               "out = model.generate(**tok('Hello', return_tensors='pt'), max_new_tokens=40)",
-              "print(tok.decode(out[0]))", "```", "",
-              "llama.cpp (its converter needs `pip install sentencepiece gguf`):", "", "```",
+              "print(tok.decode(out[0]))", "```", ""]
+    if target == "code":
+        return "\n".join(lines + [remote_code_note(config) + ".", ""])
+    lines += ["llama.cpp (its converter needs `pip install sentencepiece gguf`):", "", "```",
               "python llama.cpp/convert_hf_to_gguf.py THIS_FOLDER --outfile model-f16.gguf --outtype f16",
               "llama-cli -m model-f16.gguf -p 'Hello' -n 40", "```", ""]
     return "\n".join(lines)

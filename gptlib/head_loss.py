@@ -23,8 +23,9 @@ GRAD_W_BLOCK = 4096  # CPU, bf16: vocab rows of the head's gradient per product,
 # torch.compile's on-disk caches know a custom op by its name, not by its fake, setup or backward code: an edited
 # backward kept being served the old one's compiled graph, silently (pytorch/pytorch#144344, #160472; seen here
 # when the backward took over the mean's 1/n). So the ops' names carry a digest of this file: an edit, or an
-# update of the project, compiles them afresh.
-_OP_TAG = hashlib.sha256(pathlib.Path(__file__).read_bytes()).hexdigest()[:12]
+# update of the project, compiles them afresh. The module's name is in it too, so an exported copy of this file
+# (export.py's trust_remote_code folders) loaded beside the project registers ops of its own.
+_OP_TAG = hashlib.sha256(pathlib.Path(__file__).read_bytes() + __name__.encode()).hexdigest()[:12]
 
 
 def _chunk_loss(z, y, scale, softcap, want_grad):

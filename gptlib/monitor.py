@@ -22,6 +22,18 @@ from .errors import ConfigError, UserError
 
 METRICS_FILE = "metrics.jsonl"  # name of the metrics log inside out_dir
 CHINCHILLA_TOKENS_PER_PARAM = 20  # compute-optimal tokens per parameter (Hoffmann et al. 2022, Table 3)
+GPT2_VAL = 3.28  # FineWeb val loss of OpenAI's GPT-2 small (124M): the target of modded-nanogpt's records
+# Tokens each recipe needed to reach GPT2_VAL at GPT-2 small's shape (12 x 768), as steps x tokens/step read from
+# the logs in KellerJordan/modded-nanogpt's records/track_1_short (issue 26). This toolkit has not trained them at
+# 124M: they are the records' figures, with the records' own learning rates and batch sizes.
+TOKENS_TO_GPT2 = {
+    "classic": (10.26e9, "llm.c's GPT-2 (124M) recipe, AdamW: records/track_1_short/2024-10-13_llmc (val 3.2722)"),
+    "modern": (4578 * 524288, "record #8, 2024-11-03_UntieEmbed: 4,578 steps x 524,288 tokens, the same architecture "
+                       "and optimizer as config/recipe_modern.py"),
+    "speedrun": (1390 * 524288, "record #18, 2025-01-04_SoftCap: 1,390 steps x 524,288 tokens, the features of "
+                         "config/recipe_speedrun.py (its learning rates differ: BENCHMARKS.md)"),
+}
+RTX_4070_TOK_S = 52_000  # a real RTX 4070 user's nanoGPT 124M tok/s with torch.compile (issue 26); this toolkit: ~0.97-1.0x
 MAX_GOOD_EPOCHS = 4  # repeated data is almost as good as new up to ~4 epochs (Muennighoff et al. 2023, "Scaling Data-Constrained LMs")
 
 
@@ -52,10 +64,13 @@ def flops_per_token(n_params_non_embedding, n_layer, n_embd, seq_len, vocab_size
 
 
 def model_flops_per_token(model, seq_len=None):
-    """flops_per_token for a model.GPT, including its lm_head; seq_len defaults to its block_size."""
+    """flops_per_token for a model.GPT, including its lm_head; seq_len defaults to its block_size. A sliding
+    window bounds the keys a query sees: the attention term counts attn_window of them when it is shorter
+    (document masks are left out: they depend on the data)."""
     cfg = model.config
+    seq_len = seq_len or cfg.block_size
     return flops_per_token(model.get_num_params(non_embedding=True), cfg.n_layer, cfg.n_embd,
-                           seq_len or cfg.block_size, vocab_size=cfg.vocab_size)
+                           min(seq_len, cfg.attn_window or seq_len), vocab_size=cfg.vocab_size)
 
 
 def mfu(tokens_per_sec, flops_per_token, peak_flops):
@@ -165,7 +180,7 @@ def suggest_batch_size(max_batch_size, total_batch_size, block_size, world_size=
 
 
 def plan_run(n_params, n_params_non_embedding, tokens_per_step, max_iters, iter_num=0,
-             train_tokens=None, tokens_per_sec=None):
+             train_tokens=None, tokens_per_sec=None, n_params_value_embeds=0):
     """The arithmetic of a run, as a dict; values that need a missing input are None.
 
     n_params counts all parameters: Chinchilla's 20 tokens/param (Hoffmann et al. 2022) was fitted on
@@ -181,6 +196,7 @@ def plan_run(n_params, n_params_non_embedding, tokens_per_step, max_iters, iter_
     plan = {
         "n_params": n_params,
         "n_params_non_embedding": n_params_non_embedding,
+        "n_params_value_embeds": n_params_value_embeds,
         "tokens_per_step": tokens_per_step,
         "max_iters": max_iters,
         "iter_num": iter_num,
@@ -201,6 +217,35 @@ def plan_run(n_params, n_params_non_embedding, tokens_per_step, max_iters, iter_
         "eta_epoch_s": seconds(train_tokens) if train_tokens else None,
     }
     return plan
+
+
+def recipe_of(model_config, optimizer):
+    """'classic' (GPT-2 and AdamW), 'modern' (the modern switches and Muon), 'speedrun' (and the speedrun
+    switches), or None for a mix that no published run matches."""
+    if model_config.speedrun():
+        return "speedrun" if optimizer == "muon" and model_config.not_gpt2() != model_config.speedrun() else None
+    if model_config.not_gpt2():
+        return "modern" if optimizer == "muon" else None
+    return "classic" if optimizer == "adamw" else None
+
+
+def gpt2_quality(recipe, shape_124m, tokens_per_step, tokens_per_sec=None):
+    """Lines saying how many tokens, steps and hours the recipe ('classic', 'modern', 'speedrun', or None for a
+    mix) is expected to need for GPT-2 small's FineWeb val loss, with the source of the figure."""
+    if recipe is None:
+        return [f"GPT-2 quality (FineWeb val {GPT2_VAL}): no published figure for this mix of recipe settings; "
+                f"config/recipe_modern.py and config/recipe_speedrun.py have one"]
+    tokens, source = TOKENS_TO_GPT2[recipe]
+    rate = tokens_per_sec or RTX_4070_TOK_S
+    where = (f"at {human_count(tokens_per_sec)} tok/s" if tokens_per_sec else
+             f"at {human_count(RTX_4070_TOK_S)} tok/s (an RTX 4070 with nanoGPT; pass --tokens_per_sec from bench.py)")
+    lines = [f"GPT-2 quality (FineWeb val {GPT2_VAL}) with the {recipe} recipe at 124M: about {human_count(tokens)} "
+             f"tokens = {math.ceil(tokens / tokens_per_step):,} steps of this run's {tokens_per_step:,} = "
+             f"{human_time(tokens / rate)} {where}",
+             f"  source: {source}"]
+    if not shape_124m:
+        lines.append("  (a 124M figure: this model has another shape, so expect another number)")
+    return lines
 
 
 # ----------------------------------------------------------------------------- pace and ETA
@@ -289,7 +334,9 @@ def format_plan(plan):
     p = plan
     rate = f" at {human_count(p['tokens_per_sec'])} tok/s" if p["tokens_per_sec"] else " (no tok/s measured yet)"
     lines = [
-        f"model: {human_count(p['n_params'])} params ({human_count(p['n_params_non_embedding'])} non-embedding)",
+        f"model: {human_count(p['n_params'])} params ({human_count(p['n_params_non_embedding'])} non-embedding"
+        + (f"; {human_count(p['n_params_value_embeds'])} in value embeddings: memory and optimizer state, no FLOPs)"
+           if p.get("n_params_value_embeds") else ")"),
         f"tokens/step: {p['tokens_per_step']:,}  x  max_iters: {p['max_iters']:,}  =  {human_count(p['total_tokens'])} tokens",
         f"tokens/param: {p['tokens_per_param']:.3g} = {p['chinchilla_multiple']:.3g}x Chinchilla's "
         f"{CHINCHILLA_TOKENS_PER_PARAM} ({human_count(p['chinchilla_tokens'])} tokens, {p['chinchilla_iters']:,} iters)",

@@ -69,6 +69,7 @@ class TrainConfig(GPTConfig):
     muon_momentum_warmup: int = setting(300, ge=0)  # iterations over which Muon's momentum rises from 0.85 to muon_momentum
     muon_weight_decay: float = setting(0.0, ge=0)  # Muon's decoupled weight decay (multiplied by its learning rate)
     grad_clip: float = setting(1.0, ge=0)  # clip the global gradient norm to this (0: off)
+    window_start: int = setting(0, ge=0)  # attention window at iteration 0, growing to attn_window at max_iters in multiples of this (record #13: 128); 0: attn_window throughout
     # faults
     spike_factor: float = setting(0.0, ge=0)  # skip an update whose loss exceeds this times the running mean (0: only NaN/inf are skipped)
     max_bad_steps: int = setting(5, ge=1)  # stop after this many skipped updates in a row
@@ -101,6 +102,12 @@ class TrainConfig(GPTConfig):
         if self.lr_schedule == "wsd" and self.warmup_iters > decay_start(self):
             out.append(f"warmup_iters={self.warmup_iters} runs into the decay, which starts at iter {decay_start(self)} "
                        f"(wsd, decay_frac={self.decay_frac:g}); lower warmup_iters or decay_frac")
+        if self.window_start and not self.attn_window:
+            out.append(f"window_start={self.window_start} grows the attention window, but attn_window=0 (every earlier "
+                       f"token is seen); set attn_window, or window_start=0")
+        elif self.window_start > self.attn_window:
+            out.append(f"window_start={self.window_start} is above attn_window={self.attn_window}, the window it grows "
+                       f"to; lower window_start")
         if not self.val_sets:
             out.append("val_sets is empty; give at least one validation split, e.g. --val_sets=val")
         if self.humaneval_interval and not self.humaneval_path:

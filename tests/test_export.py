@@ -110,12 +110,25 @@ def test_export_script_writes_tokenizer_generation_config_card_and_ordinary_perm
     assert len(out) == 2
 
 
-def test_what_no_target_expresses_is_refused_with_one_line_and_nothing_written(tmp_path):
-    for kw, named in ((dict(MODERN, logit_softcap=15.0), "logit_softcap=15.0"),
-                      (dict(pos_emb="rope"), "pos_emb='rope'"), (dict(MODERN, bias=True), "bias=True")):
-        with pytest.raises(ExportError, match=f"{named}.*cannot be expressed by"):
-            export(tiny_model(**kw), str(tmp_path / "hf"))
-        assert not (tmp_path / "hf").exists() and os.listdir(tmp_path) == []
+def test_what_no_native_target_expresses_exports_as_its_own_code(tmp_path, capsys):
+    """A soft cap, RoPE with LayerNorm, a modern model with biases: no architecture transformers or llama.cpp ship
+    runs them, so the folder carries model.py and loads with trust_remote_code=True, with the project's logits
+    and greedy text; the one line on stderr says llama.cpp cannot load it, and why."""
+    for i, (kw, named) in enumerate(((dict(MODERN, logit_softcap=15.0), "logit_softcap=15.0"),
+                                     (dict(pos_emb="rope"), "pos_emb='rope'"), (dict(MODERN, bias=True), "bias=True"))):
+        model = tiny_model(**kw)
+        capsys.readouterr()  # what loading the previous folder printed
+        written, target = export(model, str(tmp_path / f"hf{i}"))
+        assert target == "code" and {"model.py", "modeling_gpt2kit.py", "attention.py", "head_loss.py"} <= set(written)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "llama.cpp cannot load this model" in err[0] and named in err[0]
+        hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / f"hf{i}", trust_remote_code=True,
+                                                               dtype=torch.float32).eval()
+        x = torch.randint(0, VOCAB_SIZE, (2, 40), generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            assert (model(x)[0][..., :VOCAB_SIZE] - hf(x).logits).abs().max().item() < 1e-4
+            assert model.generate(x[:1, :8], 10, temperature=0, sample_vocab_size=VOCAB_SIZE).tolist() == \
+                hf.generate(x[:1, :8], max_new_tokens=10, do_sample=False, min_new_tokens=10).tolist()
 
 
 def test_small_vocab_model_exports_without_tokenizer(tmp_path, capsys):
