@@ -7,6 +7,9 @@ References:
 3) The switches (README "The modern recipe"): rotary positions (Su et al. 2021, RoFormer), RMSNorm
    (Zhang & Sennrich 2019), QK-norm (Dehghani et al. 2023), ReLU^2 (So et al. 2021, Primer), zero-init
    projections and head, and logit soft-capping (Gemma 2, 2024), as combined by modded-nanogpt.
+4) The speedrun switches (README "Which recipe"; KellerJordan/modded-nanogpt records #9-#18): document masks and
+   sliding windows (gptlib/attention.py), value residual (Zhou et al. 2024), embedding and U-net skips, value
+   embeddings.
 Only the model lives here: optimizer policy, FLOP/MFU accounting and hardware tables are elsewhere.
 """
 import math
@@ -16,7 +19,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from gptlib.attention import attend, doc_layout, make_masks  # document and sliding-window masks, attention under them
+from gptlib.attention import attend, doc_layout, flex_runs, make_masks  # document and window masks, attention
 from gptlib.head_loss import head_loss, head_row_losses  # the loss op (chunked head + cross-entropy)
 
 INIT_STD = 0.02  # GPT-2's weight init std (OpenAI's model.py, `normal_initializer(0.02)`)
@@ -49,6 +52,7 @@ class GPTConfig:
     x0_skip: bool = False  # feed the normalised token embedding into every block's input (learned weights)
     unet_skips: bool = False  # blocks of the second half add the outputs of the first half in mirror order (learned weights)
     value_embeds: int = field(default=0, metadata={"ge": 0})  # extra token-embedding tables mixed into the values of the first and last this-many blocks (0: none)
+    bigram_embeds: int = field(default=0, metadata={"ge": 0})  # rows of a table of hashed (previous, current) token pairs added to every block's input (record #62: 5 x vocab_size); 0: none
 
     def not_gpt2(self):
         """The settings that make this model compute something other than GPT-2 (so OpenAI's weights, or
@@ -90,13 +94,28 @@ class GPTConfig:
         if 2 * self.value_embeds > self.n_layer:
             out.append(f"value_embeds={self.value_embeds} puts a table in the first and the last {self.value_embeds} "
                        f"blocks, which needs n_layer >= {2 * self.value_embeds}; use value_embeds <= {self.n_layer // 2}")
+        if self.bigram_embeds == 1:
+            out.append("bigram_embeds=1 leaves no row for the pairs (the last row is kept for a row's first token); "
+                       "use bigram_embeds >= 2 (the record: 5 x vocab_size), or 0")
         if "S" in self.window_pattern and self.attn_window < 2:
             out.append(f"window_pattern={self.window_pattern!r} gives some blocks half of attn_window, but attn_window="
                        f"{self.attn_window}; set attn_window (e.g. 1792, the record's) or window_pattern='L'")
         return out
 
 
-SPEEDRUN_KEYS = ("doc_mask", "attn_window", "value_residual", "x0_skip", "unet_skips", "value_embeds")
+SPEEDRUN_KEYS = ("doc_mask", "attn_window", "value_residual", "x0_skip", "unet_skips", "value_embeds", "bigram_embeds")
+BIGRAM_MULTS = (36313, 27191)  # record #62's multipliers for the current and the previous token: pairs spread over the rows
+
+
+def bigram_rows(idx, rows, prev=None, eot=None):
+    """The table row of each (previous, current) token pair of idx (B, T): a hash of the two ids into rows - 1 rows;
+    a token with no previous one (a row's first, unless prev (B,) gives the token before it; with eot, a document's
+    first: documents stay apart, where the record let them meet) takes the last row."""
+    before = torch.cat([torch.full_like(idx[:, :1], -1) if prev is None else prev[:, None], idx[:, :-1]], dim=1)
+    if eot is not None:
+        before = torch.where(idx == eot, -1, before)
+    hashed = torch.bitwise_xor(BIGRAM_MULTS[0] * idx, BIGRAM_MULTS[1] * before) % (rows - 1)  # (B, T)
+    return torch.where(before < 0, rows - 1, hashed)
 
 
 class KVCache:
@@ -105,6 +124,7 @@ class KVCache:
     def __init__(self, n_layer):
         self.layers = [None] * n_layer  # layer i -> (k, v), each (B, nh, T_past, hs)
         self.docs = None  # doc_mask: the document id of every cached token (B, T_past)
+        self.last_token = None  # bigram_embeds: the last cached token (B,)
         self.last = None  # doc_mask: (doc id, position) of the last cached token, each (B,)
 
     def __len__(self):
@@ -257,11 +277,15 @@ class GPT(nn.Module):
             layers["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         if config.value_embeds:  # token tables mixed into the values (record #14): memory, not FLOPs (gathers)
             layers["vte"] = nn.ModuleList(nn.Embedding(config.vocab_size, config.n_embd) for _ in range(config.value_embeds))
+        if config.bigram_embeds:  # hashed token pairs (record #62), zero at the start: memory, not FLOPs
+            layers["bte"] = nn.Embedding(config.bigram_embeds, config.n_embd)
         layers.update(drop=nn.Dropout(config.dropout), h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
                       ln_f=make_norm(config))
         self.transformer = nn.ModuleDict(layers)
         if config.unet_skips:  # block n/2 + i adds block n/2 - 1 - i's output times a weight starting at 1 (record #11)
             self.skip_weights = nn.Parameter(torch.ones(config.n_layer // 2))
+        if config.bigram_embeds:  # block i's input gets this weight times the pair's row (the record's init: 0.1)
+            self.bigram_lambdas = nn.Parameter(torch.full((config.n_layer,), 0.1))
         if config.attn_window:  # the long window now: train.py grows it; in the state_dict, so a checkpoint keeps its own
             self.register_buffer("window", torch.tensor(config.attn_window))
         self.flex = None  # FlexAttention block masks: None: on CUDA (gptlib/attention.py says why); True/False: forced
@@ -279,6 +303,8 @@ class GPT(nn.Module):
                     nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * config.n_layer))
         for table in self.transformer.vte if config.value_embeds else ():
             nn.init.normal_(table.weight)  # std 1, nn.Embedding's default, as the record: mixed in unnormalised
+        if config.bigram_embeds:
+            nn.init.zeros_(self.transformer.bte.weight)  # the pairs start with no effect (record #62)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -298,12 +324,14 @@ class GPT(nn.Module):
                 n -= self.transformer.wpe.weight.numel()
             if not self.config.tie_weights:
                 n -= self.lm_head.weight.numel()
-            n -= self.value_embed_params()
+            n -= self.extra_embed_params()
         return n
 
-    def value_embed_params(self):
-        """Parameters of the value-embedding tables: memory and optimizer state, but gathers, not FLOPs."""
-        return sum(t.weight.numel() for t in self.transformer.vte) if "vte" in self.transformer else 0
+    def extra_embed_params(self):
+        """Parameters of the value-embedding and bigram tables: memory and optimizer state, but gathers, not FLOPs."""
+        tables = list(self.transformer.vte) if "vte" in self.transformer else []
+        tables += [self.transformer.bte] if "bte" in self.transformer else []
+        return sum(t.weight.numel() for t in tables)
 
     def _hidden(self, idx, kv_cache=None):
         """The final normalised hidden states (B, T, C) of tokens idx (B, T) that follow the cached ones."""
@@ -320,17 +348,28 @@ class GPT(nn.Module):
         if cfg.x0_skip:  # every block sees the normalised embedding too (record #9)
             x = x0 = F.rms_norm(x, (x.size(-1),))
         ve = [table(idx) for table in self.transformer.vte] if cfg.value_embeds else []  # each (B, T, C)
+        pairs = self._bigrams(idx, kv_cache) if cfg.bigram_embeds else None  # (B, T, C)
         ve_at, kinds, half = cfg.value_embed_layers(), cfg.windows(), cfg.n_layer // 2
         skips, v1 = [], None
         for i, block in enumerate(self.transformer.h):
             if cfg.unet_skips and i >= cfg.n_layer - half:  # U-net: the second half adds the first's outputs, mirrored
                 x = x + self.skip_weights[i - (cfg.n_layer - half)] * skips.pop()
+            if pairs is not None:
+                x = x + self.bigram_lambdas[i] * pairs
             v_mix = ve[ve_at[i]] if i in ve_at else v1 if cfg.value_residual else None
             x, v = block(x, self.rotary, kv_cache, x0, pos=pos, mask=masks and masks[kinds[i]], v_mix=v_mix)
             v1 = v if i == 0 else v1
             if cfg.unet_skips and i < half:
                 skips.append(x)
         return self.transformer.ln_f(x)
+
+    def _bigrams(self, idx, kv_cache=None):
+        """The bigram table's rows (B, T, C) for tokens idx after the cached ones; notes the last token in kv_cache."""
+        prev = kv_cache.last_token if kv_cache is not None and len(kv_cache) else None
+        if kv_cache is not None:
+            kv_cache.last_token = idx[:, -1]
+        cfg = self.config
+        return self.transformer.bte(bigram_rows(idx, cfg.bigram_embeds, prev, cfg.eot_token if cfg.doc_mask else None))
 
     def _layout(self, idx, kv_cache=None):
         """(positions (B, T), or None for past .. past + T - 1; window kind -> mask, or None for plain causal
@@ -349,7 +388,7 @@ class GPT(nn.Module):
             kv_cache.docs, kv_cache.last = k_docs, (docs[:, -1], pos[:, -1]) if pos is not None else None
         windows = {kind: None if not cfg.attn_window else self.window if kind == "L" else self.window // 2
                    for kind in set(cfg.windows())}
-        flex = (idx.device.type == "cuda" if self.flex is None else self.flex) and kv_cache is None \
+        flex = (flex_runs(idx.device)[0] if self.flex is None else self.flex) and kv_cache is None \
             and not (self.training and cfg.dropout)  # FlexAttention has no dropout
         return pos, make_masks(docs, k_docs, past, windows, flex)
 

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gptlib import evals, monitor, optim, pretrained, runtime, shards
+from gptlib import attention, evals, monitor, optim, pretrained, runtime, shards
 from gptlib.checkpoint import (BEST_NAME, CKPT_NAME, LoopState, load_checkpoint, peek_loop, remove_stale_temps,
                                save_checkpoint)
 from gptlib.errors import EXIT_DIVERGED, CheckpointError, ConfigError, Interrupted, UserError, run_command
@@ -235,7 +235,7 @@ def run_training(cfg, procs, cleanup):
                                 tokens_per_step=cfg.total_batch_size, max_iters=cfg.max_iters,
                                 iter_num=ckpt["loop"].get("iter_num", 0) if ckpt else 0,
                                 train_tokens=shards.split_tokens(manifest, "train") if manifest else None,
-                                tokens_per_sec=cfg.tokens_per_sec or None, n_params_value_embeds=model.value_embed_params())
+                                tokens_per_sec=cfg.tokens_per_sec or None, n_params_extra_embeds=model.extra_embed_params())
         if master:
             print(f"gradient accumulation {grad_accum} x {cfg.batch_size} x {cfg.block_size} x {world} GPU(s) "
                   f"= {cfg.total_batch_size:,} tokens/step")
@@ -346,6 +346,10 @@ def run_training(cfg, procs, cleanup):
     last_good = resume_path if resumed else None  # the checkpoint a failure can go back to
     del ckpt  # free the host copy of the weights and optimizer state
 
+    if cuda and (model.config.doc_mask or model.config.attn_window) and not attention.flex_runs(torch.device(device))[0]:
+        log(f"attention: {attention.flex_runs(torch.device(device))[1]}: SDPA with a dense mask instead (the same "
+            f"results; memory grows with block_size^2 per row, so keep rows short)")
+
     # ------------------------------------------------------------------ DDP, then compile (PyTorch's order for overlap)
     raw_model = model
     if procs.ddp:
@@ -365,7 +369,7 @@ def run_training(cfg, procs, cleanup):
     plan = monitor.plan_run(n_params=n_params, n_params_non_embedding=raw_model.get_num_params(True),
                             tokens_per_step=cfg.total_batch_size, max_iters=cfg.max_iters, iter_num=loop.iter_num,
                             train_tokens=train_loader.total_tokens, tokens_per_sec=cfg.tokens_per_sec or None,
-                            n_params_value_embeds=raw_model.value_embed_params())
+                            n_params_extra_embeds=raw_model.extra_embed_params())
     for line in monitor.format_plan(plan) + quality_lines(raw_model, cfg):
         log(line)
     log(f"checkpoints: {optim.checkpoint_bytes(raw_model, cfg) / 1e9:.2f} GB each (ckpt.pt, ckpt_best.pt"

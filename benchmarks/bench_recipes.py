@@ -55,6 +55,7 @@ def ladder(cfg):
         ("unet", ["--unet_skips=True"]),  # record #11
         ("value_embeds", ["--value_residual=False", f"--value_embeds={cfg.value_embeds}"]),  # #14: replaces #9's
         ("softcap15", ["--logit_softcap=15"]),  # record #18: the whole config/recipe_speedrun.py
+        ("bigram", [f"--bigram_embeds={cfg.bigram_embeds}"]),  # record #62, second tier: not in the recipe yet
     ]
 
 
@@ -80,6 +81,8 @@ class RecipesConfig:
     window_start: int = setting(32, ge=1)  # ladder: the window at step 0, growing to window (recipe: 128)
     window_pattern: str = setting("LS", pattern="[LS]+")  # ladder: long/short blocks (recipe: LSSSLS for 12 blocks)
     value_embeds: int = setting(2, ge=1)  # ladder: value-embedding tables (recipe: 3 for 12 blocks; at most n_layer/2)
+    bigram_embeds: int = setting(5 * 50304, ge=2)  # ladder: rows of the bigram hash table (record #62: 5 x vocab)
+    rungs: list[str] = setting([])  # ladder: only these rungs ('softcap15' alone: the whole speedrun recipe); []: all
     jobs: int = setting(1, ge=1)  # runs trained at once, each with cpu_cores/jobs torch threads
     seed: int = setting(1337, ge=0)  # the same for every run: same init draw, same data order
     data_order: str = setting("windows", choices=["stream", "windows"])  # the data order of every run (both recipes)
@@ -91,7 +94,11 @@ class RecipesConfig:
         if not self.data_files and not self.data_dir:
             return ["give --data_files=PARQUET (prepared into work_dir/data) or --data_dir=DATASET"]
         unknown = [v for v in self.variants if v not in VARIANTS]
-        return [f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}"] if unknown else []
+        if unknown:
+            return [f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}"]
+        names = [name for name, _ in ladder(self)]
+        unknown = [r for r in self.rungs if r not in names]
+        return [f"unknown rung {unknown[0]!r}; choose from {', '.join(names)}"] if unknown else []
 
 
 def prepare_data(cfg):
@@ -178,8 +185,9 @@ def main(argv):
     rungs, added = [], []
     for rung, settings in ladder(cfg) if cfg.ladder else ():
         added += settings
-        rungs.append(f"{best_modern}+{rung}")
-        specs[rungs[-1]] = best + added
+        if not cfg.rungs or rung in cfg.rungs:
+            rungs.append(f"{best_modern}+{rung}")
+            specs[rungs[-1]] = best + added
     runs |= run_all(cfg, data_dir, specs)
     final |= {name: runs[name][0][-1][1] for name in specs}
     target = final[best_classic]

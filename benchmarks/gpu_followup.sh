@@ -7,14 +7,15 @@
 # git-ignored copy of shared/devcheck with tiktoken_cache/ and data/ (shared/data's fineweb_sample.parquet and
 # hellaswag_val.jsonl), which the project-against-nanoGPT items and the user's path need. A session has 15 min of
 # device time, the machine's start included (about 30 s in the fourth session); run 4 took 720 s for all items:
-#     ITEMS="loss project16 nano16 profile fit12" BUDGET=330 bash benchmarks/gpu_followup.sh                # timeout_s 400
-#     ITEMS="memory fit24 user modern attention nano_eager project_eager" BUDGET=450 bash benchmarks/gpu_followup.sh  # 500
-# The first call re-measures what changed after run 4: the compiled loss's gradient in a buffer of its own again
-# (run 3's form, 9.28 ms; run 4's over-the-logits form 14.70), the fixed-vocab candidate, and the step against
-# nanoGPT's.
+#     ITEMS="recipes12_classic recipes12_modern recipes12_speedrun speedrun" BUDGET=420 bash benchmarks/gpu_followup.sh                                  # timeout_s 480
+#     ITEMS="loss project16 nano16 profile fit12 user" BUDGET=420 bash benchmarks/gpu_followup.sh            # 480
+# The first call measures issue 26's speedrun recipe (never run on a GPU yet: FlexAttention, its block masks and the
+# consumer-card tiles included); the second re-measures what changed after run 4: the compiled loss's gradient in a
+# buffer of its own again (run 3's form, 9.28 ms; run 4's over-the-logits form 14.70), the fixed-vocab candidate,
+# and the step against nanoGPT's.
 set -u
 OUT=${OUT:-/tmp/gpu_followup}; mkdir -p "$OUT"; PY=${PY:-python}; BUDGET=${BUDGET:-420}; START=$(date +%s)  # python: as devcheck, which ran there
-ITEMS=${ITEMS:-"loss project16 nano16 profile fit12 memory fit24 user attention modern nano_eager project_eager"}  # all
+ITEMS=${ITEMS:-"recipes12_classic recipes12_modern recipes12_speedrun speedrun loss project16 nano16 profile fit12 memory fit24 user attention modern nano_eager project_eager"}  # all
 # the device has tiktoken, not its BPE files, and presets TIKTOKEN_CACHE_DIR to an empty /opt/tiktoken_cache (which
 # failed the user's path in the fourth device session): the carried copy wins whenever it is there
 if [ -d devcheck/tiktoken_cache ]; then export TIKTOKEN_CACHE_DIR=$PWD/devcheck/tiktoken_cache; fi
@@ -34,10 +35,15 @@ if [ "${DRY:-0}" = 1 ]; then
   LOSS="--device=cpu --rows=512 --vocab_size=2048 --iters=2"; MEM="--device=cpu --n_layer=1 --n_embd=64 --n_head=2 --block_size=256"
   ATT="--device=cpu --batch_size=1 --n_head=2 --block_size=128 --iters=2"; B16="--batch_size=2 --compile=False"
   H="--tiny=1 --T=128 --steps=2 --warmup=1 --B=2 --compile=0"; USER="--device=cpu --tiny=True --compile=False --batch_size=4 --iters=4"
+  BENCH_SHORT="--iters=1 --warmup_iters_bench=0 --n_layer=2 --n_embd=64 --n_head=2 --compile=False"; SPEED_SHORT="--value_embeds=1"
+  RECIPES="--device=cpu --n_layer=2 --n_head=2 --n_embd=32 --block_size=128 --batch_size=2 --tokens=2560 --eval_interval=5 --eval_tokens=512 --window=64 --window_start=16 --value_embeds=1"
 else
   CFG4070="config/train_gpt2_124m_4070.py"; CFG3090="config/train_gpt2_124m_3090.py"; CAP12="--memory_gib=12"; CAP24="--memory_gib=24"
   LOSS="--device=cuda --rows=16384"; MEM="--device=cuda --batch_size=8 --n_layer=12 --compile=True --dtype=bfloat16 --memory_gib=12"
   ATT="--device=cuda"; B16="--batch_size=16"; H="--steps=12 --warmup=3 --B=16 --compile=1"; USER="--device=cuda"
+  BENCH_SHORT="--iters=10 --warmup_iters_bench=3"; SPEED_SHORT=""
+  # 12 x 768, rows of 8 x 1024 (as the 4070 config), 20M tokens: about a minute a run at 400K tok/s
+  RECIPES="--device=cuda --compile=True --dtype=bfloat16 --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 --batch_size=8 --tokens=20000000 --eval_interval=200 --eval_tokens=1048576 --window=1792 --window_start=128 --window_pattern=LSSSLS --value_embeds=3"
 fi
 # 1. the loss op: the compiled gradient in a buffer of its own again (run 3's form), and the fixed-vocab candidate
 item loss        75 150 $PY -m benchmarks.bench_loss $LOSS --json --impls=project_compiled,project_fixed_vocab,project,full_compiled
@@ -71,6 +77,16 @@ if [ -f devcheck/harness.py ]; then
   item nano_eager    25 90 env OUT="$OUT" $PY devcheck/harness.py --impl=nanogpt $H --compile=0 --mem_eval=0
   item project_eager 25 90 env OUT="$OUT" $PY devcheck/harness.py --impl=project --recipe=classic $H --compile=0 --mem_eval=0
 fi
+# 11. the speedrun recipe (issue 26): compiled tok/s and memory of the three recipes at the 4070 config's tokens per
+#     micro-step (8 x 1024; the speedrun recipe makes it one row of 8,192) on an emulated 12 GB card; FlexAttention
+#     with the consumer-card tiles runs here for the first time
+for r in classic modern speedrun; do
+  case $r in classic) RECIPE="";; modern) RECIPE="config/recipe_modern.py";; speedrun) RECIPE="config/recipe_speedrun.py $SPEED_SHORT";; esac
+  item "recipes12_$r" 60 150 $PY bench.py $CFG4070 $RECIPE $CAP12 --json $BENCH_SHORT
+done
+# 12. modern against speedrun on the same tokens (the device has no FineWeb: Python's own sources, as the user's
+#     path), val loss at equal tokens, compiled
+item speedrun  240 330 bash -c "$PY prepare_github_code.py --source_dir=\$($PY -c 'import sysconfig; print(sysconfig.get_paths()[\"stdlib\"])') --out_dir=$OUT/stdlib --val_repo_fraction=0.05 > /dev/null && $PY -m benchmarks.bench_recipes --data_dir=$OUT/stdlib --work_dir=$OUT/recipes $RECIPES --classic_lrs=6e-4 --modern_scales=1 --ladder --rungs=softcap15"
 echo "[$(el)s] done" | tee -a "$OUT/timeline.txt"
 # the device hands back few files: every log in one archive (a run cut short leaves the logs as they are)
 (cd "$OUT" && ls *.log >/dev/null 2>&1 && tar czf logs.tgz *.log && rm -f *.log)

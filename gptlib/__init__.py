@@ -12,5 +12,8 @@
     evals       validation loss, HellaSwag, HumanEval
     monitor     FLOPs, MFU, the run planner, metrics.jsonl, trackers
     pretrained  OpenAI GPT-2 weights in, transformers layout out
+    exports     export targets: one mapping table each, or the model's own code (remote_code/)
+    head_loss   the fused head + cross-entropy op that never holds full logits (model.py's loss)
+    attention   document and sliding-window masks, FlexAttention or SDPA (model.py's attention)
 Nothing here runs on import.
 """

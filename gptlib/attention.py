@@ -13,6 +13,10 @@ Two exact forms of the same mask (issue 26):
   faster (0.006 s): the dense mask is the CPU form. tests/test_attention.py checks the two agree within 1e-5.
 Nothing here knows the model: it takes tokens and tensors, returns masks and tensors.
 """
+import functools
+import importlib.util
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -71,6 +75,21 @@ def make_masks(docs, k_docs, past, windows, flex):
     if flex:
         return {kind: block_mask(docs, w) for kind, w in windows.items()}
     return {kind: dense_mask(docs, k_docs, past, w) for kind, w in windows.items()}
+
+
+@functools.lru_cache(maxsize=1)
+def _has_triton():
+    return importlib.util.find_spec("triton") is not None
+
+
+def flex_runs(device):
+    """(True, '') where FlexAttention's Triton kernels run (CUDA with Triton, not Windows), else (False, why): the
+    dense mask is used there, the same attention at O(T^2) memory per row."""
+    if device.type != "cuda":
+        return False, f"{device.type} has no FlexAttention kernels (the dense mask is the fast form there)"
+    if os.name == "nt" or not _has_triton():
+        return False, "FlexAttention needs Triton, which this machine lacks (Windows, or not installed)"
+    return True, ""
 
 
 def flex_options(device):

@@ -180,7 +180,7 @@ def suggest_batch_size(max_batch_size, total_batch_size, block_size, world_size=
 
 
 def plan_run(n_params, n_params_non_embedding, tokens_per_step, max_iters, iter_num=0,
-             train_tokens=None, tokens_per_sec=None, n_params_value_embeds=0):
+             train_tokens=None, tokens_per_sec=None, n_params_extra_embeds=0):
     """The arithmetic of a run, as a dict; values that need a missing input are None.
 
     n_params counts all parameters: Chinchilla's 20 tokens/param (Hoffmann et al. 2022) was fitted on
@@ -196,7 +196,7 @@ def plan_run(n_params, n_params_non_embedding, tokens_per_step, max_iters, iter_
     plan = {
         "n_params": n_params,
         "n_params_non_embedding": n_params_non_embedding,
-        "n_params_value_embeds": n_params_value_embeds,
+        "n_params_extra_embeds": n_params_extra_embeds,
         "tokens_per_step": tokens_per_step,
         "max_iters": max_iters,
         "iter_num": iter_num,
@@ -335,8 +335,8 @@ def format_plan(plan):
     rate = f" at {human_count(p['tokens_per_sec'])} tok/s" if p["tokens_per_sec"] else " (no tok/s measured yet)"
     lines = [
         f"model: {human_count(p['n_params'])} params ({human_count(p['n_params_non_embedding'])} non-embedding"
-        + (f"; {human_count(p['n_params_value_embeds'])} in value embeddings: memory and optimizer state, no FLOPs)"
-           if p.get("n_params_value_embeds") else ")"),
+        + (f"; {human_count(p['n_params_extra_embeds'])} in extra embedding tables: memory and optimizer state, no FLOPs)"
+           if p.get("n_params_extra_embeds") else ")"),
         f"tokens/step: {p['tokens_per_step']:,}  x  max_iters: {p['max_iters']:,}  =  {human_count(p['total_tokens'])} tokens",
         f"tokens/param: {p['tokens_per_param']:.3g} = {p['chinchilla_multiple']:.3g}x Chinchilla's "
         f"{CHINCHILLA_TOKENS_PER_PARAM} ({human_count(p['chinchilla_tokens'])} tokens, {p['chinchilla_iters']:,} iters)",

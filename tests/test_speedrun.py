@@ -17,7 +17,7 @@ from gptlib import attention, checkpoint, monitor, optim
 from gptlib.errors import ConfigError
 from gptlib.settings import load_config
 from gptlib.train_settings import TrainConfig
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, bigram_rows
 from test_ddp import assert_close, torchrun
 from test_recipe import stop_at
 from test_train import TINY, make_dataset, metrics
@@ -25,7 +25,7 @@ from test_train import TINY, make_dataset, metrics
 SPEEDRUN = str(REPO / "config" / "recipe_speedrun.py")
 MODERN_MODEL = dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp_act="relu2", bias=False, tie_weights=False)
 ALL = dict(MODERN_MODEL, doc_mask=True, attn_window=16, window_pattern="LS", x0_skip=True, unet_skips=True,
-           value_embeds=2, logit_softcap=15.0)
+           value_embeds=2, bigram_embeds=101, logit_softcap=15.0)
 EOT = 7  # a small vocabulary's document token in the model-level tests
 # the speedrun recipe at the tiny test size: rows of 4 x 32 = 128 tokens, a window growing 8 -> 32
 SMALL = TINY + [SPEEDRUN, "--value_embeds=1", "--attn_window=32", "--window_start=8", "--window_pattern=LS"]
@@ -56,7 +56,7 @@ def data(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- the model
 
-@pytest.mark.parametrize("kw", [dict(ALL), dict(ALL, pos_emb="learned", norm="layernorm", value_embeds=0)],
+@pytest.mark.parametrize("kw", [dict(ALL), dict(ALL, pos_emb="learned", norm="layernorm", value_embeds=0, bigram_embeds=0)],
                          ids=["speedrun", "learned-positions"])
 def test_an_earlier_document_never_changes_a_later_ones_logits(kw):
     model, idx = model_of(**kw), tokens()
@@ -119,6 +119,15 @@ def test_doc_layout_positions_restart_at_each_document_and_continue_a_cache():
     assert docs.tolist() == [[2, 3, 3]] and pos.tolist() == [[2, 0, 1]]
 
 
+def test_bigram_rows_hash_each_pair_the_same_everywhere_and_keep_documents_apart():
+    idx = torch.tensor([[5, 6, EOT, 6, 5, 6]])
+    rows = bigram_rows(idx, 11)
+    assert rows[0, 0] == 10 and rows[0, 5] == rows[0, 1] and ((0 <= rows) & (rows < 11)).all()  # (5, 6) twice
+    assert torch.equal(bigram_rows(idx[:, 2:], 11, prev=idx[:, 1]), rows[:, 2:])  # continuing a cache
+    apart = bigram_rows(idx, 11, eot=EOT)
+    assert apart[0, 2] == 10 and torch.equal(apart[:, 3:], rows[:, 3:])  # a document's first token has no pair
+
+
 def test_kv_cache_generation_equals_recomputing_with_windows_documents_and_value_embeds():
     model = model_of(**ALL)
     prompt = torch.tensor([[EOT, 9, 10, 11, EOT, 12], [EOT, 13, 14, 15, 16, 17]])  # a document starts in the prompt
@@ -128,12 +137,12 @@ def test_kv_cache_generation_equals_recomputing_with_windows_documents_and_value
 
 
 def test_parameter_counts_keep_value_embeddings_apart():
-    L, C, V, k = 4, 32, 64, 2
+    L, C, V, k, R = 4, 32, 64, 2, 101
     model = model_of(**dict(ALL, vocab_size=V))
     block = 12 * C * C + 2 * C  # q, k, v, o and the MLP, no biases; two RMSNorm gains
-    lambdas = L * 2 + 4 * 2 + L // 2  # x0 per block, values in the blocks with a table, U-net weights
-    assert model.value_embed_params() == k * V * C
-    assert model.get_num_params() == V * C + L * block + C + V * C + k * V * C + lambdas
+    lambdas = L * 2 + 4 * 2 + L // 2 + L  # x0 per block, values in the blocks with a table, U-net, bigram per block
+    assert model.extra_embed_params() == k * V * C + R * C  # value tables and the bigram table
+    assert model.get_num_params() == V * C + L * block + C + V * C + k * V * C + R * C + lambdas
     assert model.get_num_params(non_embedding=True) == L * block + C + lambdas  # what makes FLOPs
     assert monitor.model_flops_per_token(model, 128) == 6 * (L * block + C + lambdas + V * C) + 12 * L * C * 16
 
@@ -197,7 +206,7 @@ def test_plan_states_the_tokens_and_hours_to_gpt2_quality_with_sources(capsys):
     assert train.run([str(REPO / "config" / "train_gpt2_124m_4070.py"), SPEEDRUN, "--plan",
                       "--tokens_per_sec=50000"]) == 0
     out = capsys.readouterr().out
-    assert "in value embeddings: memory and optimizer state, no FLOPs" in out
+    assert "in extra embedding tables: memory and optimizer state, no FLOPs" in out
     assert "with the speedrun recipe at 124M: about 729M tokens = 1,390 steps" in out and "4.0 h at 50.0K tok/s" in out
     assert "record #18, 2025-01-04_SoftCap" in out
     assert train.run([str(REPO / "config" / "train_gpt2_124m_4070.py"), "--plan"]) == 0
