@@ -267,3 +267,28 @@ def test_shipped_modern_config_holds_the_recipe():
     layered = load_config(TrainConfig, [str(REPO / "config" / "train_gpt2_124m_4070.py"), MODERN])
     own = {"out_dir", "max_iters", "warmup_iters"}
     assert {k: v for k, v in vars(one).items() if k not in own} == {k: v for k, v in vars(layered).items() if k not in own}
+
+
+def test_cpu_muon_orthogonalises_in_fp32_and_steps_as_torchs_muon():
+    """torch.optim.Muon casts every update to bf16, which a CPU without bf16 units emulates ~60x slower than fp32:
+    on the CPU the project's Muon does the same steps in fp32 (equal to bf16's rounding), with the same state."""
+    from torch.optim._muon import _zeropower_via_newtonschulz
+    g = torch.randn(96, 40, generator=torch.Generator().manual_seed(0))
+    coeffs = (3.4445, -4.7750, 2.0315)
+    ours, torchs = optim._orthogonalise(g, coeffs, 5, 1e-7), _zeropower_via_newtonschulz(g, coeffs, 5, 1e-7).float()
+    assert ours.dtype == torch.float32 and (ours - torchs).abs().max() < 5e-2 * torchs.abs().max()  # bf16 vs fp32
+    params = {}
+    for cls in (optim.CPUMuon, torch.optim.Muon):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(64, 32))
+        opt = cls([w], lr=0.02, momentum=0.9, weight_decay=0.01)
+        for i in range(3):
+            w.grad = torch.sin(3 * w + i)
+            opt.step()
+        params[cls] = (w.detach().clone(), set(opt.state[w]))
+    assert (params[optim.CPUMuon][0] - params[torch.optim.Muon][0]).abs().max() < 1e-3
+    assert params[optim.CPUMuon][1] == params[torch.optim.Muon][1] == {"momentum_buffer"}
+    model = tiny(**SWITCHES["all"])
+    cfg = load_config(TrainConfig, [MODERN])
+    assert type(optim.make_optimizer(model, cfg, "cpu").parts["muon"]) is optim.CPUMuon
+    assert type(optim.make_optimizer(model, cfg, "cuda").parts["muon"]) is torch.optim.Muon
