@@ -96,13 +96,29 @@ def muon_params(model):
     return [p for p in model.transformer.h.parameters() if p.requires_grad and p.dim() == 2]
 
 
+def table_params(model):
+    """The value-embedding and bigram tables: they start at std 1 (the records' init), 50x the token embedding's
+    0.02, so AdamW's steps of the same size would move them 50x less (table_lr)."""
+    t = model.transformer
+    return [p for name in ("vte", "bte") if name in t for p in t[name].parameters() if p.requires_grad]
+
+
+def table_lr(cfg):
+    """The tables' peak AdamW rate: table_lr, or learning_rate scaled by their init std over the token embedding's
+    (model.INIT_STD), so each table moves as fast relative to its size as the token embedding does."""
+    from model import INIT_STD
+    return cfg.table_lr or cfg.learning_rate / INIT_STD
+
+
 def make_optimizer(model, cfg, device):
     """AdamW (Loshchilov & Hutter 2019) with weight decay on matmul and embedding weights (dim >= 2), not on
     biases and norm gains, fused on CUDA; with optimizer='muon', torch.optim.Muon for the hidden matrices."""
     hidden = {id(p) for p in muon_params(model)} if cfg.optimizer == "muon" else set()
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in hidden]
+    tables = table_params(model)
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in hidden | {id(t) for t in tables}]
     groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay, "kind": "adamw"},
-              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "kind": "adamw"}]
+              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "kind": "adamw"},
+              {"params": tables, "weight_decay": 0.0, "kind": "tables"}]  # only when the model has them
     fused = device.startswith("cuda") and "fused" in inspect.signature(torch.optim.AdamW).parameters
     parts = {"adamw": torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate,
                                         betas=(cfg.beta1, cfg.beta2), **({"fused": True} if fused else {}))}
@@ -164,6 +180,8 @@ def set_lr(optimizer, it, cfg):
         if group.get("kind") == "muon":
             group["lr"] = cfg.muon_lr * lr / cfg.learning_rate
             group["momentum"] = muon_momentum_at(it, cfg)
+        elif group.get("kind") == "tables":
+            group["lr"] = table_lr(cfg) * lr / cfg.learning_rate
         else:
             group["lr"] = lr
     return lr

@@ -62,6 +62,7 @@ class TrainConfig(GPTConfig):
     lr_decay_iters: int = setting(0, ge=0)  # cosine: iteration where it reaches min_lr; 0: max_iters (follows an extended run)
     decay_frac: float = setting(0.2, gt=0, le=1)  # wsd: the last fraction of max_iters over which the rate decays to min_lr
     weight_decay: float = setting(0.1, ge=0)  # AdamW weight decay on 2-D weights only
+    table_lr: float = setting(0.0, ge=0)  # AdamW peak rate of the value-embedding and bigram tables (std-1 init); 0: learning_rate / 0.02, the token embedding's pace relative to its init
     beta1: float = setting(0.9, ge=0, lt=1)  # AdamW beta1
     beta2: float = setting(0.95, ge=0, lt=1)  # AdamW beta2
     muon_lr: float = setting(0.02, gt=0)  # Muon's peak learning rate (it follows the same schedule as learning_rate)

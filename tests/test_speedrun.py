@@ -164,6 +164,23 @@ def test_the_recipe_files_agree_and_bad_combinations_are_one_line():
             load_config(TrainConfig, argv)
 
 
+def test_value_and_bigram_tables_get_their_own_adamw_rate():
+    """The tables start at std 1 (the records' init), 50x the token embedding's: their peak rate is learning_rate
+    / 0.02 unless table_lr says otherwise, and it follows the schedule like every other rate."""
+    small = [SPEEDRUN, "--n_layer=4", "--n_head=2", "--n_embd=32", "--vocab_size=64", "--value_embeds=2",
+             "--bigram_embeds=101", "--max_iters=100", "--warmup_iters=10"]
+    for extra, peak in (([], 3e-3 / 0.02), (["--table_lr=0.05"], 0.05)):
+        cfg = load_config(TrainConfig, small + extra)
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(**{k: getattr(cfg, k) for k in GPTConfig.__dataclass_fields__}))
+        opt = optim.make_optimizer(model, cfg, "cpu")
+        (tables,) = [g for g in opt.param_groups if g["kind"] == "tables"]
+        assert [id(p) for p in tables["params"]] == [id(p) for p in optim.table_params(model)] and len(tables["params"]) == 3
+        for it, frac in ((cfg.warmup_iters, 1.0), (cfg.max_iters - 1, optim.lr_at(cfg.max_iters - 1, cfg) / cfg.learning_rate)):
+            optim.set_lr(opt, it, cfg)
+            assert tables["lr"] == pytest.approx(peak * frac)
+
+
 def test_the_window_schedule_grows_like_record_13():
     cfg = load_config(TrainConfig, [SPEEDRUN, "--max_iters=1390"])
     ws = [optim.window_at(it, cfg) for it in range(cfg.max_iters + 1)]
