@@ -10,10 +10,9 @@ Two exact forms of the same mask (issue 26):
 - a dense boolean (B, 1, Tq, Tk) mask for SDPA everywhere else. On CPU (no Triton) FlexAttention runs either
   as an unfused reference that builds the whole score matrix (0.90 s against SDPA's 0.005 s for 2 x 4 heads x
   512 tokens, torch 2.13, 2-core EPYC) or through inductor's C++ template, which costs a 15 s compile and was no
-  faster (0.006 s): the dense mask is the CPU form. tests/test_attention.py checks the two agree within 1e-5.
+  faster (0.006 s): the dense mask is the CPU form. tests/test_speedrun.py checks the two agree within 1e-5.
 Nothing here knows the model: it takes tokens and tensors, returns masks and tensors.
 """
-import functools
 import importlib.util
 import os
 
@@ -77,8 +76,8 @@ def make_masks(docs, k_docs, past, windows, flex):
     return {kind: dense_mask(docs, k_docs, past, w) for kind, w in windows.items()}
 
 
-@functools.lru_cache(maxsize=1)
-def _has_triton():
+@torch.compiler.assume_constant_result  # called inside the compiled forward: a constant there (an lru_cache
+def _has_triton():                       # wrapper made dynamo warn on the H200, 2026-12-04)
     return importlib.util.find_spec("triton") is not None
 
 
