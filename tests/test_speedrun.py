@@ -228,7 +228,10 @@ def test_plan_states_the_tokens_and_hours_to_gpt2_quality_with_sources(capsys):
     assert "record #18, 2025-01-04_SoftCap" in out
     assert train.run([str(REPO / "config" / "train_gpt2_124m_4070.py"), "--plan"]) == 0
     out = capsys.readouterr().out
-    assert "with the classic recipe at 124M: about 10.3B tokens" in out and "an RTX 4070 with nanoGPT" in out
+    assert "with the classic recipe at 124M: about 10.3B tokens" in out and "an RTX 4070's 52.0K with nanoGPT;" in out
+    assert train.run([str(REPO / "config" / "train_gpt2_124m_4070.py"), SPEEDRUN, "--plan"]) == 0
+    out = capsys.readouterr().out  # without a measured rate: the 4070's, slowed by the speedrun step's measured cost
+    assert "= 5.4 h at 37.4K tok/s (an RTX 4070's 52.0K with nanoGPT x 0.72, this recipe's speed against it" in out
 
 
 def test_a_speedrun_run_goes_through_sample_eval_bench_and_export(data, tmp_path):
