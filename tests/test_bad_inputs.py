@@ -23,7 +23,7 @@ import prepare_fineweb
 import prepare_github_code
 import sample
 import train
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, shakespeare
 from gptlib import checkpoint, shards
 from gptlib.errors import run_command
 from test_train import TINY, make_dataset
@@ -48,7 +48,7 @@ class Evil:
 def env(tmp_path_factory):
     """A dataset, a finished 1-iteration run in it (n_layer=2, block_size=32), and files to misuse."""
     root = tmp_path_factory.mktemp("bad")
-    text = (SHARED_DATA / "tinyshakespeare.txt").read_text()[:40_000]
+    text = shakespeare()[:40_000]
     (root / "data").mkdir()
     data = make_dataset(root / "data", text, val_docs=10)
     assert train.run(TINY + [f"--data_dir={data}", f"--out_dir={root / 'run'}", "--max_iters=1", "--eval_interval=1", "--warmup_iters=1"]) == 0

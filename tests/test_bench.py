@@ -13,6 +13,7 @@ import bench
 from gptlib import monitor
 from gptlib import shards
 from gptlib.settings import load_config
+from conftest import shakespeare
 
 REPO = bench.__file__.rsplit("/", 1)[0]
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=64", "--vocab_size=512", "--compile=False",
@@ -150,9 +151,9 @@ def test_non_oom_errors_are_not_swallowed_by_the_search():
         b.fits(2)
 
 
-def test_use_data_reads_real_shards(tmp_path, shared_data):
+def test_use_data_reads_real_shards(tmp_path, corpus):
     import tiktoken
-    text = (shared_data / "tinyshakespeare.txt").read_text()[:20_000]
+    text = shakespeare()[:20_000]
     toks = [shards.EOT] + tiktoken.get_encoding("gpt2").encode_ordinary(text)
     shards.write_shard(str(tmp_path / shards.shard_name("train", 0)), np.array(toks, dtype=shards.DTYPE))
     args = TINY + ["--vocab_size=50304", "--batch_size=2", "--block_size=32", "--total_batch_size=64",

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, TEST_DATA, shakespeare
 from test_train import make_dataset
 
 
@@ -31,9 +31,8 @@ def test_bench_memory_prints_train_and_eval_peaks_for_both_losses():
 
 @pytest.mark.slow
 def test_bench_recipes_end_to_end(tmp_path):
-    from conftest import SHARED_DATA
     (tmp_path / "data").mkdir()
-    data = make_dataset(tmp_path / "data", (SHARED_DATA / "tinyshakespeare.txt").read_text()[:60_000], val_docs=20)
+    data = make_dataset(tmp_path / "data", shakespeare()[:60_000], val_docs=20)
     args = [f"--data_dir={data}", f"--work_dir={tmp_path / 'work'}", "--n_layer=1", "--n_head=2", "--n_embd=32",
             "--block_size=32", "--batch_size=4", "--tokens=1280", "--eval_interval=5", "--eval_tokens=64",
             "--classic_lrs=1e-3", "--modern_scales=1", "--variants=windows"]
@@ -55,9 +54,8 @@ def test_llamacpp_route_gives_the_same_greedy_text(tmp_path):
     if find_converter("") is None:
         pytest.skip("llama.cpp's convert_hf_to_gguf.py is not on the path")
     import train
-    from conftest import SHARED_DATA
     (tmp_path / "data").mkdir()
-    data = make_dataset(tmp_path / "data", (SHARED_DATA / "tinyshakespeare.txt").read_text()[:60_000], val_docs=20)
+    data = make_dataset(tmp_path / "data", shakespeare()[:60_000], val_docs=20)
     for name, recipe in (("classic", []), ("modern", ["config/recipe_modern.py"])):
         assert train.run(recipe + ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=64", "--batch_size=4",
                                    "--total_batch_size=256", "--max_iters=20", "--warmup_iters=2", "--device=cpu",
@@ -100,9 +98,8 @@ def test_profile_step_and_eval_sample_run_on_a_tiny_model(tmp_path):
     assert kinds["matmul"] > 0 and kinds["micro-step total"] > 0 and kinds["optimizer step total"] > 0, out
     assert abs(sum(v for k, v in kinds.items() if "total" not in k) - kinds["micro-step total"]) < 0.1, kinds
     import train
-    from conftest import SHARED_DATA
     (tmp_path / "data").mkdir()
-    data = make_dataset(tmp_path / "data", (SHARED_DATA / "tinyshakespeare.txt").read_text()[:40_000], val_docs=40)
+    data = make_dataset(tmp_path / "data", shakespeare()[:40_000], val_docs=40)
     assert train.run(["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4",
                       "--total_batch_size=128", "--max_iters=2", "--warmup_iters=1", "--device=cpu", "--compile=False",
                       f"--data_dir={data}", f"--out_dir={tmp_path / 'run'}"]) == 0
@@ -118,7 +115,7 @@ def test_gpu_followup_script_dry_runs_its_items_on_cpu(tmp_path, items):
     """The prepared device command (benchmarks/gpu_followup.sh) must not be the thing that fails on a lent GPU:
     its CPU dry run ends every chosen item with rc=0 and hands back the timeline and one archive of logs."""
     env = {**os.environ, "DRY": "1", "OUT": str(tmp_path), "ITEMS": items, "PY": sys.executable,
-           "DATA": str(SHARED_DATA)}
+           "DATA": str(TEST_DATA)}
     r = subprocess.run(["bash", "benchmarks/gpu_followup.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -135,8 +132,8 @@ def test_gpu_user_path_dry_runs_every_check_on_cpu(tmp_path):
     only on what the GPU does."""
     out = run_module("benchmarks.gpu_user_path", "--device=cpu", "--tiny=True", "--compile=False", "--batch_size=4",
                      "--iters=4",
-                     f"--parquet={SHARED_DATA}/fineweb_sample.parquet",
-                     f"--hellaswag_path={SHARED_DATA}/hellaswag_val.jsonl", f"--work={tmp_path / 'work'}")
+                     f"--parquet={TEST_DATA}/fineweb_sample.parquet",
+                     f"--hellaswag_path={TEST_DATA}/hellaswag_val.jsonl", f"--work={tmp_path / 'work'}")
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     checks = {r["check"]: r for r in lines if "check" in r}
     assert list(checks) == ["resume", "sample", "eval", "export", "fp16"] and all(r["ok"] for r in checks.values()), \

@@ -13,14 +13,14 @@ import pytest
 from gptlib import checkpoint, shards
 from gptlib.locks import LOCK_NAME
 import train
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, TEST_DATA, shakespeare
 from test_faults import args, start_train, wait_for_iter
 from test_train import make_dataset
 
 
 @pytest.fixture()
 def data(tmp_path):
-    text = (SHARED_DATA / "tinyshakespeare.txt").read_text()[:80_000]
+    text = shakespeare()[:80_000]
     (tmp_path / "data").mkdir()
     return make_dataset(tmp_path / "data", text, val_docs=20)
 
@@ -59,7 +59,7 @@ def test_second_run_and_prepare_refused_while_training_then_kill9_lock_taken_ove
         # prepare --overwrite into the dataset the run reads is refused, and the shards stay as they were
         data_dir = tmp_path / "data"
         before = digest(data_dir)
-        refused(command("prepare_fineweb.py", f"--data_files={SHARED_DATA / 'fineweb_sample.parquet'}",
+        refused(command("prepare_fineweb.py", f"--data_files={TEST_DATA / 'fineweb_sample.parquet'}",
                         f"--out_dir={data_dir}", "--overwrite=True"), f"a process reading it (pid {first.pid})")
         assert digest(data_dir) == before
     finally:
@@ -85,7 +85,7 @@ def test_dataset_being_prepared_is_refused_to_train_and_prepare_until_its_writer
     try:
         assert holder.stdout.readline().strip() == "locked"
         name = f"prepare_fineweb.py (pid {holder.pid})"
-        prep = ["prepare_fineweb.py", f"--data_files={SHARED_DATA / 'fineweb_sample.parquet'}", f"--out_dir={ds}",
+        prep = ["prepare_fineweb.py", f"--data_files={TEST_DATA / 'fineweb_sample.parquet'}", f"--out_dir={ds}",
                 "--val_tokens=20000"]
         refused(command(*prep, "--shard_tokens=50000"), name)
         assert os.listdir(ds) == [LOCK_NAME]  # nothing written

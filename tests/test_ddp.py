@@ -13,7 +13,7 @@ from gptlib import checkpoint, runtime
 from gptlib.settings import load_config
 from gptlib.train_settings import TrainConfig
 import train
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, shakespeare
 from test_faults import ITER_LINE, last_logged_iter
 from test_train import TINY, make_dataset, metrics
 
@@ -24,7 +24,7 @@ COMMON = ["--total_batch_size=512", "--eval_interval=3", "--ckpt_interval=3", "-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    text = (SHARED_DATA / "tinyshakespeare.txt").read_text()[:80_000]
+    text = shakespeare()[:80_000]
     return make_dataset(tmp_path_factory.mktemp("ddp"), text, val_docs=20)
 
 

@@ -20,6 +20,7 @@ from gptlib import evals
 from gptlib import checkpoint, runtime
 from gptlib import shards
 from model import GPT, GPTConfig
+from conftest import shakespeare
 
 NO_AUTOCAST = contextlib.nullcontext()
 TINY = dict(n_layer=2, n_head=2, n_embd=32)
@@ -36,9 +37,9 @@ def tiny_model(block_size=32, seed=0, **kw):
 
 
 @pytest.fixture
-def shard_dir(tmp_path, shared_data, enc):
+def shard_dir(tmp_path, corpus, enc):
     """Real FineWeb text as train/val/val-extra shards, small shards so batches straddle them."""
-    texts = pq.read_table(shared_data / "fineweb_sample.parquet", columns=["text"]).column("text").to_pylist()[:40]
+    texts = pq.read_table(corpus / "fineweb_sample.parquet", columns=["text"]).column("text").to_pylist()[:40]
     tokens = []
     for t in texts:
         tokens += [shards.EOT] + enc.encode_ordinary(t)
@@ -169,11 +170,11 @@ def test_hellaswag_acc_and_acc_norm_differ_on_endings_of_different_length():
     assert pred_norm.tolist() == [1]  # least loss per token
 
 
-def _memorised_items(shared_data):
+def _memorised_items(corpus):
     """Items built from tinyshakespeare: context = a line, right ending = the next line,
     wrong endings = the next lines of the other items, so all four items share the same
     four endings (all seen in training) and only the context tells which is right."""
-    lines = [l.strip() for l in (shared_data / "tinyshakespeare.txt").read_text().splitlines() if len(l.strip()) > 20]
+    lines = [l.strip() for l in shakespeare().splitlines() if len(l.strip()) > 20]
     pairs = [(lines[i], lines[i + 1]) for i in range(0, 24, 6)]  # 4 (context, continuation) pairs
     items = []
     for k, (ctx, right) in enumerate(pairs):
@@ -184,8 +185,8 @@ def _memorised_items(shared_data):
     return items
 
 
-def test_hellaswag_picks_the_ending_a_trained_model_has_seen(shared_data, enc):
-    items = _memorised_items(shared_data)
+def test_hellaswag_picks_the_ending_a_trained_model_has_seen(corpus, enc):
+    items = _memorised_items(corpus)
     T = 26  # the longest item is 25 tokens
     x = torch.zeros(len(items), T, dtype=torch.long)
     y = torch.full((len(items), T), -1, dtype=torch.long)  # -1: padding, ignored by the loss
@@ -208,10 +209,10 @@ def test_hellaswag_picks_the_ending_a_trained_model_has_seen(shared_data, enc):
     assert untrained["n"] == 4 and untrained["acc"] < 1.0
 
 
-def test_hellaswag_on_real_items_parses_truncates_and_shards_by_rank(shared_data):
-    path = shared_data / "hellaswag_val.jsonl"
+def test_hellaswag_on_real_items_parses_truncates_and_shards_by_rank(corpus):
+    path = corpus / "hellaswag_val.jsonl"
     items = evals.load_hellaswag(str(path))
-    assert len(items) == 10042 and all(len(it["endings"]) == 4 for it in items)
+    assert len(items) == 50 and all(len(it["endings"]) == 4 for it in items)
     model = tiny_model(block_size=16)  # shorter than many contexts: they are left-truncated
     calls = []
     whole = evals.hellaswag(model, "cpu", NO_AUTOCAST, path=str(path), limit=10, batch_items=4,
@@ -237,8 +238,8 @@ def test_hellaswag_bad_file_is_a_clear_error(tmp_path):
 
 # ----------------------------------------------------------------------------- HumanEval
 
-def test_humaneval_loss_counts_solution_tokens_and_matches_a_direct_computation(shared_data, enc):
-    path = shared_data / "HumanEval.jsonl.gz"
+def test_humaneval_loss_counts_solution_tokens_and_matches_a_direct_computation(corpus, enc):
+    path = corpus / "HumanEval.jsonl.gz"
     with gzip.open(path, "rt") as f:
         problems = [json.loads(line) for line in f][:4]
     model = tiny_model(block_size=512)
@@ -275,12 +276,12 @@ def ckpt_run(tmp_path, shard_dir):
     return out, model, d
 
 
-def test_eval_script_end_to_end(ckpt_run, shared_data, tmp_path):
+def test_eval_script_end_to_end(ckpt_run, corpus, tmp_path):
     out, model, d = ckpt_run
     result = tmp_path / "r.json"
     proc = subprocess.run([sys.executable, "eval.py", f"--out_dir={out}", "--max_tokens=96", "--batch_size=4",
-                           "--humaneval", f"--humaneval_path={shared_data / 'HumanEval.jsonl.gz'}",
-                           "--humaneval_limit=2", "--hellaswag", f"--hellaswag_path={shared_data / 'hellaswag_val.jsonl'}",
+                           "--humaneval", f"--humaneval_path={corpus / 'HumanEval.jsonl.gz'}",
+                           "--humaneval_limit=2", "--hellaswag", f"--hellaswag_path={corpus / 'hellaswag_val.jsonl'}",
                            "--hellaswag_limit=8", f"--json_out={result}"],
                           cwd=eval_script.__file__.rsplit("/", 1)[0], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -337,9 +338,9 @@ def _ddp_worker(rank, world, init_file, data_dir, hellaswag_path, humaneval_path
 
 
 @pytest.mark.slow
-def test_results_under_ddp_match_one_process(shard_dir, shared_data, tmp_path):
+def test_results_under_ddp_match_one_process(shard_dir, corpus, tmp_path):
     d, _ = shard_dir
-    hs, he = str(shared_data / "hellaswag_val.jsonl"), str(shared_data / "HumanEval.jsonl.gz")
+    hs, he = str(corpus / "hellaswag_val.jsonl"), str(corpus / "HumanEval.jsonl.gz")
     out = tmp_path / "r"
     torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(d), hs, he, str(out)), nprocs=2)
     r0, r1 = (json.loads((tmp_path / f"r.{k}").read_text()) for k in range(2))

@@ -15,7 +15,7 @@ import torch
 
 from gptlib import checkpoint, runtime
 import train
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, shakespeare
 from test_train import TINY, make_dataset, metrics
 
 ITER_LINE = re.compile(r"^iter +(\d+) \| loss", re.M)
@@ -23,7 +23,7 @@ ITER_LINE = re.compile(r"^iter +(\d+) \| loss", re.M)
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    text = (SHARED_DATA / "tinyshakespeare.txt").read_text()[:80_000]
+    text = shakespeare()[:80_000]
     return make_dataset(tmp_path_factory.mktemp("faults"), text, val_docs=20)
 
 

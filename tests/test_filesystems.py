@@ -18,7 +18,7 @@ import export
 import prepare_fineweb
 import sample
 import train
-from conftest import SHARED_DATA
+from conftest import shakespeare
 from gptlib import shards
 from gptlib.errors import run_command
 from test_train import TINY, make_dataset
@@ -41,12 +41,12 @@ def tmpfs(path, size_kb, read_only=False):
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("fs")
     (root / "data").mkdir()
-    data = make_dataset(root / "data", (SHARED_DATA / "tinyshakespeare.txt").read_text()[:40_000], val_docs=10)
+    data = make_dataset(root / "data", shakespeare()[:40_000], val_docs=10)
     assert train.run(TINY + [f"--data_dir={data}", f"--out_dir={root / 'run'}", "--max_iters=1", "--eval_interval=1",
                              "--warmup_iters=1"]) == 0
     import random
     rng = random.Random(0)
-    words = [w for w in (SHARED_DATA / "tinyshakespeare.txt").read_text().split()[:5000]]
+    words = [w for w in shakespeare().split()[:5000]]
     docs = [" ".join(rng.choice(words) for _ in range(600)) for _ in range(400)]  # ~300K tokens: 600 KB of shards
     pq.write_table(pa.table({"text": docs}), root / "docs.parquet")
     return root, data

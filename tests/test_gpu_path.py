@@ -6,14 +6,14 @@ import torch
 from gptlib import checkpoint, runtime
 from gptlib.errors import ConfigError
 import train
-from conftest import SHARED_DATA
+from conftest import shakespeare
 from test_ddp import COMMON, assert_close, losses, torchrun
 from test_train import TINY, make_dataset, metrics
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    text = (SHARED_DATA / "tinyshakespeare.txt").read_text()[:80_000]
+    text = shakespeare()[:80_000]
     return make_dataset(tmp_path_factory.mktemp("gpu"), text, val_docs=20)
 
 

@@ -7,6 +7,7 @@ import torch
 
 from model import GPT, GPTConfig, KVCache
 from gptlib.shards import EOT, VOCAB_SIZE
+from conftest import shakespeare
 
 
 def tiny(**kw):
@@ -99,8 +100,8 @@ def test_gpt2_init_scales_residual_projections():
     assert sd["transformer.h.0.attn.c_attn.bias"].abs().max().item() == 0
 
 
-def test_adamw_steps_on_tinyshakespeare_reduce_loss(shared_data):
-    text = (shared_data / "tinyshakespeare.txt").read_text()[:50_000]
+def test_adamw_steps_on_tinyshakespeare_reduce_loss(corpus):
+    text = shakespeare()[:50_000]
     tokens = torch.tensor(tiktoken.get_encoding("gpt2").encode_ordinary(text))
     model = make()
     model.train()

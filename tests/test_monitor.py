@@ -319,9 +319,9 @@ def test_eta_in_the_log_is_within_10_percent_of_the_real_remaining_time(tmp_path
     import train
     from gptlib import checkpoint as ckpt_mod, evals, runtime
     from test_train import TINY, make_dataset
-    from conftest import SHARED_DATA
+    from conftest import shakespeare
     (tmp_path / "data").mkdir()
-    data = make_dataset(tmp_path / "data", (SHARED_DATA / "tinyshakespeare.txt").read_text()[:60_000], val_docs=20)
+    data = make_dataset(tmp_path / "data", shakespeare()[:60_000], val_docs=20)
     clock, steps, at_log = FakeClock(), [0], []
     monkeypatch.setattr(train, "time", clock)
 

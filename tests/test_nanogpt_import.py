@@ -17,12 +17,12 @@ import eval as eval_script
 import export
 import sample
 import train
-from conftest import SHARED_DATA
+from conftest import NANOGPT_DIR, shakespeare
 from gptlib import checkpoint
 from gptlib.errors import run_command
 from test_train import TINY, make_dataset, metrics
 
-PEER = SHARED_DATA.parent / "peers" / "nanoGPT"
+PEER = NANOGPT_DIR
 NANO_ARGS = ["--dataset=shk", "--device=cpu", "--compile=False", "--dtype=float32", "--n_layer=2", "--n_head=2",
              "--n_embd=32", "--block_size=32", "--batch_size=4", "--gradient_accumulation_steps=1", "--max_iters=6",
              "--eval_interval=3", "--eval_iters=2", "--log_interval=1", "--always_save_checkpoint=True",
@@ -48,7 +48,7 @@ def nano(tmp_path_factory):
     work = tmp_path_factory.mktemp("nanogpt")
     for name in ("model.py", "train.py", "configurator.py"):
         shutil.copy(PEER / name, work / name)
-    ids = np.array(tiktoken.get_encoding("gpt2").encode_ordinary((SHARED_DATA / "tinyshakespeare.txt").read_text()[:60_000]),
+    ids = np.array(tiktoken.get_encoding("gpt2").encode_ordinary(shakespeare()[:60_000]),
                    dtype=np.uint16)
     (work / "data" / "shk").mkdir(parents=True)
     ids[:14_000].tofile(work / "data" / "shk" / "train.bin")
@@ -61,7 +61,7 @@ def nano(tmp_path_factory):
     r = subprocess.run([sys.executable, "forward.py"], cwd=work, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     data = tmp_path_factory.mktemp("data")
-    return work, str(work / "out" / "ckpt.pt"), make_dataset(data, (SHARED_DATA / "tinyshakespeare.txt").read_text()[:60_000],
+    return work, str(work / "out" / "ckpt.pt"), make_dataset(data, shakespeare()[:60_000],
                                                               val_docs=20)
 
 

@@ -18,6 +18,7 @@ from gptlib import shards
 from gptlib.errors import ConfigError, run_command
 from gptlib.loader import TokenLoader
 from gptlib.shards import EOT
+from conftest import shakespeare
 
 SHARD = 50_000
 ENC = tiktoken.get_encoding("gpt2")
@@ -48,8 +49,8 @@ def write_fineweb(path, texts, edu=False, row_group=200):
     return str(path)
 
 
-def sample_texts(shared_data, n=400):
-    return pq.read_table(shared_data / "fineweb_sample.parquet", columns=["text"]).column(0).to_pylist()[:n]
+def sample_texts(corpus, n=400):
+    return pq.read_table(corpus / "fineweb_sample.parquet", columns=["text"]).column(0).to_pylist()[:n]
 
 
 def code_rows(max_files=300):
@@ -102,8 +103,8 @@ def docs_tokens(texts):
     return [np.array([EOT] + ENC.encode_ordinary(t), dtype=np.uint16) for t in texts]
 
 
-def test_round_trip_matches_tiktoken_and_eot_convention(tmp_path, shared_data):
-    texts = sample_texts(shared_data)
+def test_round_trip_matches_tiktoken_and_eot_convention(tmp_path, corpus):
+    texts = sample_texts(corpus)
     texts[5] = "A literal <|endoftext|> inside a document is plain text. " + texts[5]
     cfg = fw_cfg(tmp_path, write_fineweb(tmp_path / "a.parquet", texts))
     m = run_fw(cfg)
@@ -135,8 +136,8 @@ def test_round_trip_matches_tiktoken_and_eot_convention(tmp_path, shared_data):
     assert x.shape == (2, 16) and (x[:, 1:] == y[:, :-1]).all()
 
 
-def test_deterministic_and_document_larger_than_a_shard(tmp_path, shared_data):
-    texts = sample_texts(shared_data, 60)
+def test_deterministic_and_document_larger_than_a_shard(tmp_path, corpus):
+    texts = sample_texts(corpus, 60)
     texts[30] = " ".join(texts[:40])  # > 1 shard of tokens
     f = write_fineweb(tmp_path / "a.parquet", texts, row_group=7)
     a = fw_cfg(tmp_path, f, shard_tokens=20_000, val_tokens=5_000, out_dir=str(tmp_path / "a"))
@@ -152,8 +153,8 @@ def test_deterministic_and_document_larger_than_a_shard(tmp_path, shared_data):
     assert np.array_equal(both, np.concatenate(docs_tokens(texts)))
 
 
-def test_fineweb_edu_min_int_score(tmp_path, shared_data):
-    texts = sample_texts(shared_data, 120)
+def test_fineweb_edu_min_int_score(tmp_path, corpus):
+    texts = sample_texts(corpus, 120)
     cfg = fw_cfg(tmp_path, write_fineweb(tmp_path / "edu.parquet", texts, edu=True), dataset="fineweb-edu",
                  min_int_score=3, val_tokens=0)
     m = run_fw(cfg)
@@ -260,8 +261,8 @@ def test_source_dir_quickstart(tmp_path):
     assert "1 documents larger than the size limit" in prepare.summary(m)
 
 
-def test_stats_percentiles_and_png(tmp_path, shared_data, capsys):
-    texts = sample_texts(shared_data, 200)
+def test_stats_percentiles_and_png(tmp_path, corpus, capsys):
+    texts = sample_texts(corpus, 200)
     cfg = fw_cfg(tmp_path, write_fineweb(tmp_path / "a.parquet", texts))
     run_fw(cfg)
     lengths = prepare.print_stats(cfg.out_dir)
@@ -274,11 +275,11 @@ def test_stats_percentiles_and_png(tmp_path, shared_data, capsys):
     assert shards.list_splits(cfg.out_dir) == ["train", "val"]  # the PNG is not taken for a shard
 
 
-def test_input_smaller_than_the_val_split_is_refused_before_the_pass(tmp_path, shared_data, capsys):
+def test_input_smaller_than_the_val_split_is_refused_before_the_pass(tmp_path, corpus, capsys):
     """FineWeb's default val_tokens (10M) on a small input: refused up front from the input's size, not after
     a full pass, and nothing is written."""
     path = tmp_path / "small.parquet"
-    write_fineweb(path, sample_texts(shared_data, n=50))
+    write_fineweb(path, sample_texts(corpus, n=50))
     cfg = fw_cfg(tmp_path, str(path), val_tokens=10_000_000)
     assert run_command(lambda argv: prepare.run(cfg, prepare_fineweb.make_spec, prepare_fineweb.make_sources), []) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -286,9 +287,9 @@ def test_input_smaller_than_the_val_split_is_refused_before_the_pass(tmp_path, s
     assert not os.path.exists(cfg.out_dir)
 
 
-def test_filters_that_leave_only_val_name_the_cause(tmp_path, shared_data, capsys):
+def test_filters_that_leave_only_val_name_the_cause(tmp_path, corpus, capsys):
     """The input is big enough for val_tokens, but the filter keeps so little that val takes it all."""
-    texts = sample_texts(shared_data, 200)
+    texts = sample_texts(corpus, 200)
     kept = sum(len(t) for i, t in enumerate(docs_tokens(texts)) if i % 6 == 5)  # int_score is i % 6
     cfg = fw_cfg(tmp_path, write_fineweb(tmp_path / "e.parquet", texts, edu=True), min_int_score=5, val_tokens=kept + 1)
     assert run_command(lambda argv: prepare.run(cfg, prepare_fineweb.make_spec, prepare_fineweb.make_sources), []) == 1
@@ -297,10 +298,10 @@ def test_filters_that_leave_only_val_name_the_cause(tmp_path, shared_data, capsy
     assert "lower --val_tokens" in err and not os.path.exists(cfg.out_dir)
 
 
-def test_text_jsonl_and_directory_inputs(tmp_path, shared_data):
+def test_text_jsonl_and_directory_inputs(tmp_path, corpus):
     """Tiny Shakespeare in one command (.txt: blank-line-separated blocks are documents), .jsonl with a text
     field, and a directory holding both: the same tokens as tiktoken gives."""
-    text = (shared_data / "tinyshakespeare.txt").read_text()[:20_000]
+    text = shakespeare()[:20_000]
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.txt").write_text(text)
     docs = [d.strip("\n") for d in text.split("\n\n") if d.strip()]

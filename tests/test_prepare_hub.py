@@ -32,9 +32,9 @@ def run(script, cache, *args):
     return subprocess.run([sys.executable, os.path.join(REPO, script), *args], capture_output=True, text=True, env=env)
 
 
-def test_fineweb_edu_and_github_code_from_offline_hub_cache(tmp_path, shared_data):
+def test_fineweb_edu_and_github_code_from_offline_hub_cache(tmp_path, corpus):
     cache = tmp_path / "hub"
-    texts = sample_texts(shared_data, 90)
+    texts = sample_texts(corpus, 90)
     parts = [write_fineweb(tmp_path / f"{i}.parquet", texts[i * 30:(i + 1) * 30], edu=True) for i in range(3)]
     add_to_cache(cache, "HuggingFaceFW/fineweb-edu", {f"sample/10BT/{i:03d}_00000.parquet": p for i, p in enumerate(parts)})
     out = tmp_path / "edu"
@@ -62,11 +62,11 @@ def test_fineweb_edu_and_github_code_from_offline_hub_cache(tmp_path, shared_dat
     assert "val-python" in shards.list_splits(out)
 
 
-def test_rerun_stays_on_the_commit_the_dataset_started_from(tmp_path, shared_data):
+def test_rerun_stays_on_the_commit_the_dataset_started_from(tmp_path, corpus):
     """The branch moves on between runs (the hub's 'main' is updated): a re-run of the same command, e.g. to
     resume after a crash, keeps fetching the commit recorded in manifest.json, never a mix of two commits."""
     cache = tmp_path / "hub"
-    texts = sample_texts(shared_data, 60)
+    texts = sample_texts(corpus, 60)
     old = [write_fineweb(tmp_path / f"old{i}.parquet", texts[i * 20:(i + 1) * 20]) for i in range(2)]
     add_to_cache(cache, "HuggingFaceFW/fineweb", {f"sample/10BT/{i:03d}_00000.parquet": p for i, p in enumerate(old)})
     out = tmp_path / "fw"

@@ -27,8 +27,8 @@ def files_bytes(d):
     return {n: open(os.path.join(d, n), "rb").read() for n in sorted(os.listdir(d)) if n.endswith(".npy")}
 
 
-def test_kill_9_then_rerun_is_byte_identical(tmp_path, shared_data):
-    src = str(shared_data / "fineweb_sample.parquet")
+def test_kill_9_then_rerun_is_byte_identical(tmp_path, corpus):
+    src = str(corpus / "fineweb_sample.parquet")
     args = [f"--data_files={src}", "--shard_tokens=50000", "--val_tokens=100000", "--batch_rows=16"]
     ref = tmp_path / "ref"
     # time the reference run: start-up (until it writes its manifest), then the work, so that kills land
@@ -59,8 +59,8 @@ def test_kill_9_then_rerun_is_byte_identical(tmp_path, shared_data):
     assert shards.read_manifest(out)["shards"] == shards.read_manifest(ref)["shards"]
 
 
-def test_no_clobbering_refusals_and_overwrite(tmp_path, shared_data):
-    f = write_fineweb(tmp_path / "a.parquet", sample_texts(shared_data, 80))
+def test_no_clobbering_refusals_and_overwrite(tmp_path, corpus):
+    f = write_fineweb(tmp_path / "a.parquet", sample_texts(corpus, 80))
     out = tmp_path / "out"
     assert cli(f"--data_files={f}", f"--out_dir={out}", "--shard_tokens=50000", "--val_tokens=5000").returncode == 0
     before = files_bytes(out)
@@ -90,8 +90,8 @@ def test_no_clobbering_refusals_and_overwrite(tmp_path, shared_data):
     assert r.returncode == 1 and "no manifest.json" in r.stderr
 
 
-def test_corrupt_truncated_and_missing_column(tmp_path, shared_data):
-    f = write_fineweb(tmp_path / "a.parquet", sample_texts(shared_data, 80))
+def test_corrupt_truncated_and_missing_column(tmp_path, corpus):
+    f = write_fineweb(tmp_path / "a.parquet", sample_texts(corpus, 80))
     data = open(f, "rb").read()
     bad = tmp_path / "trunc.parquet"
     bad.write_bytes(data[: len(data) // 2])
@@ -112,8 +112,8 @@ def test_corrupt_truncated_and_missing_column(tmp_path, shared_data):
     assert r.returncode == 1 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
 
 
-def test_null_empty_and_invalid_utf8_are_skipped_and_counted(tmp_path, shared_data):
-    good = sample_texts(shared_data, 3)
+def test_null_empty_and_invalid_utf8_are_skipped_and_counted(tmp_path, corpus):
+    good = sample_texts(corpus, 3)
     texts = [good[0], None, "", good[1], good[2]]
     f = write_fineweb(tmp_path / "a.parquet", texts)
     cfg = fw_cfg(tmp_path, f, val_tokens=0)
@@ -152,8 +152,8 @@ class FullDisk:
         self._f.close()
 
 
-def test_disk_full_leaves_no_partial_shard_and_resumes(tmp_path, shared_data, monkeypatch):
-    f = write_fineweb(tmp_path / "a.parquet", sample_texts(shared_data, 150))
+def test_disk_full_leaves_no_partial_shard_and_resumes(tmp_path, corpus, monkeypatch):
+    f = write_fineweb(tmp_path / "a.parquet", sample_texts(corpus, 150))
     ref = fw_cfg(tmp_path, f, out_dir=str(tmp_path / "ref"), batch_rows=16)
     run_fw(ref)
     cfg = fw_cfg(tmp_path, f, batch_rows=16)
@@ -184,9 +184,9 @@ def test_disk_full_leaves_no_partial_shard_and_resumes(tmp_path, shared_data, mo
     assert files_bytes(cfg.out_dir) == files_bytes(ref.out_dir)
 
 
-def test_cli_space_form_as_in_the_issue(tmp_path, shared_data):
+def test_cli_space_form_as_in_the_issue(tmp_path, corpus):
     """`--key value` with a quoted glob, a relative out_dir, then `--stats DIR`, exactly as users type them."""
-    texts = sample_texts(shared_data, 60)
+    texts = sample_texts(corpus, 60)
     (tmp_path / "dir").mkdir()
     write_fineweb(tmp_path / "dir" / "a.parquet", texts[:30])
     write_fineweb(tmp_path / "dir" / "b.parquet", texts[30:])

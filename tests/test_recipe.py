@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import train
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, shakespeare
 from gptlib import checkpoint, monitor, optim, shards
 from gptlib.loader import TokenLoader
 from gptlib.settings import load_config
@@ -31,13 +31,13 @@ SWITCHES = {"rope": dict(pos_emb="rope"), "rmsnorm": dict(norm="rmsnorm"), "qk_n
 
 @pytest.fixture(scope="module")
 def tokens():
-    text = (SHARED_DATA / "tinyshakespeare.txt").read_text()[:60_000]
+    text = shakespeare()[:60_000]
     return torch.tensor(tiktoken.get_encoding("gpt2").encode_ordinary(text))
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    text = (SHARED_DATA / "tinyshakespeare.txt").read_text()[:120_000]
+    text = shakespeare()[:120_000]
     return make_dataset(tmp_path_factory.mktemp("recipe"), text, val_docs=20)
 
 

@@ -11,13 +11,13 @@ import torch
 from gptlib import checkpoint, evals
 import plot
 import train
-from conftest import SHARED_DATA
+from conftest import shakespeare
 from test_train import TINY, make_dataset, metrics
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    text = (SHARED_DATA / "tinyshakespeare.txt").read_text()[:80_000]
+    text = shakespeare()[:80_000]
     return make_dataset(tmp_path_factory.mktemp("resume"), text, val_docs=20)
 
 

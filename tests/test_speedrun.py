@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import train
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, TEST_DATA, shakespeare
 from gptlib import attention, checkpoint, monitor, optim
 from gptlib.errors import ConfigError
 from gptlib.settings import load_config
@@ -50,7 +50,7 @@ def tokens(B=2, T=96, seed=1, starts=(0, 30, 61)):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    text = (SHARED_DATA / "tinyshakespeare.txt").read_text()[:120_000]
+    text = shakespeare()[:120_000]
     return make_dataset(tmp_path_factory.mktemp("speedrun"), text, val_docs=20)
 
 
@@ -246,7 +246,7 @@ def test_a_speedrun_run_goes_through_sample_eval_bench_and_export(data, tmp_path
             "--num_samples=1", "--device=cpu")
     assert r.returncode == 0 and "ROMEO:" in r.stdout, r.stderr[-2000:]
     r = run("eval.py", f"--out_dir={out}", f"--data_dir={data}", "--device=cpu", "--max_tokens=512",
-            "--hellaswag=True", f"--hellaswag_path={SHARED_DATA / 'hellaswag_val.jsonl'}", "--hellaswag_limit=8")
+            "--hellaswag=True", f"--hellaswag_path={TEST_DATA / 'hellaswag_val.jsonl'}", "--hellaswag_limit=8")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "acc_norm" in r.stdout and "val" in r.stdout
     r = run("bench.py", *SMALL, "--iters=2", "--warmup_iters_bench=1")

@@ -16,7 +16,7 @@ from gptlib.train_settings import TrainConfig
 from gptlib import shards
 from gptlib.loader import TokenLoader
 import train
-from conftest import REPO
+from conftest import REPO, shakespeare as shakespeare_text
 
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4",
         "--total_batch_size=256", "--compile=False", "--device=cpu", "--eval_tokens=256", "--log_interval=1",
@@ -40,8 +40,7 @@ def make_dataset(path, text, val_docs=40, shard_tokens=20_000):
 
 @pytest.fixture(scope="module")
 def shakespeare(tmp_path_factory, request):
-    from conftest import SHARED_DATA
-    text = (SHARED_DATA / "tinyshakespeare.txt").read_text()[:300_000]
+    text = shakespeare_text()[:300_000]
     return make_dataset(tmp_path_factory.mktemp("shk"), text)
 
 
@@ -274,9 +273,8 @@ def test_training_val_loss_matches_eval_py_on_the_whole_split_when_the_first_bat
     figure on the same checkpoint, while the first batches alone are far off."""
     import numpy as np
     import eval as eval_script
-    from conftest import SHARED_DATA
     enc = tiktoken.get_encoding("gpt2")
-    docs = [d for d in (SHARED_DATA / "tinyshakespeare.txt").read_text()[:600_000].split("\n\n") if d.strip()]
+    docs = [d for d in shakespeare_text()[:600_000].split("\n\n") if d.strip()]
     data = tmp_path / "data"
     data.mkdir()
     manifest = shards.new_manifest({"test": "misleading first batches"})
