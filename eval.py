@@ -12,6 +12,7 @@ import math
 import os
 import sys
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 from gptlib import evals, shards
 from gptlib import checkpoint
@@ -20,11 +21,12 @@ from gptlib.errors import ConfigError, DataError, run_command
 from gptlib import runtime
 from gptlib.runtime import autocast, pick_device, pick_dtype
 from gptlib.settings import DEVICE_PATTERN, DTYPES, load_config, setting
-from gptlib.train_settings import TrainConfig
+from gptlib.train_settings import NANOGPT_EVAL, TrainConfig
 
 
 @dataclass
 class EvalConfig:
+    NANOGPT: ClassVar[dict] = NANOGPT_EVAL  # nanoGPT's eval_iters and eval_only, translated
     init_from: str = setting("resume")  # 'resume' (out_dir's checkpoint), OpenAI's 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a checkpoint file (.pt, nanoGPT's too)
     out_dir: str = setting(TrainConfig.out_dir)  # where ckpt_best.pt (preferred) or ckpt.pt is read from; a train config file sets it
     ckpt: str = setting("")  # a checkpoint file to read instead of out_dir's

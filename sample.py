@@ -11,6 +11,7 @@ line after it says, or after max_new_tokens.
 import codecs
 import sys
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -19,7 +20,7 @@ from gptlib.checkpoint import init_from_problem
 from gptlib.errors import ConfigError, run_command
 from gptlib.runtime import autocast, pick_device, pick_dtype
 from gptlib.settings import DEVICE_PATTERN, DTYPES, load_config, setting
-from gptlib.train_settings import TrainConfig
+from gptlib.train_settings import NANOGPT_SAMPLE, TrainConfig
 from gptlib.shards import EOT, VOCAB_SIZE, gpt2_encoding
 
 FILE_PREFIX = "FILE:"  # --start=FILE:path reads the prompt from a file
@@ -28,6 +29,7 @@ SEPARATOR = "---------------"  # printed after each sample, with how it ended
 
 @dataclass
 class SampleConfig:
+    NANOGPT: ClassVar[dict] = NANOGPT_SAMPLE  # nanoGPT's sample.py names this one lacks
     out_dir: str = setting(TrainConfig.out_dir)  # training run to sample from (ckpt_best.pt if present, else ckpt.pt); a train config file sets it
     init_from: str = setting("resume")  # 'resume' (out_dir's checkpoint), OpenAI's 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a checkpoint file (.pt, nanoGPT's too)
     start: str = setting("")  # prompt text, or FILE:path to read it from a file

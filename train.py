@@ -187,18 +187,19 @@ def quality_lines(model, cfg):
 
 
 def main(argv):
-    cfg = load_config(TrainConfig, argv)
+    notes = []  # what nanoGPT's setting names became, if any were given
+    cfg = load_config(TrainConfig, argv, notes=notes)
     with contextlib.ExitStack() as cleanup:
         procs = runtime.start_processes(cfg.device, cfg.backend, cfg.dist_timeout_min)
         cleanup.callback(runtime.stop_processes)
         try:
-            return run_training(cfg, procs, cleanup)
+            return run_training(cfg, procs, cleanup, notes)
         except KeyboardInterrupt:  # a second Ctrl-C: save_checkpoint is atomic, so the last checkpoint is intact
             raise Interrupted("interrupted without writing a new checkpoint (the last one is intact); resume with "
                               "--init_from=resume") from None
 
 
-def run_training(cfg, procs, cleanup):
+def run_training(cfg, procs, cleanup, notes=()):
     # ------------------------------------------------------------------ devices and precision
     device, rank, world, master = procs.device, procs.rank, procs.world, procs.master
     device_type = device.split(":")[0]
@@ -224,6 +225,12 @@ def run_training(cfg, procs, cleanup):
             pending.append(msg)
         else:
             write_log(msg)
+
+    for note in notes:  # the plan prints; a run also keeps it in log.txt
+        if cfg.plan and master:
+            print(note)
+        elif not cfg.plan:
+            log(note)
 
     # ------------------------------------------------------------------ plan only: needs no data, writes nothing
     if cfg.plan:

@@ -28,6 +28,7 @@ import operator
 import os
 import re
 import sys
+import time
 import tokenize
 import typing
 from dataclasses import field
@@ -106,6 +107,12 @@ def _safe_value(node, names, where):
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
         left, right = _safe_value(node.left, names, where), _safe_value(node.right, names, where)
         return _guard(_binop(node.op, left, right, where), where)
+    if isinstance(node, ast.Call) and _call_name(node.func) in SAFE_CALLS and not node.keywords and len(node.args) <= 1:
+        args = [_safe_value(a, names, where) for a in node.args]
+        try:
+            return _guard(SAFE_CALLS[_call_name(node.func)](*args), where)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: {ast.unparse(node)}: {e}") from None
     if isinstance(node, ast.Name):
         if node.id in names:
             return names[node.id]
@@ -113,8 +120,24 @@ def _safe_value(node, names, where):
     raise ConfigError(f"{where}: only literals, arithmetic and earlier names are allowed, not {ast.unparse(node)!r}")
 
 
+# The calls a config value may make: nanoGPT's finetune_shakespeare.py names its run 'ft-' + str(time.time()).
+# A config file may `import time` for that, and nothing else.
+SAFE_CALLS = {"str": str, "int": int, "float": float, "round": round, "time.time": time.time}
+CONFIG_IMPORTS = {"time"}
+
+
+def _call_name(func):
+    """'str' or 'time.time' for the callee of a call node, else ''."""
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+        return f"{func.value.id}.{func.attr}"
+    return ""
+
+
 def read_config_file(path, names):
-    """`name = value` assignments of a config file, as a dict; `names` are values known so far."""
+    """(`name = value` assignments of a config file as a dict, the names its later values use): `names` are
+    values known so far. A name used by a later value is a helper (`n = 8` then `batch_size = n * 2`)."""
     try:
         with open(path, encoding="utf-8") as f:
             tree = ast.parse(f.read(), filename=path)
@@ -124,15 +147,19 @@ def read_config_file(path, names):
         raise ConfigError(f"config file {path} is not UTF-8 text; config files hold `name = value` lines") from None
     except (SyntaxError, ValueError) as e:  # ValueError: a NUL byte
         raise ConfigError(f"{path}:{getattr(e, 'lineno', '?')}: syntax error: {getattr(e, 'msg', e)}") from None
-    out = {}
+    out, used = {}, set()
     for stmt in tree.body:
         where = f"{path}:{stmt.lineno}"
         if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
             continue  # a docstring
+        if isinstance(stmt, ast.Import) and {a.name for a in stmt.names} <= CONFIG_IMPORTS and \
+                not any(a.asname for a in stmt.names):
+            continue  # nanoGPT's `import time`; time.time() is one of SAFE_CALLS
         if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
             raise ConfigError(f"{where}: config files may only hold `name = value` lines")
         out[stmt.targets[0].id] = _safe_value(stmt.value, {**names, **out}, where)
-    return out
+        used |= {n.id for n in ast.walk(stmt.value) if isinstance(n, ast.Name) and n.id in out}
+    return out, used
 
 
 def parse_override(text):
@@ -251,10 +278,7 @@ def validate(cfg):
 
 # ----------------------------------------------------------------------------- loading
 
-RENAMED = {  # settings that were replaced: what to write instead
-    "eval_iters": "eval_tokens, the val tokens each eval scores, spread over the whole split (eval_iters x "
-                  "batch_size x block_size gives the old amount; eval.py: max_tokens, 0 = the whole split)",
-}
+RENAMED = {}  # settings that were replaced: what to write instead (eval_iters is translated now: see nanogpt_names)
 
 
 def _closest(key, known):
@@ -295,18 +319,40 @@ def config_help(cls):
     return "\n".join(lines)
 
 
-def load_config(cls, argv, positional=None, foreign=None):
+def nanogpt_names(cls):
+    """nanoGPT's setting names that cls translates (its NANOGPT class attribute: name -> translator)."""
+    return getattr(cls, "NANOGPT", {}) if cls else {}
+
+
+def _translate(cls, values, nano, given):
+    """Apply nanoGPT's names (nano: name -> (value, position)) to values, once every file and override is read
+    (eval_iters x batch_size x block_size needs the final sizes); as everywhere, the later of a nanoGPT name and
+    a setting it becomes wins (given: setting -> position). Returns the line saying what each became, or ''."""
+    said = []
+    for name, (value, at) in nano.items():
+        changes, meaning = nanogpt_names(cls)[name](value, values)
+        kept = sorted(k for k in changes if given.get(k, -1) > at)
+        values.update({k: v for k, v in changes.items() if k not in kept})
+        said.append(f"{name}={value!r} -> {meaning}" + (f" (your later {', '.join(kept)} kept)" if kept else ""))
+    return f"nanoGPT settings: {'; '.join(said)}" if said else ""
+
+
+def load_config(cls, argv, positional=None, foreign=None, notes=None):
     """A validated instance of dataclass `cls` from config files and --key=value (or --key value)
     overrides, applied in order.
 
     positional: the name of a list field that bare arguments are appended to (plot.py's run
     directories) instead of being read as config files. foreign: another settings class whose keys
     a config file may hold and this command ignores (sample.py reading out_dir from a train config).
+    nanoGPT's names that cls translates (cls.NANOGPT) are accepted in files and overrides; the line saying
+    what they became is appended to notes, or printed when notes is None.
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = defaults(cls)
     hints = typing.get_type_hints(cls)
-    ignorable = {f.name for f in dataclasses.fields(foreign)} - set(fields) if foreign else set()
+    ignorable = ({f.name for f in dataclasses.fields(foreign)} | set(nanogpt_names(foreign))) - set(fields) \
+        if foreign else set()
+    nano, given = {}, {}
     argv = list(argv)
     i = 0
     while i < len(argv):
@@ -319,27 +365,47 @@ def load_config(cls, argv, positional=None, foreign=None):
             sys.exit(0)
         if arg.startswith("--"):
             key, eq, text = arg[2:].partition("=")
-            if key not in fields:
+            if key not in fields and key not in nanogpt_names(cls):
                 raise ConfigError(f"unknown setting '{key}'{_closest(key, list(fields))} (--help lists them)")
-            if not eq and hints[key] is bool:  # a bare flag: --compile
+            if not eq and hints.get(key) is bool:  # a bare flag: --compile
                 text = "True"
             elif not eq:  # the space form: --out_dir data/fineweb
                 if i >= len(argv) or argv[i].startswith("--"):
                     raise ConfigError(f"--{key} needs a value: --{key}=...")
                 text, i = argv[i], i + 1
-            values[key] = _check_type(key, parse_override(text), hints[key])
+            _set(key, parse_override(text), fields, hints, values, nano, given)
         elif arg.startswith("-") and arg != "-":
             raise ConfigError(f"cannot parse argument {arg!r}: settings are given as --key=value")
         elif positional:
             values[positional] = values[positional] + [arg]
         else:
-            for key, value in read_config_file(arg, values).items():
-                if key in ignorable:
-                    continue
-                if key not in fields:
-                    raise ConfigError(f"{arg}: unknown setting '{key}'{_closest(key, list(fields))}")
-                values[key] = _check_type(key, value, hints[key])
+            found, helpers = read_config_file(arg, values)
+            unknown = [k for k in found if k not in fields and k not in nanogpt_names(cls) and k not in ignorable
+                       and k not in helpers]
+            if unknown:  # every one at once
+                raise ConfigError(f"{arg}: unknown setting{'s' * (len(unknown) > 1)} " + ", ".join(
+                    f"'{k}'{_closest(k, list(fields))}" for k in unknown))
+            for key, value in found.items():
+                if key in fields or key in nanogpt_names(cls):
+                    _set(key, value, fields, hints, values, nano, given)
+    line = _translate(cls, values, nano, given)
+    if line and notes is not None:
+        notes.append(line)
+    elif line:
+        print(line)
     return validate(cls(**values))
+
+
+def _set(key, value, fields, hints, values, nano, given):
+    """One setting from a file or the command line: this project's (type-checked) or a nanoGPT name (kept for
+    _translate; a later value of the same name replaces it), each with its position in the order given."""
+    at = max([0, *given.values(), *(pos for _, pos in nano.values())]) + 1  # after everything given so far
+    if key in fields:
+        values[key] = _check_type(key, value, hints[key])
+        given[key] = at
+    else:
+        nano.pop(key, None)
+        nano[key] = (value, at)
 
 
 def format_config(cfg):

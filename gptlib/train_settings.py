@@ -5,18 +5,87 @@ and inherited here; everything else a run needs is declared below, once, with it
 range and a one-line comment (see gptlib/settings.py).
 """
 from dataclasses import dataclass
+from typing import ClassVar
 
 from model import GPTConfig
 
+from .errors import ConfigError
 from .optim import decay_start
 from .settings import DEVICE_PATTERN, DTYPES, setting
 
 INIT_FROM = ["scratch", "resume", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
 
 
+# ----------------------------------------------------------------------------- nanoGPT's names
+# karpathy/nanoGPT's train.py settings this toolkit names differently or has no use for: each becomes this
+# project's settings, given the final values of the others (issue 28). Its other names are the same here.
+
+def _tokens_of(name, value, s):
+    """value x batch_size x block_size, nanoGPT's unit for evals and steps."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} (nanoGPT's) must be a whole number >= 1, got {value!r}")
+    return value * s["batch_size"] * s["block_size"]
+
+
+def _eval_iters(value, s):
+    n = _tokens_of("eval_iters", value, s)
+    return {"eval_tokens": n}, f"eval_tokens={n:,} (x batch_size {s['batch_size']} x block_size {s['block_size']})"
+
+
+def _grad_accum(value, s):
+    n = _tokens_of("gradient_accumulation_steps", value, s)  # nanoGPT divides its figure by the world size: this total is the same under torchrun
+    return {"total_batch_size": n}, (f"total_batch_size={n:,} tokens a step (x batch_size {s['batch_size']} x "
+                                     f"block_size {s['block_size']}, any number of GPUs)")
+
+
+def _dataset(value, s):
+    return {"data_dir": f"data/{value}"}, f"data_dir='data/{value}' (this toolkit's token shards: prepare_*.py)"
+
+
+def _decay_lr(value, s):
+    if value:
+        return {}, "the cosine schedule, as here by default"
+    return {"min_lr": s["learning_rate"], "warmup_iters": 0}, "min_lr=learning_rate, warmup_iters=0: a constant rate"
+
+
+def _eval_only(value, s):
+    if value:
+        raise ConfigError("eval_only=True (nanoGPT): train.py here only trains; evaluate with eval.py and the same "
+                          "config file (python eval.py CONFIG --init_from=...)")
+    return {}, "nothing to do (train.py trains)"
+
+
+def _unused(why):
+    return lambda value, s: ({}, f"no meaning here: {why}")
+
+
+NANOGPT_TRAIN = {
+    "eval_iters": _eval_iters,
+    "gradient_accumulation_steps": _grad_accum,
+    "dataset": _dataset,
+    "decay_lr": _decay_lr,
+    "eval_only": _eval_only,
+    "always_save_checkpoint": _unused("ckpt.pt is written every ckpt_interval and the best eval kept as ckpt_best.pt"),
+}
+NANOGPT_BLOCK_SIZE = 1024  # nanoGPT's default block_size, which its eval configs rely on
+
+
+def _eval_max_tokens(value, s):
+    per = s["block_size"] or NANOGPT_BLOCK_SIZE
+    n = _tokens_of("eval_iters", value, {**s, "block_size": per})
+    return {"max_tokens": n}, f"max_tokens={n:,} per split (x batch_size {s['batch_size']} x block_size {per})"
+
+
+# nanoGPT evaluates with train.py and eval_only=True (config/eval_gpt2*.py); here eval.py reads those files
+NANOGPT_EVAL = {"eval_iters": _eval_max_tokens, "eval_only": _unused("eval.py only evaluates")}
+NANOGPT_SAMPLE = {"compile": _unused("sample.py runs eager (a few hundred small steps compile for longer than "
+                                     "they run)")}
+
+
 @dataclass
 class TrainConfig(GPTConfig):
     """train.py's settings: model.GPTConfig's, then these."""
+    NANOGPT: ClassVar[dict] = NANOGPT_TRAIN  # nanoGPT's names, translated (above)
     # I/O
     out_dir: str = setting("out", path="dir")  # checkpoints, log.txt, metrics.jsonl and config.json go here
     data_dir: str = setting("data/fineweb")  # dataset directory of train_*/val_* shards and manifest.json

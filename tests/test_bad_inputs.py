@@ -188,7 +188,7 @@ CASES = [
     ("ckpt_interval=0", "train", tr("--ckpt_interval=0"), 2, "ckpt_interval must be >= 1"),
     ("log_interval=0", "train", tr("--log_interval=0"), 2, "log_interval must be >= 1"),
     ("eval_tokens=-1", "train", tr("--eval_tokens=-1"), 2, "eval_tokens must be >= 0"),
-    ("eval_iters renamed", "train", tr("--eval_iters=4"), 2, "unknown setting 'eval_iters'; it was replaced by eval_tokens"),
+    ("eval_iters of nanoGPT", "train", tr("--eval_iters=0"), 2, "eval_iters (nanoGPT's) must be a whole number >= 1, got 0"),
     ("batch_size=-4", "train", tr("--batch_size=-4"), 2, "batch_size must be >= 1, got -4"),
     ("seed=-1", "train", tr("--seed=-1"), 2, "seed must be >= 0"),
     ("dropout=1.5", "train", tr("--dropout=1.5"), 2, "dropout must be >= 0 and < 1, got 1.5"),
