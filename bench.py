@@ -94,6 +94,8 @@ class Bench:
         if self.device_type == "cpu":
             runtime.keep_freed_memory()  # as train.py
         self.threads = runtime.cpu_threads(cfg.cpu_threads)
+        if cfg.use_data:  # the data's problems before any warm-up, not after it
+            TokenLoader(cfg.data_dir, "train", cfg.batch_size, cfg.block_size, seed=cfg.seed)
         self.card = None  # bytes of the card the fit is judged against (CUDA only)
         if self.device_type == "cuda":
             self.card = cap_memory(self.device, cfg.memory_gib) if cfg.memory_gib else \

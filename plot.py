@@ -13,6 +13,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+from gptlib import paths
 from gptlib.errors import run_command
 from gptlib.monitor import METRICS_FILE, MonitorError, human_count, read_metrics
 from gptlib.settings import load_config, setting
@@ -39,6 +40,9 @@ class PlotConfig:
 
 def load_run(out_dir):
     """(train_points, val_curves, best) of one run directory, ready to draw."""
+    bad = paths.problem(out_dir, "dir")
+    if bad:
+        raise MonitorError(f"{bad[1]}; pass the out_dir of a train.py run")
     path = os.path.join(out_dir, METRICS_FILE)
     if not os.path.isfile(path):
         raise MonitorError(f"{out_dir} has no {METRICS_FILE}; pass the out_dir of a train.py run")

@@ -15,6 +15,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+from gptlib import paths
 from gptlib.errors import ConfigError, DataError, run_command
 from gptlib.prepare import DatasetSpec, PrepareConfig, hub_sources, local_sources, pinned_revision, run
 from gptlib.settings import load_config, setting
@@ -71,8 +72,9 @@ class DirectorySource:
     Files are listed in sorted order, so the dataset is deterministic."""
 
     def __init__(self, root, skip_dirs=(), max_file_bytes=None):
-        if not os.path.isdir(root):
-            raise DataError(f"--source_dir {root!r} is not a directory")
+        bad = paths.problem(root, "dir")
+        if bad:
+            raise DataError(f"--source_dir: {bad[1]}; give the folder of source files")
         self.root = os.path.abspath(root)
         self.max_file_bytes = max_file_bytes
         self.paths = []

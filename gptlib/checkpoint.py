@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import paths
 from .errors import CheckpointError, short
 
 CKPT_FORMAT = "gpt2-shards-ckpt"  # marks our checkpoints; anything else is refused with a clear message
@@ -123,8 +124,11 @@ def save_checkpoint(path, obj):
 def load_checkpoint(path, map_location="cpu", mmap=False):
     """Load with weights_only=True, so a downloaded checkpoint cannot run code; upgrade older versions.
     mmap: tensors stay on disk until touched (reading the loop state of a large file)."""
-    if not os.path.exists(path):
+    bad = paths.problem(path, "file")
+    if bad and bad[0] == "missing":
         raise CheckpointError(f"no checkpoint at {path}; train one first, or check out_dir")
+    if bad:  # never "corrupt, move it away": that could be the user's dataset folder
+        raise CheckpointError(f"checkpoint: {bad[1]}; give a checkpoint file (.pt)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # a corrupt file fails in many ways (UnpicklingError, EOFError, IndexError, KeyError...)

@@ -87,14 +87,25 @@ FILE_ERRNOS = {  # errno -> what to do, for an OSError on a path a command write
     errno.EPERM: "choose a path you have permission to use",
     errno.ENOTDIR: "a part of the path is a file, not a directory: fix the path",
     errno.EISDIR: "it is a directory where a file is needed: give a file path",
+    errno.ENOENT: "it does not exist, or is a symbolic link to nothing: fix the path or the link",
+    errno.ELOOP: "a symbolic link on the path loops back on itself: fix or remove the link",
+    errno.EBUSY: "it is in use (a mount point?): choose a path inside it or another one",
+    errno.ENAMETOOLONG: "shorten the path",
+    errno.EXDEV: "choose a destination on the same disk",
+    errno.EIO: "the disk reported an input/output error: check the disk, or choose another",
 }
+OTHER_FILE_ERRNO = "check the path and the disk it is on"  # any errno not above, named in the line (issue 28)
 
 
 def file_error(e):
-    """An OSError on a file or directory as a one-line UserError, or None when it is another kind of OSError."""
-    if not isinstance(e, OSError) or e.errno not in FILE_ERRNOS:
+    """An OSError on a path as a one-line UserError naming the path and what is wrong (the errno's name when it
+    is not in FILE_ERRNOS), or None when it names no path (not a file problem: a bug keeps its traceback)."""
+    if not isinstance(e, OSError) or not (e.filename or e.errno in FILE_ERRNOS):
         return None
-    return UserError(f"{e.filename or 'a file'}: {e.strerror or e}; {FILE_ERRNOS[e.errno]}")
+    name = errno.errorcode.get(e.errno, "an OS error")
+    advice = FILE_ERRNOS.get(e.errno, f"{OTHER_FILE_ERRNO} ({name})")
+    where = f"{e.filename} -> {e.filename2}" if e.filename and e.filename2 else str(e.filename or "a file")
+    return UserError(f"{where}: {e.strerror or e}; {advice}")
 
 
 def run_command(main, argv=None, oom_hint="lower --batch_size"):

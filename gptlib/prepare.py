@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import locks, monitor, shards
+from . import paths as paths_mod  # (this module names its file lists "paths")
 from .errors import DataError, Interrupted, short
 from .locks import DirLock
 from .settings import setting
@@ -273,6 +274,9 @@ def local_sources(data_files, txt_documents="paragraphs"):
         if not found:
             raise DataError(f"--data_files: nothing matches {pattern!r}; check the path (quote globs in the shell)")
         for path in found:
+            bad = paths_mod.problem(path, "dir" if os.path.isdir(path) else "file")
+            if bad and bad[0] != "missing":  # a glob lists links to nothing and loops: say what they are
+                raise DataError(f"--data_files: {bad[1]}; fix it, or remove it from the inputs")
             if os.path.isdir(path):
                 inside = sorted(os.path.join(d, n) for d, _, names in os.walk(path) for n in names
                                 if n.endswith(INPUT_KINDS))

@@ -33,6 +33,7 @@ import tokenize
 import typing
 from dataclasses import field
 
+from . import paths
 from .errors import ConfigError
 
 MAX_INT = 2 ** 63 - 1  # every integer setting and every intermediate of config arithmetic fits in int64
@@ -142,7 +143,8 @@ def read_config_file(path, names):
         with open(path, encoding="utf-8") as f:
             tree = ast.parse(f.read(), filename=path)
     except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        bad = paths.problem(path, "file")
+        raise ConfigError(f"cannot read config file: {bad[1] if bad else f'{path}: {e.strerror}'}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text; config files hold `name = value` lines") from None
     except (SyntaxError, ValueError) as e:  # ValueError: a NUL byte

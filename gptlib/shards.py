@@ -28,6 +28,7 @@ import zlib
 
 import numpy as np
 
+from . import paths
 from .errors import DataError
 
 FORMAT_VERSION = 1
@@ -48,8 +49,11 @@ def shard_name(split, index):
 
 def list_shards(data_dir, split):
     """Sorted paths of the shards of one split ('train', 'val', 'val-python', ...)."""
-    if not os.path.isdir(data_dir):
+    bad = paths.problem(data_dir, "dir")
+    if bad and bad[0] == "missing":
         raise DataError(f"data dir {data_dir!r} does not exist; run prepare_fineweb.py or prepare_github_code.py to create it")
+    if bad:
+        raise DataError(f"data dir: {bad[1]}; give the folder a prepare script wrote (--data_dir)")
     names = []
     for name in os.listdir(data_dir):
         m = _SHARD_RE.match(name)

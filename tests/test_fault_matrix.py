@@ -1,0 +1,112 @@
+"""Every command x every path argument x each pathology of a path (issue 28): a non-zero exit, one line starting
+with `error:`, no traceback, and every file that was there before byte-identical afterwards. Run in-process under
+the commands' own error policy (gptlib.errors.run_command), as their scripts run them."""
+import hashlib
+import os
+
+import pytest
+
+import bench
+import eval as eval_script
+import export
+import plot
+import prepare_fineweb
+import prepare_github_code
+import sample
+import train
+from gptlib.errors import run_command
+from conftest import shakespeare
+from test_train import make_dataset
+
+MAINS = {"train": train.main, "eval": eval_script.main, "sample": sample.main, "export": export.main,
+         "bench": bench.main, "prepare_fineweb": prepare_fineweb.main, "prepare_github_code": prepare_github_code.main,
+         "plot": plot.main}
+TINY = ["--device=cpu", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=2"]
+# (command, how the path is given, the other arguments, what kind of path the argument wants; a file's name ends
+# as the argument asks, so that the checks on the path itself are what is tried)
+ARGUMENTS = [
+    ("train", "--data_dir={}", TINY + ["--max_iters=2", "--warmup_iters=1", "--out_dir={out}"], "dir"),
+    ("train", "--init_from={}.pt", TINY + ["--max_iters=2", "--warmup_iters=1", "--out_dir={out}", "--data_dir={data}"],
+     "file"),
+    ("train", "{}", ["--plan"], "file"),  # a config file
+    ("eval", "--ckpt={}.pt", ["--device=cpu"], "file"),
+    ("eval", "--init_from={}.pt", ["--device=cpu"], "file"),
+    ("sample", "--init_from={}.pt", ["--device=cpu", "--max_new_tokens=2"], "file"),
+    ("export", "--init_from={}.pt", ["--to={out}"], "file"),
+    ("bench", "--data_dir={}", TINY + ["--use_data", "--iters=1", "--warmup_iters_bench=0", "--compile=False"], "dir"),
+    ("prepare_fineweb", "--data_files={}.parquet", ["--out_dir={out}"], "file"),
+    ("prepare_github_code", "--source_dir={}", ["--out_dir={out}"], "dir"),
+    ("plot", "{}", ["--out={out}/p.png"], "dir"),
+]
+
+
+def make(kind, root, wants, suffix):
+    """A path of one pathology under root."""
+    p = root / f"bad-{kind}{suffix}"
+    if kind == "missing":
+        pass
+    elif kind == "loop":
+        os.symlink(p.name, p)
+    elif kind == "dangling":
+        os.symlink(root / "nothing-here", p)
+    elif kind == "wrong_kind":  # a directory where a file is wanted, a file where a directory is
+        p.mkdir() if wants == "file" else p.write_text("not a folder\n")
+    elif kind == "empty":
+        p.mkdir() if wants == "dir" else p.write_bytes(b"")
+    return p
+
+
+SAYS = {"missing": "", "loop": "loops back on itself", "dangling": "symbolic link to", "wrong_kind": "directory",
+        "empty": ""}  # an empty input is refused in the words of what it lacks
+
+
+def snapshot(root):
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() and not p.is_symlink() else "link"
+            for p in root.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+@pytest.mark.parametrize("kind", ["missing", "loop", "dangling", "wrong_kind", "empty"])
+@pytest.mark.parametrize("command,form,args,wants", ARGUMENTS, ids=[f"{a[0]}:{a[1].split('=')[0] or 'positional'}" for a in ARGUMENTS])
+def test_a_bad_path_is_one_error_line_and_nothing_changes(tmp_path, capsys, monkeypatch, command, form, args,
+                                                          wants, kind):
+    monkeypatch.chdir(tmp_path)
+    suffix = form.rsplit("}", 1)[1]
+    bad = make(kind, tmp_path, wants, suffix)
+    (tmp_path / "keep.txt").write_text("the user's file\n")
+    before = snapshot(tmp_path)
+    data = ""
+    if any("{data}" in a for a in args):  # a good dataset, so that the check of the bad path is what fails
+        (tmp_path / "data").mkdir()
+        data = make_dataset(tmp_path / "data", shakespeare()[:20_000], val_docs=5)
+    argv = [form[:len(form) - len(suffix)].format(bad)] + [a.format(out=tmp_path / "out", data=data) for a in args]
+    code = run_command(MAINS[command], argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    if (command, form, kind) == ("train", "{}", "empty"):  # an empty config file sets nothing: a valid config
+        assert code == 0 and not err
+        return
+    assert code != 0, (argv, err)
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    assert "Traceback" not in err[0] and bad.name in err[0]  # the line names the path it is about
+    assert SAYS[kind] in err[0].lower(), err  # and what is wrong with it
+    after = snapshot(tmp_path)
+    assert {p: h for p, h in after.items() if p in before} == before  # nothing there before was touched
+
+
+def test_an_os_error_nobody_listed_is_one_line_with_its_name(capsys):
+    """ELOOP, EBUSY and the others a path can meet are listed with advice; any other errno at a path still gets one
+    line, naming the errno, never a traceback. An OSError at no path is not a file problem: it keeps its traceback."""
+    import errno
+
+    def fails(err):
+        def main(argv):
+            raise err
+        return main
+
+    assert run_command(fails(OSError(errno.ETXTBSY, "Text file busy", "/data/x.bin")), []) == 1
+    line = capsys.readouterr().err.strip()
+    assert line == "error: /data/x.bin: Text file busy; check the path and the disk it is on (ETXTBSY)"
+    assert run_command(fails(OSError(errno.EBUSY, "Device or resource busy", "/mnt/usb", None, "/mnt/usb.old")), []) == 1
+    assert "error: /mnt/usb -> /mnt/usb.old: Device or resource busy; it is in use (a mount point?)" in \
+        capsys.readouterr().err
+    with pytest.raises(OSError):
+        run_command(fails(OSError(errno.ECONNRESET, "Connection reset")), [])
