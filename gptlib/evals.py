@@ -255,7 +255,7 @@ def read_jsonl(path, what, expected, opener=open):
                     try:
                         items.append(json.loads(line))
                     except ValueError as e:
-                        raise shards.DataError(f"{what} file {path} line {number} is not valid JSON ({e.msg}); give "
+                        raise shards.DataError(f"{what} file {path} line {number} is not valid JSON ({getattr(e, 'msg', e)}); give "
                                                f"the path of {expected}") from None
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise shards.DataError(f"cannot read {what} file {path} ({e}); give the path of {expected}") from None

@@ -182,7 +182,7 @@ class JsonlSource:
         try:
             row = json.loads(line)
         except ValueError as e:
-            raise DataError(f"{self.path} line {n} is not valid JSON ({e.msg}); fix or remove that line") from None
+            raise DataError(f"{self.path} line {n} is not valid JSON ({getattr(e, 'msg', e)}); fix or remove that line") from None
         if not isinstance(row, dict):
             raise DataError(f"{self.path} line {n} is a JSON {type(row).__name__}, not an object like {{\"text\": ...}}")
         return row
