@@ -20,7 +20,7 @@ from gptlib.checkpoint import init_from_problem
 from gptlib.errors import ConfigError, DataError, run_command
 from gptlib import runtime
 from gptlib.runtime import autocast, pick_device, pick_dtype
-from gptlib.settings import DEVICE_PATTERN, DTYPES, load_config, setting
+from gptlib.settings import DEVICE_PATTERN, DTYPES, MAX_CPU_THREADS, load_config, setting
 from gptlib.train_settings import NANOGPT_EVAL, TrainConfig
 
 
@@ -44,7 +44,7 @@ class EvalConfig:
     json_out: str = setting("", path="file")  # also write the results to this JSON file
     device: str = setting("auto", pattern=DEVICE_PATTERN)  # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype: str = setting("auto", choices=DTYPES)  # 'auto', 'float32', 'bfloat16', 'float16'
-    cpu_threads: int = setting(0, ge=0)  # threads torch uses on CPU; 0: torch's default, one per core
+    cpu_threads: int = setting(0, ge=0, le=MAX_CPU_THREADS)  # threads torch uses on CPU; 0: torch's default, one per core
     verify_data: bool = setting(True)  # check each shard against manifest.json's checksum before scoring it
 
     def problems(self):

@@ -50,6 +50,7 @@ def setting(default, **rules):
     return field(default=default, metadata=rules)
 
 
+MAX_CPU_THREADS = 4096  # cpu_threads' bound: more cores than any machine has; torch takes a C int (2**40 overflowed)
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
 

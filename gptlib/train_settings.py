@@ -11,7 +11,7 @@ from model import GPTConfig
 
 from .errors import ConfigError
 from .optim import decay_start
-from .settings import DEVICE_PATTERN, DTYPES, setting
+from .settings import DEVICE_PATTERN, DTYPES, MAX_CPU_THREADS, setting
 
 INIT_FROM = ["scratch", "resume", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
 
@@ -147,7 +147,7 @@ class TrainConfig(GPTConfig):
     device: str = setting("auto", pattern=DEVICE_PATTERN)  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'mps'
     dtype: str = setting("auto", choices=DTYPES)  # 'auto' (bf16 where supported, else fp16 on GPU, fp32 on CPU), 'bfloat16', 'float16', 'float32'
     compile: bool = setting(True)  # torch.compile the model (switched off where Triton is unavailable)
-    cpu_threads: int = setting(0, ge=0)  # threads torch uses on CPU (torch.set_num_threads); 0: torch's default, one per core
+    cpu_threads: int = setting(0, ge=0, le=MAX_CPU_THREADS)  # threads torch uses on CPU (torch.set_num_threads); 0: torch's default, one per core
     backend: str = setting("", choices=["", "nccl", "gloo"])  # torch.distributed backend under torchrun; '': nccl on GPU, gloo on CPU
     dist_timeout_min: int = setting(30, ge=1)  # torchrun: minutes a rank waits for the others (a long eval or checkpoint) before failing
 

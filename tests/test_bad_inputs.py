@@ -191,6 +191,7 @@ CASES = [
     ("eval_iters of nanoGPT", "train", tr("--eval_iters=0"), 2, "eval_iters (nanoGPT's) must be a whole number >= 1, got 0"),
     ("batch_size=-4", "train", tr("--batch_size=-4"), 2, "batch_size must be >= 1, got -4"),
     ("seed=-1", "train", tr("--seed=-1"), 2, "seed must be >= 0"),
+    ("cpu_threads=2**40", "train", tr("--cpu_threads=1099511627776"), 2, "cpu_threads must be >= 0 and <= 4096"),
     ("dropout=1.5", "train", tr("--dropout=1.5"), 2, "dropout must be >= 0 and < 1, got 1.5"),
     ("dtype=float64", "train", tr("--dtype=float64"), 2, "dtype must be one of 'auto', 'float32'"),
     ("n_embd % n_head", "train", tr("--n_embd=33"), 2, "n_embd=33 is not divisible by n_head=2"),
