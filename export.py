@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from gptlib import checkpoint, exports, monitor
+from gptlib import checkpoint, exports, monitor, paths
 from gptlib.checkpoint import init_from_problem
 from gptlib.errors import run_command
 from gptlib.exports import ExportError  # noqa: F401  (the error this command raises, for tests and callers)
@@ -107,6 +107,10 @@ def export(model, to, overwrite=False, facts=None):
 
 def main(argv):
     cfg = load_config(ExportConfig, argv, foreign=TrainConfig)
+    read = cfg.init_from if cfg.init_from.endswith(".pt") else cfg.out_dir if cfg.init_from == "resume" else ""
+    if read and paths.inside(read, cfg.to):  # writing `to` replaces the folder: never the one being read
+        raise ExportError(f"--to={cfg.to} holds what is being exported ({read}): exporting there would delete it; "
+                          f"choose another folder, e.g. --to={os.path.normpath(cfg.to)}-hf")
     model, described, ckpt = checkpoint.load_model(cfg.init_from, cfg.out_dir)
     written, target = export(model, cfg.to, cfg.overwrite, facts_of(model, ckpt, cfg.out_dir))
     print(f"exported {described}, {model.get_num_params() / 1e6:.2f}M params, as {exports.TARGETS[target]['class']} "

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gptlib import attention, evals, monitor, optim, pretrained, runtime, shards
+from gptlib import attention, evals, monitor, optim, paths, pretrained, runtime, shards
 from gptlib.checkpoint import (BEST_NAME, CKPT_NAME, LoopState, load_checkpoint, peek_loop, remove_stale_temps,
                                save_checkpoint)
 from gptlib.errors import EXIT_DIVERGED, CheckpointError, ConfigError, Interrupted, UserError, run_command
@@ -257,7 +257,12 @@ def run_training(cfg, procs, cleanup, notes=()):
         remove_stale_temps(cfg.out_dir)
     if cfg.init_from != "resume" and os.path.exists(ckpt_path) and not cfg.overwrite:
         raise ConfigError(f"{cfg.out_dir} already holds a run ({ckpt_path}); continue it with --init_from=resume, "
-                              f"pick another out_dir, or pass --overwrite=True to replace it")
+                          f"or pick another out_dir")
+    if cfg.init_from.endswith(".pt") and paths.inside(cfg.init_from, cfg.out_dir) and os.path.exists(ckpt_path):
+        name = os.path.relpath(os.path.realpath(cfg.init_from), os.path.realpath(cfg.out_dir))  # its own input
+        raise ConfigError(f"--init_from={cfg.init_from} is in out_dir {cfg.out_dir}, whose {CKPT_NAME} this run would "
+                          f"replace; continue from it there with --init_from=resume --resume_from={name} (a later "
+                          f"{CKPT_NAME} is kept as ckpt_final_*.pt), or pick another out_dir")
 
     # ------------------------------------------------------------------ data: no prepare may change it while we read
     shards.list_shards(cfg.data_dir, "train")  # a missing data_dir is named as such (and never made for the lock)

@@ -283,7 +283,7 @@ def write_folder(to, files, overwrite=False):
     staging folder beside it, which then takes its place. Files get ordinary permissions (0666 minus the
     umask: safetensors alone would make model.safetensors 0600). A failure leaves `to` as it was."""
     if os.path.isdir(to) and os.listdir(to) and not overwrite:
-        raise ExportError(f"{to} already holds files; choose an empty folder or pass --overwrite=True")
+        raise ExportError(f"{to} already holds files; choose an empty or new folder")
     parent = os.path.dirname(os.path.abspath(to)) or "."
     stage = os.path.join(parent, f".{os.path.basename(os.path.abspath(to))}.export-{os.getpid()}")
     mode = 0o666 & ~_umask()

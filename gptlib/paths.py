@@ -1,6 +1,8 @@
 """What a path the user gave is, in words: one place for the problems every command meets with them (issue 28).
 
     problem(path, want)   None when path is a readable `want` ('file' or 'dir'), else (kind, phrase)
+    inside(path, folder)  True when path is folder or lies under it, links resolved: a command whose output is
+                          folder would delete or replace path, its own input (issue 28)
 
 kinds: 'missing', 'dangling' (a symbolic link to nothing), 'loop' (links that lead back to themselves),
 'notdir' (a part of the path is a file), 'denied', 'dir' (a directory where a file is wanted), 'file' (a file
@@ -40,3 +42,9 @@ def problem(path, want):
     if not os.access(path, os.R_OK | (os.X_OK if want == "dir" else 0)):
         return "denied", f"{path} cannot be read (permission denied)"
     return None
+
+
+def inside(path, folder):
+    """True when path is folder itself or anything under it, symbolic links resolved."""
+    p, f = os.path.realpath(path), os.path.realpath(folder)
+    return p == f or p.startswith(f.rstrip(os.sep) + os.sep)

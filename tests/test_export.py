@@ -145,7 +145,7 @@ def test_existing_files_are_kept_and_a_failed_export_leaves_nothing(tmp_path, mo
     to = tmp_path / "hf"
     to.mkdir()
     (to / "notes.txt").write_text("keep me")
-    with pytest.raises(ExportError, match="--overwrite=True"):
+    with pytest.raises(ExportError, match="already holds files; choose an empty or new folder"):
         export(tiny_model(), str(to))
     assert os.listdir(to) == ["notes.txt"]
 

@@ -21,7 +21,7 @@ from test_train import make_dataset
 MAINS = {"train": train.main, "eval": eval_script.main, "sample": sample.main, "export": export.main,
          "bench": bench.main, "prepare_fineweb": prepare_fineweb.main, "prepare_github_code": prepare_github_code.main,
          "plot": plot.main}
-TINY = ["--device=cpu", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=2"]
+TINY = ["--device=cpu", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=2", "--compile=False"]
 # (command, how the path is given, the other arguments, what kind of path the argument wants; a file's name ends
 # as the argument asks, so that the checks on the path itself are what is tried)
 ARGUMENTS = [
@@ -122,3 +122,33 @@ def test_a_jsonl_line_in_latin_1_is_one_line_naming_the_file_and_line(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and err[0].startswith(f"error: {src} line 2 is not valid JSON ('utf-8' codec")
     assert {p: h for p, h in snapshot(tmp_path).items() if p in before} == before
+
+
+def test_no_command_deletes_or_replaces_its_own_input_even_with_overwrite(tmp_path, capsys):
+    """export.py --to=the run's own folder --overwrite=True deleted the run's checkpoints, log and metrics (exit 0);
+    train.py --init_from=OUT/ckpt_predecay.pt into OUT with --overwrite=True replaced the finished ckpt.pt. Both are
+    refused now, with advice that keeps everything (issue 28)."""
+    (tmp_path / "data").mkdir()
+    data = make_dataset(tmp_path / "data", shakespeare()[:20_000], val_docs=5)
+    run = tmp_path / "run"
+    tiny = TINY + ["--max_iters=4", "--warmup_iters=1", f"--data_dir={data}", "--eval_interval=2", "--eval_tokens=64",
+                   "--total_batch_size=64", "--log_interval=1"]
+    assert run_command(train.main, tiny + [f"--out_dir={run}", "--lr_schedule=wsd", "--decay_frac=0.5"]) == 0
+    assert (run / "ckpt_predecay.pt").exists()
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    for argv in ([f"--out_dir={run}", f"--to={run}", "--overwrite=True"],
+                 [f"--init_from={run / 'ckpt.pt'}", f"--to={tmp_path}", "--overwrite=True"]):
+        assert run_command(export.main, argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "exporting there would delete it; choose another folder" in err[0], err
+    assert run_command(train.main, tiny + [f"--out_dir={run}", f"--init_from={run / 'ckpt_predecay.pt'}",
+                                           "--overwrite=True", "--max_iters=6"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--init_from=resume --resume_from=ckpt_predecay.pt" in err[0], err
+    assert "--overwrite" not in err[0]  # a refusal never suggests what would destroy the run
+    assert snapshot(tmp_path) == before
+    # the advice, applied, continues from the pre-decay checkpoint and keeps the finished run
+    assert run_command(train.main, tiny + [f"--out_dir={run}", "--init_from=resume", "--resume_from=ckpt_predecay.pt",
+                                           "--max_iters=6", "--lr_schedule=wsd", "--decay_frac=0.5"]) == 0
+    assert list(run.glob("ckpt_final_*.pt"))
