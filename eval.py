@@ -49,6 +49,8 @@ class EvalConfig:
 
     def problems(self):
         out = ["--humaneval needs --humaneval_path=.../HumanEval.jsonl.gz"] if self.humaneval and not self.humaneval_path else []
+        if self.ckpt and self.init_from != "resume":  # one would be ignored: say so instead (issue 28)
+            out.append(f"--ckpt={self.ckpt} and --init_from={self.init_from} both name a model; give one of them")
         return out + [p for p in [init_from_problem(self.init_from)] if p]
 
 

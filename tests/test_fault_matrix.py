@@ -152,3 +152,9 @@ def test_no_command_deletes_or_replaces_its_own_input_even_with_overwrite(tmp_pa
     assert run_command(train.main, tiny + [f"--out_dir={run}", "--init_from=resume", "--resume_from=ckpt_predecay.pt",
                                            "--max_iters=6", "--lr_schedule=wsd", "--decay_frac=0.5"]) == 0
     assert list(run.glob("ckpt_final_*.pt"))
+
+
+def test_eval_refuses_two_models_instead_of_ignoring_one(capsys):
+    assert run_command(eval_script.main, ["--ckpt=b.pt", "--init_from=a.pt"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --ckpt=b.pt and --init_from=a.pt both name a model; give one of them"]
