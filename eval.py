@@ -131,7 +131,7 @@ def run(cfg):
                           "split_tokens": total}
         share = "the whole split" if r.tokens >= (total - 1) // block_size * block_size else \
             f"{r.windows:,} window{'' if r.windows == 1 else 's'} of {block_size} at even strides over {total:,}"
-        print(f"{split:<16} loss {r.loss:.4f} ±{r.stderr:.4f}  ppl {math.exp(r.loss):10.2f}  "
+        print(f"{split:<16} loss {r.loss:.4f} {r.plus_minus()}  ppl {math.exp(r.loss):10.2f}  "
               f"({r.tokens:,} tokens scored: {share}, from {data_dir})")
     if skipped:
         print(f"skipped {len(skipped)} split(s) shorter than one window of {block_size + 1} tokens: {', '.join(skipped)} "

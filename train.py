@@ -486,7 +486,7 @@ def run_training(cfg, procs, cleanup, notes=()):
                 record["humaneval/loss"] = evals.humaneval(raw_model, device, ctx, cfg.humaneval_path,
                                                            rank=rank, world_size=world)["loss"]
             log(f"eval {loop.iter_num:7d} | train {'   n/a' if train_loss is None else f'{train_loss:.4f}'} | "
-                + " | ".join(f"{k} {v:.4f}" + (f" ±{scored[k[4:]].stderr:.4f} ({monitor.human_count(scored[k[4:]].tokens)} tok)"
+                + " | ".join(f"{k} {v:.4f}" + (f" {scored[k[4:]].plus_minus()} ({monitor.human_count(scored[k[4:]].tokens)} tok)"
                                                if k.startswith("val/") else "") for k, v in record.items())
                 + (" | new best" if improved else f" | best {loop.best_val:.4f}"))
             if master:

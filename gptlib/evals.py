@@ -55,14 +55,17 @@ class _eval_mode:
 class SplitLoss:
     """A split's mean loss over the windows scored, how many tokens that is, and the standard error of the
     mean (the spread of the per-window losses / sqrt(windows)): how far the figure may sit from the whole
-    split's loss."""
+    split's loss. One window has no spread to measure: stderr None, shown as '±n/a (1 window)'."""
     loss: float
     tokens: int
     windows: int
-    stderr: float
+    stderr: float | None
 
     def __float__(self):
         return self.loss
+
+    def plus_minus(self):
+        return f"±{self.stderr:.4f}" if self.stderr is not None else "±n/a (1 window)"
 
 
 def eval_windows(total_tokens, block_size, max_tokens=0):
@@ -110,7 +113,7 @@ def split_loss(model, data_dir, split, batch_size, block_size, max_tokens, devic
     n = len(starts)
     mean = total / n
     var = max(total_sq / n - mean * mean, 0.0) * n / max(n - 1, 1)
-    return SplitLoss(loss=mean, tokens=n * block_size, windows=n, stderr=math.sqrt(var / n))
+    return SplitLoss(loss=mean, tokens=n * block_size, windows=n, stderr=math.sqrt(var / n) if n > 1 else None)
 
 
 # ----------------------------------------------------------------------------- several validation sets

@@ -158,3 +158,16 @@ def test_eval_refuses_two_models_instead_of_ignoring_one(capsys):
     assert run_command(eval_script.main, ["--ckpt=b.pt", "--init_from=a.pt"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --ckpt=b.pt and --init_from=a.pt both name a model; give one of them"]
+
+
+def test_one_eval_window_has_no_standard_error_to_report(tmp_path, capsys):
+    """A spread needs two windows: one window used to be reported as ±0.0000 (issue 28)."""
+    (tmp_path / "data").mkdir()
+    data = make_dataset(tmp_path / "data", shakespeare()[:20_000], val_docs=5)
+    run = tmp_path / "run"
+    assert run_command(train.main, TINY + ["--max_iters=2", "--warmup_iters=1", f"--data_dir={data}",
+                                           f"--out_dir={run}", "--total_batch_size=64", "--eval_tokens=32"]) == 0
+    assert "val/val" in capsys.readouterr().out
+    assert "±n/a (1 window) (32 tok)" in (run / "log.txt").read_text()
+    assert run_command(eval_script.main, [f"--out_dir={run}", "--device=cpu", "--max_tokens=32"]) == 0
+    assert "±n/a (1 window)" in capsys.readouterr().out
