@@ -92,4 +92,5 @@ item speedrun  420 540 bash -c "$PY prepare_github_code.py --source_dir=\$($PY -
 echo "[$(el)s] done" | tee -a "$OUT/timeline.txt"
 # the device hands back few files: every log in one archive (a run cut short leaves the logs as they are)
 # and the training runs' logs and metrics (a folder name with '+' does not come back on its own)
-(cd "$OUT" && ls *.log >/dev/null 2>&1 && tar czf logs.tgz *.log $(ls recipes/*/log.txt recipes/*/metrics.jsonl 2>/dev/null) && rm -f *.log)
+(cd "$OUT" && ls *.log >/dev/null 2>&1 && tar czf logs.tgz *.log $(ls recipes/*/log.txt recipes/*/metrics.jsonl 2>/dev/null) && rm -f *.log \
+  && rm -rf recipes stdlib)  # their checkpoints and shards are too large to come back

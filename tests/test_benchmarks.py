@@ -115,7 +115,7 @@ def test_gpu_followup_script_dry_runs_its_items_on_cpu(tmp_path, items):
     """The prepared device command (benchmarks/gpu_followup.sh) must not be the thing that fails on a lent GPU:
     its CPU dry run ends every chosen item with rc=0 and hands back the timeline and one archive of logs."""
     env = {**os.environ, "DRY": "1", "OUT": str(tmp_path), "ITEMS": items, "PY": sys.executable,
-           "DATA": str(TEST_DATA)}
+           "DATA": str(TEST_DATA), "BUDGET": "100000"}  # the estimates are the device's, not a dry run's
     r = subprocess.run(["bash", "benchmarks/gpu_followup.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
