@@ -23,6 +23,7 @@ import dataclasses
 import difflib
 import inspect
 import io
+import itertools
 import math
 import operator
 import os
@@ -281,12 +282,7 @@ def validate(cfg):
 
 # ----------------------------------------------------------------------------- loading
 
-RENAMED = {}  # settings that were replaced: what to write instead (eval_iters is translated now: see nanogpt_names)
-
-
 def _closest(key, known):
-    if key in RENAMED:
-        return f"; it was replaced by {RENAMED[key]}"
     close = difflib.get_close_matches(key, known, n=1)
     return f"; did you mean '{close[0]}'?" if close else ""
 
@@ -355,7 +351,7 @@ def load_config(cls, argv, positional=None, foreign=None, notes=None):
     hints = typing.get_type_hints(cls)
     ignorable = ({f.name for f in dataclasses.fields(foreign)} | set(nanogpt_names(foreign))) - set(fields) \
         if foreign else set()
-    nano, given = {}, {}
+    nano, given, order = {}, {}, itertools.count()  # order: each setting's position, for _translate
     argv = list(argv)
     i = 0
     while i < len(argv):
@@ -376,7 +372,7 @@ def load_config(cls, argv, positional=None, foreign=None, notes=None):
                 if i >= len(argv) or argv[i].startswith("--"):
                     raise ConfigError(f"--{key} needs a value: --{key}=...")
                 text, i = argv[i], i + 1
-            _set(key, parse_override(text), fields, hints, values, nano, given)
+            _set(key, parse_override(text), next(order), fields, hints, values, nano, given)
         elif arg.startswith("-") and arg != "-":
             raise ConfigError(f"cannot parse argument {arg!r}: settings are given as --key=value")
         elif positional:
@@ -390,7 +386,7 @@ def load_config(cls, argv, positional=None, foreign=None, notes=None):
                     f"'{k}'{_closest(k, list(fields))}" for k in unknown))
             for key, value in found.items():
                 if key in fields or key in nanogpt_names(cls):
-                    _set(key, value, fields, hints, values, nano, given)
+                    _set(key, value, next(order), fields, hints, values, nano, given)
     line = _translate(cls, values, nano, given)
     if line and notes is not None:
         notes.append(line)
@@ -399,10 +395,9 @@ def load_config(cls, argv, positional=None, foreign=None, notes=None):
     return validate(cls(**values))
 
 
-def _set(key, value, fields, hints, values, nano, given):
-    """One setting from a file or the command line: this project's (type-checked) or a nanoGPT name (kept for
-    _translate; a later value of the same name replaces it), each with its position in the order given."""
-    at = max([0, *given.values(), *(pos for _, pos in nano.values())]) + 1  # after everything given so far
+def _set(key, value, at, fields, hints, values, nano, given):
+    """One setting from a file or the command line, at position `at`: this project's (type-checked) or a nanoGPT
+    name (kept for _translate; a later value of the same name replaces it)."""
     if key in fields:
         values[key] = _check_type(key, value, hints[key])
         given[key] = at
