@@ -111,7 +111,8 @@ def main(argv):
     if read and paths.inside(read, cfg.to):  # writing `to` replaces the folder: never the one being read
         raise ExportError(f"--to={cfg.to} holds what is being exported ({read}): exporting there would delete it; "
                           f"choose another folder, e.g. --to={os.path.normpath(cfg.to)}-hf")
-    model, described, ckpt = checkpoint.load_model(cfg.init_from, cfg.out_dir)
+    # a character-level model (nanoGPT's shakespeare_char) exports too, without GPT-2's tokenizer files
+    model, described, ckpt = checkpoint.load_model(cfg.init_from, cfg.out_dir, gpt2_tokens=False)
     written, target = export(model, cfg.to, cfg.overwrite, facts_of(model, ckpt, cfg.out_dir))
     print(f"exported {described}, {model.get_num_params() / 1e6:.2f}M params, as {exports.TARGETS[target]['class']} "
           f"to {cfg.to}: {', '.join(written)}")

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gptlib import attention, evals, monitor, optim, paths, pretrained, runtime, shards
-from gptlib.checkpoint import (BEST_NAME, CKPT_NAME, LoopState, load_checkpoint, peek_loop, remove_stale_temps,
+from gptlib.checkpoint import (BEST_NAME, CKPT_NAME, LoopState, check_vocab, load_checkpoint, peek_loop, remove_stale_temps,
                                save_checkpoint)
 from gptlib.errors import EXIT_DIVERGED, CheckpointError, ConfigError, Interrupted, UserError, run_command
 from gptlib.loader import TokenLoader
@@ -71,6 +71,8 @@ def model_args_for(cfg, ckpt, adopt=False):
     args = {k: getattr(cfg, k) for k in MODEL_KEYS}
     if ckpt is not None:
         saved, saved_cfg = ckpt["model_args"], ckpt.get("config", {})
+        if adopt:
+            check_adopted(cfg, saved)
         for k in MODEL_KEYS if not adopt else ():  # a GPT-2 fine-tune keeps vocab 50257 while its settings say 50304
             if k not in RESUME_MAY_CHANGE and args[k] not in (saved.get(k), saved_cfg.get(k)):
                 raise CheckpointError(f"the checkpoint has {k}={saved.get(k)!r} but the settings say {args[k]!r}; "
@@ -80,6 +82,7 @@ def model_args_for(cfg, ckpt, adopt=False):
                                   f"its learned position embeddings cannot grow (RoPE models can): use block_size <= "
                                   f"{saved['block_size']}")
         args.update({k: v for k, v in saved.items() if k in MODEL_KEYS and k not in RESUME_MAY_CHANGE})
+        args["zero_init"] = saved.get("zero_init", False)  # an init-only switch: loaded weights are past it
     elif cfg.init_from in pretrained.HUB_REPOS:
         if GPTConfig(**args).not_gpt2():
             raise ConfigError(f"init_from={cfg.init_from!r} loads OpenAI's GPT-2, which these model settings would change "
@@ -89,6 +92,21 @@ def model_args_for(cfg, ckpt, adopt=False):
         args.update(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=pretrained.GPT2_VOCAB, bias=True,
                     tie_weights=True, block_size=min(cfg.block_size, pretrained.GPT2_CONTEXT))
     return args
+
+
+def check_adopted(cfg, saved):
+    """--init_from=FILE continues that file's model. A model setting given a value other than its default that
+    the checkpoint's model does not have (config/recipe_modern.py on a nanoGPT checkpoint) is refused in one line
+    naming the overrides that keep the checkpoint's model, rather than dropped silently or failing in the model."""
+    default, gpt = TrainConfig(), GPTConfig()
+    asked = [k for k in MODEL_KEYS if k not in RESUME_MAY_CHANGE and getattr(cfg, k) != getattr(default, k)
+             and getattr(cfg, k) != saved.get(k, getattr(gpt, k))]
+    if asked:
+        differ = ", ".join(f"{k}={getattr(cfg, k)!r} (it has {saved.get(k, getattr(gpt, k))!r})" for k in asked)
+        keep = " ".join(f"--{k}={saved.get(k, getattr(gpt, k))}" for k in asked)
+        raise ConfigError(f"--init_from={cfg.init_from} continues that checkpoint's model, but the settings ask for "
+                          f"another: {differ}; keep its model with {keep} (optimizer and schedule settings may "
+                          f"stay), or train a new model without --init_from")
 
 
 def continue_from_file(cfg, ckpt, optimizer, log):
@@ -298,6 +316,10 @@ def run_training(cfg, procs, cleanup, notes=()):
         raise CheckpointError(f"{resume_path} was written by {ckpt['imported_from']}, not by this train.py; continue "
                               f"it with --init_from={resume_path} and a new --out_dir")
     model_args = model_args_for(cfg, ckpt, adopt=from_file)
+    if ckpt is not None:
+        check_vocab(model_args["vocab_size"], cfg.init_from if from_file else resume_path,
+                    "train a new model on this data (without --init_from), or continue this one with the tool "
+                    "that trained it")
     if ckpt is not None:
         saved_block = ckpt["model_args"]["block_size"]
         if model_args["pos_emb"] == "rope" and cfg.block_size > saved_block:  # rotary angles are computed, not learned

@@ -235,12 +235,27 @@ def init_from_problem(init_from):
     return f"init_from must be {MODEL_SOURCES}; got {init_from!r}"
 
 
-def load_model(init_from, out_dir, ckpt_file=""):
-    """The model a command works on: (model, description, the checkpoint dict or None for OpenAI's weights)."""
+def check_vocab(vocab_size, described, fix):
+    """Every dataset, prompt and eval here is GPT-2 tokens: a model with a smaller vocabulary (nanoGPT's
+    character-level shakespeare_char has 65) would fail deep inside an embedding lookup (IndexError). Refuse it
+    first, in one line ending with `fix` (issue 28)."""
+    from .shards import VOCAB_SIZE
+    if vocab_size < VOCAB_SIZE:
+        kind = " (a character-level model, like nanoGPT's shakespeare_char)" if vocab_size < 1000 else ""
+        raise CheckpointError(f"{described} has a {vocab_size:,}-token vocabulary{kind}, but this toolkit's data, "
+                              f"prompts and evals are GPT-2 tokens (ids up to {VOCAB_SIZE - 1:,}); {fix}")
+
+
+def load_model(init_from, out_dir, ckpt_file="", gpt2_tokens=True):
+    """The model a command works on: (model, description, the checkpoint dict or None for OpenAI's weights).
+    gpt2_tokens: the command feeds it GPT-2 token ids, so a smaller vocabulary is refused before it is built."""
     from .pretrained import HUB_REPOS, load_pretrained
     if init_from in HUB_REPOS:
         return load_pretrained(init_from), f"OpenAI {init_from}", None
     path = init_from if init_from.endswith(".pt") else (ckpt_file or find_checkpoint(out_dir))
     ckpt = load_checkpoint(path)
     source = f", imported from {ckpt['imported_from']}" if ckpt.get("imported_from") else ""
+    if gpt2_tokens:
+        check_vocab(ckpt["model_args"].get("vocab_size", 0), path,
+                    "use a model trained on GPT-2 tokens (vocab_size >= 50257), or this one with the tool that trained it")
     return model_from_checkpoint(ckpt), f"{path} ({describe(ckpt)}{source})", ckpt

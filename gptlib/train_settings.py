@@ -4,7 +4,7 @@ The model's own settings (n_layer, block_size, ...) are model.GPTConfig's fields
 and inherited here; everything else a run needs is declared below, once, with its default, its valid
 range and a one-line comment (see gptlib/settings.py).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 from model import GPTConfig
@@ -152,7 +152,9 @@ class TrainConfig(GPTConfig):
     dist_timeout_min: int = setting(30, ge=1)  # torchrun: minutes a rank waits for the others (a long eval or checkpoint) before failing
 
     def problems(self):
-        out = super().problems()
+        model = {f.name: getattr(self, f.name) for f in fields(GPTConfig)}
+        model["zero_init"] &= self.init_from == "scratch"  # it shapes new weights only: a loaded model is past it
+        out = GPTConfig(**model).problems()
         if self.init_from not in INIT_FROM and not self.init_from.endswith(".pt"):
             out.append(f"init_from must be one of {', '.join(map(repr, INIT_FROM))} or the path of a checkpoint "
                        f"file (.pt), got {self.init_from!r}")

@@ -108,3 +108,66 @@ def test_train_continues_the_run_with_its_iteration_and_adamw_moments(nano, tmp_
     assert train.run(args + ["--max_iters=9", "--init_from=resume"]) == 0  # and on from there, in this toolkit
     steps = metrics(out)
     assert [r["iter"] for r in steps] == [7, 8, 9] and all(np.isfinite(r["loss"]) for r in steps)
+
+
+@pytest.fixture(scope="module")
+def nano_char(tmp_path_factory):
+    """nanoGPT's shakespeare_char kind of run: 65 characters as its vocabulary (its meta.pkl), 2 iterations."""
+    if not (PEER / "train.py").exists():
+        pytest.skip(f"nanoGPT's scripts are not at {PEER}")
+    import pickle
+    work = tmp_path_factory.mktemp("nanogpt_char")
+    for name in ("model.py", "train.py", "configurator.py"):
+        shutil.copy(PEER / name, work / name)
+    text = shakespeare()[:20_000]
+    chars = sorted(set(text))
+    ids = np.array([chars.index(c) for c in text], dtype=np.uint16)
+    (work / "data" / "chr").mkdir(parents=True)
+    ids[:16_000].tofile(work / "data" / "chr" / "train.bin")
+    ids[16_000:].tofile(work / "data" / "chr" / "val.bin")
+    with open(work / "data" / "chr" / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": {c: i for i, c in enumerate(chars)}}, f)
+    args = [a for a in NANO_ARGS if not a.startswith(("--dataset", "--max_iters", "--eval_interval", "--lr_decay"))]
+    r = subprocess.run([sys.executable, "train.py", *args, "--dataset=chr", "--max_iters=2", "--eval_interval=2",
+                        "--lr_decay_iters=2"], cwd=work, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return str(work / "out" / "ckpt.pt"), len(chars)
+
+
+def test_a_character_level_checkpoint_on_gpt2_tokens_is_one_line_in_every_command(nano, nano_char, tmp_path, capsys):
+    """A 65-token model fed GPT-2 ids failed deep in the embedding (IndexError) in train, sample and eval (issue 28):
+    each refuses it now, in one line, before anything runs or is written; export writes it (without GPT-2's
+    tokenizer files)."""
+    path, vocab = nano_char
+    assert checkpoint.load_checkpoint(path)["model_args"]["vocab_size"] == vocab < 100
+    _, _, data = nano
+    out = tmp_path / "run"
+    for main, argv in ((train.main, TINY + [f"--data_dir={data}", f"--out_dir={out}", f"--init_from={path}"]),
+                       (sample.main, [f"--init_from={path}", "--max_new_tokens=2", "--device=cpu"]),
+                       (eval_script.main, [f"--init_from={path}", f"--data_dir={data}", "--device=cpu"])):
+        assert run_command(main, argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {path} has a {vocab}-token vocabulary"), err
+        assert "GPT-2 tokens (ids up to 50,256)" in err[0]
+    assert not out.exists()
+    assert run_command(export.main, [f"--init_from={path}", f"--to={tmp_path / 'hf'}"]) == 0
+    assert "tokenizer files not written" in capsys.readouterr().err
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["vocab_size"] == vocab
+
+
+def test_a_recipe_that_asks_for_another_model_is_refused_with_overrides_that_work(nano, tmp_path, capsys):
+    """config/recipe_modern.py on an adopted nanoGPT checkpoint ended in model.py's ValueError (issue 28). Now one line
+    names each model setting the checkpoint's model lacks and the overrides that keep its model: applied, they run."""
+    from conftest import REPO
+    work, path, data = nano
+    args = [str(REPO / "config" / "recipe_modern.py")] + TINY + [f"--data_dir={data}", f"--out_dir={tmp_path / 'run'}",
+                                                                  f"--init_from={path}", "--max_iters=7", "--warmup_iters=0"]
+    assert run_command(train.main, args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pos_emb='rope' (it has 'learned')" in err[0], err
+    keep = err[0].split("keep its model with ")[1].split(" (")[0].split()
+    assert "--tie_weights=True" in keep and "--mlp_act=gelu_exact" in keep
+    assert run_command(train.main, args + keep) == 0  # the recipe's Muon and WSD schedule stay
+    ours = checkpoint.load_checkpoint(str(tmp_path / "run" / "ckpt.pt"))
+    assert ours["loop"]["iter_num"] == 7 and ours["model_args"]["pos_emb"] == "learned"
+    assert ours["config"]["optimizer"] == "muon"
