@@ -29,7 +29,7 @@ from gptlib.train_settings import TrainConfig
 from model import GPT, GPTConfig
 
 DEFAULT_MAX_BATCH_CUDA = 1024  # --find_batch_size upper bound on a GPU (OOM ends the search earlier)
-DEFAULT_MAX_BATCH_CPU = 16  # on CPU there is no catchable OOM, so the search stops here
+DEFAULT_MAX_BATCH_CPU = 16  # on CPU the kernel's OOM killer usually strikes before malloc fails, so the search stops here
 GIB = 2 ** 30
 
 

@@ -60,9 +60,13 @@ def short(text, limit=200):
     return cut.rstrip(",;:") + " ..."
 
 
+OOM_WORDS = ("out of memory", "can't allocate memory")  # CUDA/MPS; the CPU allocator's (DefaultCPUAllocator, ENOMEM)
+
+
 def is_out_of_memory(e):
-    """torch.cuda.OutOfMemoryError, or the plain RuntimeError MPS and some CUDA paths raise."""
-    return type(e).__name__ == "OutOfMemoryError" or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+    """torch.cuda.OutOfMemoryError, or the plain RuntimeError that MPS, some CUDA paths and the CPU allocator raise."""
+    return type(e).__name__ == "OutOfMemoryError" or (isinstance(e, RuntimeError)
+                                                      and any(w in str(e).lower() for w in OOM_WORDS))
 
 
 def _rank():
@@ -129,5 +133,5 @@ def run_command(main, argv=None, oom_hint="lower --batch_size"):
     except RuntimeError as e:
         if not is_out_of_memory(e):
             raise
-        report(OutOfMemory(f"out of device memory ({short(e, 120)}); {oom_hint}"))
+        report(OutOfMemory(f"out of memory ({short(e, 120)}); {oom_hint}"))
         return EXIT_DATA

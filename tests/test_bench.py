@@ -179,3 +179,31 @@ def test_bad_settings_raise_the_errors_main_reports():
         bench.main(TINY + ["--use_data", "--data_dir=/nonexistent"])
     with pytest.raises(ConfigError, match="iters must be"):
         bench.main(TINY + ["--iters=0"])
+
+
+CAPPED = """import resource, sys
+import bench
+from gptlib.errors import run_command
+held = int(open('/proc/self/status').read().split('VmSize:')[1].split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (held + 300 * 2**20,) * 2)  # 300 MB above what the imports hold
+sys.exit(run_command(bench.main, sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the address space size from /proc")
+def test_the_cpu_allocators_out_of_memory_is_does_not_fit():
+    """Where malloc fails (ulimit -v, overcommit off), the CPU allocator raises "DefaultCPUAllocator: can't allocate
+    memory", which --find_batch_size took for a crash: a traceback (issue 28). A real bench in a process whose
+    address space is capped: the search now ends below the cap, and a fixed batch that does not fit is one line."""
+    args = [sys.executable, "-c", CAPPED, "--device=cpu", "--n_layer=2", "--n_head=4", "--n_embd=64", "--block_size=1024",
+            "--vocab_size=512", "--compile=False", "--iters=1", "--warmup_iters_bench=0", "--cpu_threads=1",
+            "--total_batch_size=8192"]
+    r = subprocess.run(args + ["--find_batch_size", "--max_batch_size=64"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    largest = int(r.stdout.split("largest micro-batch")[1].split(";")[0])
+    assert 1 <= largest < 64 and f"{largest + 1} no" in r.stdout
+    r = subprocess.run(args + ["--batch_size=64", "--total_batch_size=65536"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    err = [line for line in r.stderr.strip().splitlines() if not line.startswith("bench: ")]  # progress lines
+    assert r.returncode == 1 and len(err) == 1, r.stderr[-2000:]
+    assert err[0].startswith("error: batch_size=64 at block_size=1024 does not fit in cpu memory"), err
