@@ -47,6 +47,7 @@ READ_BUFFER = 1 << 20  # bytes read from a parquet file at a time
 BYTES_PER_TOKEN = 4.0  # rough UTF-8 bytes per GPT-2 token of English text, to size the input before a pass
 QUEUE_BATCHES = 2  # encoded chunks buffered between the reader thread and the writer
 CHUNK_CHARS = 1 << 21  # characters of text encoded at once (~0.6-1M tokens, a few MB as uint32 arrays)
+PIECE_CHARS = 1 << 20  # a longer document is tokenized in pieces of at most this many characters (encode_ordinary)
 HIST_PNG = "doc_lengths.png"  # --stats writes the document-length histogram here, inside the dataset dir
 STATS_CHUNK = 1 << 24  # tokens scanned at a time by --stats (bounded memory on 100M-token shards)
 PERCENTILES = (10, 50, 90, 99)  # document-length percentiles printed by --stats
@@ -239,9 +240,7 @@ class TextSource:
         if len(columns) != 1:
             raise DataError(f"{self.path}: a .txt file holds only text, and this dataset needs the columns "
                             f"{', '.join(columns)}; use parquet or jsonl inputs")
-        self.num_rows = sum(1 for doc in self._docs() if doc.strip())
-        if not self.num_rows:
-            raise DataError(f"{self.path} holds no text (it is empty or only blank lines); remove it from --data_files")
+        self.num_rows = sum(1 for doc in self._docs() if doc.strip())  # 0: an empty input (check_not_all_empty)
 
     def batches(self, columns, start_row, batch_rows):
         import pyarrow as pa
@@ -399,12 +398,35 @@ def pack(docs):
     return out
 
 
-def encode_ordinary(enc, text):
+def encode_ordinary(enc, text, piece_chars=PIECE_CHARS):
     """enc.encode_ordinary(text) as a uint32 array: the same tokens (no special token is
     recognised, so a literal "<|endoftext|>" is plain text), but 4 bytes a token instead of
     ~40 as a Python list of ints, which is what kept peak memory high. Releases the GIL,
-    so a thread pool encodes documents in parallel as encode_ordinary_batch does."""
-    return enc.encode_to_numpy(text, disallowed_special=())
+    so a thread pool encodes documents in parallel as encode_ordinary_batch does.
+    A document longer than piece_chars is encoded in pieces (text_pieces): one 1 GB line died inside
+    the tokenizer (issue 28)."""
+    if len(text) <= piece_chars:
+        return enc.encode_to_numpy(text, disallowed_special=())
+    return np.concatenate([enc.encode_to_numpy(p, disallowed_special=()) for p in text_pieces(text, piece_chars)])
+
+
+_CUT = re.compile(r"[ \n]\S")  # searched in reversed text: a space or newline just after a non-whitespace character
+
+
+def text_pieces(text, size):
+    """text as consecutive pieces of at most `size` characters, each cut just before a space or newline that
+    follows a non-whitespace character. No GPT-2 pre-token spans such a point (each of its regex's patterns is
+    non-whitespace after one optional leading space, or whitespace only; BPE merges stay inside pre-tokens), so
+    the pieces' tokens are the whole text's. A stretch of `size` characters with no such point (a run of 1M
+    characters without whitespace, where BPE is quadratic) is cut at `size`: still tokens that decode to the text."""
+    start = 0
+    while len(text) - start > size:
+        end = start + size
+        m = _CUT.search(text[start:end + 1][::-1])  # r[k] = text[end - k]: the first match is the last cut point
+        cut = end - m.start() if m and end - m.start() > start else end
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
 
 
 def encoded_batches(spec, sources, start, batch_rows, enc, num_threads):
@@ -671,6 +693,7 @@ def prepare(cfg, spec, sources, extra=None, enc=None):
         raise DataError("no input files; pass --data_files=... or download with --num_files=N")
     for s in sources:
         s.check(list(dict.fromkeys(spec.columns)))
+    check_not_all_empty(sources)
     args = dataset_args(cfg)
     m = None if cfg.overwrite else _existing(out_dir, args, sources, overwrite=False)
     if m is not None and m.get("progress", {}).get("complete"):
@@ -678,11 +701,12 @@ def prepare(cfg, spec, sources, extra=None, enc=None):
               f"(--overwrite re-creates it)", file=sys.stderr)
         return m
     if not spec.split_column and cfg.val_tokens:  # the first val_tokens go to val: check they leave some to train
-        whole_files = [s for s in sources if isinstance(s, TextSource) and s.documents == "file"]
-        if whole_files and len(sources) == 1:
-            raise DataError(f"--txt_documents=file makes {whole_files[0].path} one document, which cannot be split "
-                            f"into train and val (the val set takes whole documents); pass more files, or "
-                            f"--txt_documents=paragraphs (or lines) to cut this one into documents, or --val_tokens=0")
+        if sum(s.num_rows for s in sources) == 1:  # however large, it cannot be cut by val_tokens (issue 28)
+            one = next(s for s in sources if s.num_rows)
+            raise DataError(f"{one.path} is the only document" + (" (--txt_documents=file)" if getattr(
+                one, "documents", "") == "file" else "") + ", which cannot be split into train and val (the val "
+                "set takes whole documents); pass more documents (--txt_documents=paragraphs or lines cuts a .txt "
+                "into documents), or --val_tokens=0")
         estimate = sum(s.estimated_tokens(spec.text_column) for s in sources)
         if estimate and cfg.val_tokens >= estimate / 2:
             raise DataError(f"the input holds about {estimate:,.0f} tokens (from its size), and val_tokens="
@@ -782,6 +806,20 @@ def prepare(cfg, spec, sources, extra=None, enc=None):
         items.close()
         progress.close()
     return m
+
+
+def check_not_all_empty(sources):
+    """An input file with no documents (empty, or only blank lines) adds nothing: of a .txt, .jsonl or .parquet
+    alike, it is named in one note and the others are prepared; when every input is empty, that is the error."""
+    empty = [s.path for s in sources if getattr(s, "num_rows", 1) == 0]
+    if empty and len(empty) == len(sources):
+        what = f"{empty[0]} holds no text (it is" if len(empty) == 1 else \
+            f"none of the {len(empty)} input files holds any text (each is"
+        raise DataError(f"{what} empty or only blank lines); give --data_files with documents in them")
+    if empty:
+        print(f"note: {monitor.plural(len(empty), 'input file')} with no documents (empty, or only blank lines) "
+              f"add nothing: {', '.join(os.path.basename(p) for p in empty[:5])}{' ...' * (len(empty) > 5)}",
+              file=sys.stderr)
 
 
 def describe_inputs(sources):
@@ -914,6 +952,10 @@ def why_no_train(m, spec, cfg):
         top = skipped[0][0]
         fix = f"change {spec.filters[top]}" if top in spec.filters else "check the input files"
         return f"no document was kept ({'; '.join(parts)}); {fix} and re-run"
+    if kept == 1 and not spec.split_column:  # no val_tokens above 0 can help: the val set takes whole documents
+        return (f"one document was kept ({sum(m['tokens'].values()):,} tokens) and it went to val, which takes "
+                f"whole documents, so no val_tokens above 0 leaves any for train; give more documents, or "
+                f"--val_tokens=0 for no val split")
     return (f"all {kept:,} kept documents went to the val sets (val_tokens={cfg.val_tokens:,}"
             + (f", held out by repository: val_repo_fraction={spec.val_fraction:g}" if spec.split_column else "")
-            + f"); the input is too small for them: lower --val_tokens and re-run")
+            + "); the input is too small for them: lower --val_tokens and re-run")

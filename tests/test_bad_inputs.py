@@ -69,7 +69,7 @@ def env(tmp_path_factory):
     (root / "notcode" / "notes.bin").write_bytes(b"\x00\x01")
     (root / "bad.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
     (root / "nofield.jsonl").write_text('{"body": "no text field"}\n')
-    (root / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1") * 100)
+    (root / "latin1.txt").write_bytes("caf\xe9 au lait\n\n".encode("latin-1") * 100)  # 100 documents
     (root / "table.csv").write_text("text\nhello\n")
     pq.write_table(pa.table({"text": pa.array(list(range(30)), pa.int64())}), root / "textint.parquet")
     pq.write_table(pa.table({"text": pa.array([["a", "b"]] * 30, pa.list_(pa.string()))}), root / "textlist.parquet")
@@ -256,13 +256,13 @@ CASES = [
      1, "no document was kept (1 not code (no known language extension) (--source_dir))"),
     ("jsonl bad line", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'bad.jsonl'}", f"--out_dir={tmp / 'ds'}", "--val_tokens=1"], 1, "line 2 is not valid JSON"),
     ("jsonl without text", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'nofield.jsonl'}", f"--out_dir={tmp / 'ds'}"], 1, "line 1 has no field 'text' (it has body)"),
-    ("txt not utf-8", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'latin1.txt'}", f"--out_dir={tmp / 'ds'}", "--val_tokens=1"], 1, "no document was kept (1 not valid UTF-8)"),
+    ("txt not utf-8", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'latin1.txt'}", f"--out_dir={tmp / 'ds'}", "--val_tokens=1"], 1, "no document was kept (100 not valid UTF-8)"),
     # ---- issue 18: refused prepares leave nothing; settings that contradict each other; advice that works
     ("prepare int64 text column", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'textint.parquet'}", f"--out_dir={tmp / 'ds'}", "--val_tokens=10"], 1, "text column has type int64"),
     ("prepare list text column", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'textlist.parquet'}", f"--out_dir={tmp / 'ds'}", "--val_tokens=10"], 1, "text column has type list<"),
     ("prepare jsonl numeric text", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'numtext.jsonl'}", f"--out_dir={tmp / 'ds'}", "--val_tokens=10"], 1, "text column has type int64"),
     ("prepare blank txt", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'blank.txt'}", f"--out_dir={tmp / 'ds'}"], 1, "holds no text (it is empty or only blank lines)"),
-    ("prepare one-file txt_documents=file", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'one.txt'}", f"--out_dir={tmp / 'ds'}", "--txt_documents=file", "--val_tokens=5"], 1, "pass more files, or --txt_documents=paragraphs"),
+    ("prepare one-file txt_documents=file", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'one.txt'}", f"--out_dir={tmp / 'ds'}", "--txt_documents=file", "--val_tokens=5"], 1, "is the only document (--txt_documents=file), which cannot be split"),
     ("github two inputs", "prepare_github_code", lambda e, tmp: [f"--source_dir={e.root / 'notcode'}", f"--data_files={e.root / 'code.parquet'}", f"--out_dir={tmp / 'ds'}"], 2, "--source_dir and --data_files name two inputs"),
     ("github no held-out repository", "prepare_github_code", lambda e, tmp: [f"--data_files={e.root / 'code.parquet'}", f"--out_dir={tmp / 'ds'}", "--val_repo_fraction=0", "--val_tokens=2000"], 2, "val_repo_fraction=0 holds out no repository"),
     ("cosine warmup past the end", "train", tr("--warmup_iters=100", "--max_iters=3"), 2, "warmup_iters=100 is longer than the cosine schedule"),

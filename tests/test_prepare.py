@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tiktoken
+from hypothesis import given, settings, strategies as st
 
 from gptlib import prepare
 import prepare_fineweb
@@ -298,6 +299,16 @@ def test_filters_that_leave_only_val_name_the_cause(tmp_path, corpus, capsys):
     assert "lower --val_tokens" in err and not os.path.exists(cfg.out_dir)
 
 
+def test_one_kept_document_is_not_blamed_on_val_tokens(tmp_path, corpus, capsys):
+    """One huge kept document goes to val whole, whatever val_tokens is: the advice was to lower val_tokens
+    (issue 28); it says what can help instead."""
+    cfg = fw_cfg(tmp_path, write_fineweb(tmp_path / "e.parquet", sample_texts(corpus, 6), edu=True), min_int_score=5,
+                 val_tokens=1)
+    assert run_command(lambda argv: prepare.run(cfg, prepare_fineweb.make_spec, prepare_fineweb.make_sources), []) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "one document was kept" in err and "--val_tokens=0" in err and "lower --val_tokens" not in err, err
+
+
 def test_text_jsonl_and_directory_inputs(tmp_path, corpus):
     """Tiny Shakespeare in one command (.txt: blank-line-separated blocks are documents), .jsonl with a text
     field, and a directory holding both: the same tokens as tiktoken gives."""
@@ -322,3 +333,70 @@ def test_list_settings_take_spaces_after_commas():
     cfg = load_config(prepare_github_code.GithubCodeConfig, ["--languages", "Python, C", "--licenses=mit , apache-2.0"])
     assert cfg.languages == ["Python", "C"] and cfg.licenses == ["mit", "apache-2.0"]
     prepare_github_code.make_spec(cfg)  # both are known languages
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.lists(st.sampled_from(list("ab1 \n\t.'é中") + ["\u00a0", "\u2028", "\x1c", "'s", "  ", "\n\n", "ll"]),
+                     max_size=50).map("".join),
+       size=st.integers(1, 12))
+def test_a_long_document_in_pieces_has_the_whole_documents_tokens(text, size):
+    """encode_ordinary cuts a document longer than its piece size just before a space or newline that follows
+    non-whitespace, where no GPT-2 pre-token can span: the tokens are the whole text's, for any text (hypothesis:
+    letters, digits, contractions, punctuation, Unicode spaces and separators), unless a stretch of `size`
+    characters has no such point, where a cut is forced; the pieces always decode to the text."""
+    pieces = list(prepare.text_pieces(text, size))
+    assert "".join(pieces) == text and all(len(p) <= size for p in pieces)
+    ours = prepare.encode_ordinary(ENC, text, piece_chars=size)
+    assert ENC.decode(ours.tolist()) == text
+    forced = any(len(p) == size and not (i + 1 < len(pieces) and pieces[i + 1][:1] in (" ", "\n") and not p[-1:].isspace())
+                 for i, p in enumerate(pieces[:-1]))
+    if not forced:
+        assert ours.tolist() == ENC.encode_ordinary(text)
+
+
+def test_real_documents_as_one_long_document_in_pieces(corpus):
+    """400 FineWeb documents as one 1.5M-character text, in pieces of 64K characters: the same tokens."""
+    text = "\n\n".join(sample_texts(corpus))
+    assert len(text) > 1_000_000
+    assert prepare.encode_ordinary(ENC, text, piece_chars=1 << 16).tolist() == ENC.encode_ordinary(text)
+
+
+def test_a_document_longer_than_a_piece_prepares_with_its_own_tokens(tmp_path, corpus):
+    """A jsonl line of 2.8M characters (more than PIECE_CHARS: a 1 GB line died inside the tokenizer, issue 28)
+    among ordinary ones: prepared, with exactly the tokens tiktoken gives the whole document."""
+    texts = sample_texts(corpus, 60)
+    huge = " ".join(texts) * 7
+    assert len(huge) > 2 * prepare.PIECE_CHARS
+    docs = texts[:20] + [huge] + texts[20:]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    cfg = fw_cfg(tmp_path, str(tmp_path / "in.jsonl"), val_tokens=500)
+    run_fw(cfg)
+    everything = np.concatenate([stream(cfg.out_dir, "val"), stream(cfg.out_dir, "train")])
+    assert np.array_equal(everything, np.concatenate(docs_tokens(docs)))
+
+
+def test_empty_inputs_are_skipped_alike_and_all_empty_is_one_line(tmp_path, capsys):
+    """An empty .txt aborted prepare while an empty .jsonl was skipped (issue 28): any input file with no documents
+    is named in a note and adds nothing; when every input is empty, that is the error; one document cannot be
+    split into train and val, said before the pass, however large it is."""
+    (tmp_path / "in").mkdir()
+    text = shakespeare()[:20_000]
+    (tmp_path / "in" / "a.txt").write_text(text)
+    (tmp_path / "in" / "b.txt").write_text("\n\n  \n")
+    (tmp_path / "in" / "c.jsonl").write_text("")
+    cfg = fw_cfg(tmp_path, str(tmp_path / "in"), val_tokens=500)
+    m = run_fw(cfg)
+    assert "note: 2 input files with no documents (empty, or only blank lines) add nothing: b.txt, c.jsonl" in \
+        capsys.readouterr().err
+    assert sum(m["docs"].values()) == sum(1 for d in text.split("\n\n") if d.strip())
+    for files, says in ((f"{tmp_path / 'in' / 'b.txt'},{tmp_path / 'in' / 'c.jsonl'}",
+                         "none of the 2 input files holds any text (each is empty"),
+                        (str(tmp_path / "in" / "c.jsonl"), "c.jsonl holds no text"),
+                        (f"{tmp_path / 'in' / 'b.txt'},{tmp_path / 'one.jsonl'}", "one.jsonl is the only document")):
+        (tmp_path / "one.jsonl").write_text(json.dumps({"text": text}) + "\n")
+        out = tmp_path / "refused"
+        code = run_command(lambda argv: prepare.run(fw_cfg(tmp_path, files, out_dir=str(out)), prepare_fineweb.make_spec,
+                                                    prepare_fineweb.make_sources), [])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and err[-1].startswith("error:") and says in err[-1], err
+        assert not out.exists()
