@@ -92,6 +92,10 @@ def save_checkpoint(path, obj):
     A full disk is a one-line CheckpointError that says how much space a checkpoint needs."""
     obj = {"format": CKPT_FORMAT, "version": CKPT_VERSION, **obj}
     tmp = temp_name(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    # the advice on failure: resume only where there is something to resume from (issue 28)
+    kept = f"the previous {os.path.basename(path)} is intact" if os.path.exists(path) else "no checkpoint was written"
+    then = resume_advice(folder)
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -107,18 +111,25 @@ def save_checkpoint(path, obj):
     except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        folder = os.path.dirname(os.path.abspath(path))
         # torch's zip writer reports a full disk as a RuntimeError ('unexpected pos ...'), not as an OSError
         writer_failed = isinstance(e, RuntimeError) and ("PytorchStreamWriter" in str(e) or "unexpected pos" in str(e))
         full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
         if full or (writer_failed and shutil.disk_usage(folder).free < _tensor_bytes(obj)):
-            raise CheckpointError(f"disk full while writing {path} (the previous checkpoint is intact): each "
-                                  f"checkpoint needs about {_tensor_bytes(obj) / 1e9:.2f} GB in {folder}; free "
-                                  f"space there, then resume with --init_from=resume") from None
+            raise CheckpointError(f"disk full while writing {path} ({kept}): each checkpoint needs about "
+                                  f"{_tensor_bytes(obj) / 1e9:.2f} GB in {folder}; free space there, then {then}") from None
         if writer_failed:
-            raise CheckpointError(f"could not write {path} ({short(e, 120)}); the previous checkpoint is intact; "
-                                  f"check the disk at {folder}, then resume with --init_from=resume") from None
+            raise CheckpointError(f"could not write {path} ({short(e, 120)}); {kept}; check the disk at {folder}, "
+                                  f"then {then}") from None
         raise
+
+
+def resume_advice(folder):
+    """How to go on after a failure in a run writing to `folder`: from the checkpoint that is there, if any."""
+    if os.path.exists(os.path.join(folder, CKPT_NAME)):
+        return "resume with --init_from=resume"
+    if os.path.exists(os.path.join(folder, BEST_NAME)):
+        return f"resume with --init_from=resume --resume_from={BEST_NAME}"
+    return "run the same command again"
 
 
 def load_checkpoint(path, map_location="cpu", mmap=False):

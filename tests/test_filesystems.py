@@ -90,6 +90,8 @@ def test_full_disk_destinations_are_one_line_and_leave_nothing(env, tmp_path, ca
             rc = run_command(main, argv)
             line = one_line(capsys, rc)
             assert any(w in line for w in ("disk full", "No space left on device")), (name, line)
+            if name == "train":  # its first checkpoint: nothing to resume from (issue 28)
+                assert "no checkpoint was written" in line and line.endswith("then run the same command again"), line
             left = sorted(os.listdir(full))
             assert left in ([], ["filler"]), (name, left)  # no config.json, log.txt, metrics.jsonl, stage, shards
             if (full / "filler").exists():

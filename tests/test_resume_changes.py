@@ -130,8 +130,12 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_the_previous_one_resumes(
     assert run(data, tmp_path, "--max_iters=6", "--ckpt_interval=4") == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: disk full while writing"), err
-    assert "the previous checkpoint is intact" in err[0] and "GB in" in err[0]
+    assert "(the previous ckpt_best.pt is intact)" in err[0] and "GB in" in err[0]
+    assert err[0].endswith("then resume with --init_from=resume --resume_from=ckpt_best.pt")  # no ckpt.pt yet
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
     monkeypatch.setattr(torch, "save", real)
     best = checkpoint.load_checkpoint(str(tmp_path / "ckpt_best.pt"))
     assert best["loop"]["iter_num"] == 2
+    assert run(data, tmp_path, "--max_iters=6", "--ckpt_interval=4", "--init_from=resume",
+               "--resume_from=ckpt_best.pt") == 0  # the advice, applied
+    assert checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))["loop"]["iter_num"] == 6
