@@ -190,10 +190,15 @@ def changed_settings(cfg, saved, it):
                      f"its warmup follows the new settings")
     lr_old, lr_new = optim.lr_at(it, old), optim.lr_at(it, cfg)
     if not math.isclose(lr_old, lr_new, rel_tol=1e-9):
+        keep = []  # the old schedule, as it was: lr_decay_iters alone is cosine's, not a wsd run's (issue 28)
+        if cfg.lr_schedule != old.lr_schedule:
+            keep.append(f"--lr_schedule={old.lr_schedule}")
+        if old.lr_schedule == "cosine" and cfg.max_iters != old.max_iters and not cfg.lr_decay_iters:
+            keep.append(f"--lr_decay_iters={old.lr_decay_iters or old.max_iters}")
         lines.append(f"resume: the learning rate at iter {it} is now {lr_new:.2e} (it would have been {lr_old:.2e}), "
-                     f"because the schedule follows the new settings" +
-                     ("; to keep decaying instead, set lr_decay_iters to the old max_iters"
-                      if lr_new > lr_old and cfg.max_iters != old.max_iters and not cfg.lr_decay_iters else ""))
+                     f"because the schedule follows the new settings"
+                     + (f"; to keep decaying as before instead, resume with {' '.join(keep)}" if lr_new > lr_old and keep
+                        else ""))
     return lines
 
 

@@ -89,7 +89,7 @@ def test_extension_that_rewarms_the_lr_says_so(data, tmp_path):
     assert run(data, tmp_path, "--max_iters=12", "--init_from=resume") == 0
     lines = log_lines(tmp_path)
     assert "resume: max_iters 6 -> 12" in lines
-    assert any("the learning rate at iter 6 is now" in line and "set lr_decay_iters to the old max_iters" in line
+    assert any("the learning rate at iter 6 is now" in line and line.endswith("resume with --lr_decay_iters=6")
                for line in lines)
     # metrics.jsonl marks the resume with what changed; plot.py draws it, with the LR panel
     steps, evals, resumes = plot.load_run(str(tmp_path))
@@ -98,6 +98,28 @@ def test_extension_that_rewarms_the_lr_says_so(data, tmp_path):
     assert len(steps) == 12 and steps[6]["lr"] > steps[5]["lr"]  # the re-warm the message warned about
     png = plot.plot_runs([str(tmp_path)], str(tmp_path / "loss.png"))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_rewarm_advice_names_what_keeps_the_old_schedule_and_works(data, tmp_path):
+    """After a cosine->wsd switch the advice named the cosine-only lr_decay_iters (issue 28): it names the old
+    schedule now. Each advice, applied, continues without the re-warm."""
+    for i, (change, advice) in enumerate(((["--lr_schedule=wsd"], ["--lr_schedule=cosine", "--lr_decay_iters=6"]),
+                                          ([], ["--lr_decay_iters=6"]))):
+        out = tmp_path / str(i)
+        assert run(data, out, "--max_iters=6") == 0
+        with open(out / "ckpt.pt", "rb") as f:
+            saved = f.read()
+        assert run(data, out, "--max_iters=12", "--init_from=resume", *change) == 0
+        line = next(x for x in log_lines(out) if "the learning rate at iter 6 is now" in x)
+        assert line.endswith(f"resume with {' '.join(advice)}"), line
+        for name in os.listdir(out):  # back to the 6-iteration run, then the advice
+            if name != "ckpt.pt":
+                os.remove(out / name)
+        (out / "ckpt.pt").write_bytes(saved)
+        assert run(data, out, "--max_iters=12", "--init_from=resume", *change, *advice) == 0
+        assert not any("the learning rate at iter 6 is now" in x for x in log_lines(out))
+        steps = metrics(out)
+        assert all(b["lr"] <= a["lr"] for a, b in zip(steps, steps[1:]))
 
 
 def test_checkpoint_at_iteration_0_resumes_with_its_eval_in_place(data, tmp_path, monkeypatch):
