@@ -19,17 +19,19 @@ A model goes to the first target that runs it exactly, so a model gpt2 or apertu
 
 A mapping table is a list of (our key, its key or keys, transform); '{i}' stands for the layer index.
 """
-import json
+import glob
 import math
 import os
+import re
 import shutil
+import sys
 
 import torch
 
 from model import SPEEDRUN_KEYS, GPTConfig
 
 from .errors import ConfigError, UserError
-from .shards import EOT, VOCAB_SIZE
+from .shards import EOT
 
 FP32_EPS = torch.finfo(torch.float32).eps  # nn.RMSNorm(eps=None) and F.rms_norm use it: 1.1920928955078125e-07
 XIELU_AS_RELU2 = {"alpha_p": math.log(math.expm1(1.0)), "alpha_n": -200.0, "beta": 0.0, "eps": -1e-6}  # see above
@@ -278,10 +280,42 @@ def _umask():
     return mask
 
 
+def _alive(pid):
+    if pid == os.getpid():  # this process exports one folder at a time: its own leftover is stale too
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def clear_stale_stages(to):
+    """A kill -9 during an export leaves its staging folder (.NAME.export-PID, as large as the model) and, if it
+    struck between the two renames, the previous folder set aside as .NAME.export-PID.old with `to` gone (issue 28).
+    Once the process that made them is dead, an export to the same folder removes the first and puts the second
+    back where it was; each said in one note."""
+    parent, base = os.path.split(os.path.abspath(to))
+    prefix = os.path.join(parent, f".{base}.export-")
+    for path in sorted(glob.glob(glob.escape(prefix) + "*")):
+        m = re.fullmatch(r"(\d+)(\.old)?", path[len(prefix):])
+        if not m or _alive(int(m.group(1))):
+            continue
+        if m.group(2) and not os.path.exists(to):
+            os.rename(path, to)
+            print(f"note: {to} was set aside by an export that was killed; put back", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            print(f"note: removed {path}, left by an export that was killed", file=sys.stderr)
+
+
 def write_folder(to, files, overwrite=False):
     """Write {name: bytes or callable(path)} as the folder `to`, all or nothing: everything goes into a
     staging folder beside it, which then takes its place. Files get ordinary permissions (0666 minus the
     umask: safetensors alone would make model.safetensors 0600). A failure leaves `to` as it was."""
+    clear_stale_stages(to)
     if os.path.isdir(to) and os.listdir(to) and not overwrite:
         raise ExportError(f"{to} already holds files; choose an empty or new folder")
     parent = os.path.dirname(os.path.abspath(to)) or "."

@@ -178,3 +178,48 @@ def test_exit_codes_follow_the_one_rule(tmp_path):
     save_checkpoint(str(tmp_path / "out" / "ckpt.pt"), {"model": model.state_dict(), "model_args": vars(model.config)})
     r = run(f"--out_dir={tmp_path / 'out'}", f"--to={tmp_path / 'full'}")
     assert r.returncode == 2 and "already holds files" in r.stderr
+
+
+STUCK = """import os, sys, time
+from gptlib import exports
+real = os.rename
+def rename(a, b):
+    if a.endswith(".export-%d" % os.getpid()) and sys.argv[2] == "between_renames":
+        print("stuck", flush=True)
+        time.sleep(600)
+    return real(a, b)
+os.rename = rename
+def blocked(path):
+    open(path, "wb").write(b"partial")
+    print("stuck", flush=True)
+    time.sleep(600)
+files = {"config.json": b"{}", "model.safetensors": b"x" * 1000}
+if sys.argv[2] == "writing":
+    files["model.safetensors"] = blocked
+exports.write_folder(sys.argv[1], files, overwrite=True)
+"""
+
+
+@pytest.mark.parametrize("when", ["writing", "between_renames"])
+def test_an_export_killed_9_is_cleaned_up_by_the_next_one(tmp_path, when, capsys):
+    """kill -9 while the files are written leaves .NAME.export-PID behind; between the two renames it also leaves
+    the previous export set aside as .NAME.export-PID.old, with the folder gone (issue 28). The next export to
+    the folder removes the stage and puts the old folder back (then refuses to replace it without --overwrite)."""
+    to = tmp_path / "hf"
+    to.mkdir()
+    (to / "config.json").write_text('{"old": true}')
+    p = subprocess.Popen([sys.executable, "-c", STUCK, str(to), when], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "stuck"
+    finally:
+        p.kill()
+        p.wait()
+    left = sorted(n for n in os.listdir(tmp_path) if n.startswith(".hf.export-"))
+    assert left == ([f".hf.export-{p.pid}"] + [f".hf.export-{p.pid}.old"] * (when == "between_renames"))
+    assert to.exists() == (when == "writing")
+    with pytest.raises(ExportError, match="already holds files"):
+        exports.write_folder(str(to), {"config.json": b"{}"})
+    err = capsys.readouterr().err
+    assert f"removed {tmp_path / left[0]}, left by an export that was killed" in err
+    assert ("was set aside by an export that was killed; put back" in err) == (when == "between_renames")
+    assert sorted(os.listdir(tmp_path)) == ["hf"] and (to / "config.json").read_text() == '{"old": true}'
