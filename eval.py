@@ -8,6 +8,7 @@
 Losses are mean cross-entropy in nats per token over the whole split by default (--max_tokens=N: N tokens in
 windows at even strides, as train.py's eval_tokens), with the standard error of the mean; perplexity is exp(loss).
 """
+import json
 import math
 import os
 import sys
@@ -83,7 +84,23 @@ def shard_splits(cfg, train_config):
     return data_dir, splits
 
 
+def check_json_out(path):
+    """--json_out replaces only an earlier result of eval.py: never the checkpoint being evaluated, a run's
+    config.json or a dataset's manifest (issue 28: --json_out=OUT/ckpt.pt replaced the checkpoint, exit 0)."""
+    if not path or not os.path.exists(path):
+        return
+    try:
+        with open(path, "rb") as f:
+            earlier = json.loads(f.read(1 << 24))
+    except (OSError, ValueError):
+        earlier = None
+    if not (isinstance(earlier, dict) and {"model", "results"} <= set(earlier)):
+        raise ConfigError(f"--json_out={path} exists and is not a result of eval.py, which it would replace; "
+                          f"give a new file, e.g. --json_out={os.path.splitext(path)[0]}-eval.json")
+
+
 def run(cfg):
+    check_json_out(cfg.json_out)
     device = pick_device(cfg.device)
     dtype = pick_dtype(device, cfg.dtype)
     model, described, train_config = load_model(cfg)

@@ -8,6 +8,7 @@ step loss over each interval between plotted points, not single noisy micro-batc
 checkpoint (lowest primary validation loss) is starred. A lower panel shows the learning rate, and a
 dotted line marks each point where the run was resumed (labelled with the settings changed there).
 """
+import contextlib
 import math
 import os
 import sys
@@ -156,10 +157,14 @@ def plot_runs(out_dirs, out_path, points=DEFAULT_POINTS):
     ax.legend(fontsize=8)
     ax.set_title("train / val loss")
     fig.tight_layout()
+    tmp = f"{out_path}.{os.getpid()}.tmp{os.path.splitext(out_path)[1]}"  # whole or not at all (a full disk, issue 28)
     try:
-        fig.savefig(out_path, dpi=120)
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, out_path)
     except OSError as e:
-        raise MonitorError(f"cannot write {out_path}: {e.strerror or e}") from None
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise OSError(e.errno, e.strerror, out_path) from None  # one line with advice (errors.file_error)
     finally:
         plt.close(fig)
     return out_path

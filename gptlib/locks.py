@@ -68,6 +68,16 @@ class DirLock:
         if not self.shared:
             self.created = not os.path.isdir(self.directory)  # made for the lock: removed with it if left empty
             os.makedirs(self.directory, exist_ok=True)
+        try:
+            return self._acquire()
+        except BaseException:  # a full disk or a refusal: the lock file and a folder made for it go (issue 28)
+            self.release()
+            if self.created:
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.directory)
+            raise
+
+    def _acquire(self):
         while self.fd is None:
             fd = self._open()
             if fd is None:  # a reader that cannot write a read-only dataset: no writer can change it either
@@ -88,9 +98,12 @@ class DirLock:
             else:
                 os.close(fd)
         if not self.shared:
-            os.ftruncate(self.fd, 0)
-            os.write(self.fd, f"pid {os.getpid()} {self.what} on {socket.gethostname()} since "
-                              f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+            try:
+                os.ftruncate(self.fd, 0)
+                os.write(self.fd, f"pid {os.getpid()} {self.what} on {socket.gethostname()} since "
+                                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+            except OSError as e:  # os.write names no file: name the lock's, so the error line says where
+                raise OSError(e.errno, e.strerror, self.path) from None
         return self
 
     def _open(self):

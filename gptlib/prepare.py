@@ -38,7 +38,7 @@ import numpy as np
 
 from . import locks, monitor, shards
 from . import paths as paths_mod  # (this module names its file lists "paths")
-from .errors import DataError, Interrupted, short
+from .errors import ConfigError, DataError, Interrupted, short
 from .locks import DirLock
 from .settings import setting
 from .shards import EOT
@@ -691,6 +691,11 @@ def prepare(cfg, spec, sources, extra=None, enc=None):
     out_dir = cfg.out_dir
     if not sources:
         raise DataError("no input files; pass --data_files=... or download with --num_files=N")
+    for s in sources:  # a dataset folder is re-created whole (--overwrite): never around its own inputs (issue 28)
+        src = getattr(s, "root", None) or s.path
+        if paths_mod.inside(src, out_dir):
+            raise ConfigError(f"--out_dir={out_dir} holds the input {src}; write the dataset to a folder of its own, "
+                              f"e.g. --out_dir={os.path.join(os.path.dirname(os.path.abspath(out_dir)), 'tokens')}")
     for s in sources:
         s.check(list(dict.fromkeys(spec.columns)))
     check_not_all_empty(sources)

@@ -1,8 +1,10 @@
 """Every command x every path argument x each pathology of a path (issue 28): a non-zero exit, one line starting
 with `error:`, no traceback, and every file that was there before byte-identical afterwards. Run in-process under
 the commands' own error policy (gptlib.errors.run_command), as their scripts run them."""
+import contextlib
 import hashlib
 import os
+import pathlib
 
 import pytest
 
@@ -171,3 +173,145 @@ def test_one_eval_window_has_no_standard_error_to_report(tmp_path, capsys):
     assert "±n/a (1 window) (32 tok)" in (run / "log.txt").read_text()
     assert run_command(eval_script.main, [f"--out_dir={run}", "--device=cpu", "--max_tokens=32"]) == 0
     assert "±n/a (1 window)" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- destinations, and unreadable inputs
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """What the commands read: a dataset, a trained tiny run, a parquet file and a folder of source files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    root = tmp_path_factory.mktemp("inputs")
+    (root / "data").mkdir()
+    data = make_dataset(root / "data", shakespeare()[:20_000], val_docs=5)
+    run = root / "run"
+    assert run_command(train.main, TINY + ["--max_iters=1", "--warmup_iters=1", f"--data_dir={data}", f"--out_dir={run}",
+                                           "--total_batch_size=64", "--eval_tokens=64"]) == 0
+    (root / "pq").mkdir()
+    pq.write_table(pa.table({"text": [p for p in shakespeare()[:40_000].split("\n\n") if p.strip()]}),
+                   root / "pq" / "docs.parquet")
+    (root / "src" / "repo").mkdir(parents=True)
+    for i in range(20):
+        (root / "src" / "repo" / f"m{i}.py").write_text(f"def f{i}(x):\n    return x * {i}\n" * 20)
+    return {"data": data, "run": str(run), "parquet": str(root / "pq" / "docs.parquet"), "src": str(root / "src")}
+
+
+# (command, how the destination is given, the other arguments, the destination that is the command's own input)
+OUTPUTS = [
+    ("train", "--out_dir={}", TINY + ["--max_iters=1", "--warmup_iters=1", "--data_dir={data}", "--total_batch_size=64",
+                                      "--eval_tokens=64"], "{data}"),
+    ("prepare_fineweb", "--out_dir={}", ["--data_files={parquet}", "--val_tokens=100"], "{parquet_dir}"),
+    ("prepare_github_code", "--out_dir={}", ["--source_dir={src}"], "{src}"),
+    ("eval", "--json_out={}", ["--out_dir={run}", "--max_tokens=64", "--device=cpu"], "{run}/ckpt.pt"),
+    ("export", "--to={}", ["--out_dir={run}"], "{run}"),
+    ("plot", "--out={}", ["{run}"], "{run}/metrics.jsonl"),
+]
+DEST_NAME = {"eval": "r.json", "plot": "p.png"}  # a file destination's name; the others are folders
+
+
+def fill(inputs, text):
+    return text.format(parquet_dir=os.path.dirname(inputs["parquet"]), **inputs)
+
+
+@pytest.mark.parametrize("command,form,args,own", OUTPUTS, ids=[o[0] for o in OUTPUTS])
+def test_a_destination_on_a_full_disk_or_that_is_its_own_input_is_one_line(inputs, tmp_path, capsys, command, form,
+                                                                           args, own):
+    """A full disk (a tmpfs filled to the brim before the command) and the command's own input given as its output:
+    one error line, the inputs byte-identical, nothing left on the full disk."""
+    from test_filesystems import tmpfs
+    argv = [fill(inputs, a) for a in args]
+    before = snapshot(pathlib.Path(inputs["run"]).parent)
+    with tmpfs(tmp_path / "full", 256) as full:
+        with open(full / "filler", "wb") as f:
+            with contextlib.suppress(OSError):
+                f.write(b"\0" * 2**20)
+        dest = full / DEST_NAME.get(command, "out")
+        code = run_command(MAINS[command], [form.format(dest)] + argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code != 0 and len(err) == 1 and err[0].startswith("error:"), err
+        assert "No space left on device" in err[0] or "disk full" in err[0], err
+        assert sorted(os.listdir(full)) == ["filler"]
+    code = run_command(MAINS[command], [form.format(fill(inputs, own))] + argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and err[0].startswith("error:") and "--overwrite" not in err[0], err
+    assert snapshot(pathlib.Path(inputs["run"]).parent) == before
+
+
+RUNNER = """import contextlib, io, json, sys
+sys.path.insert(0, 'tests')
+from test_fault_matrix import MAINS
+from gptlib.errors import run_command
+out = []
+for command, argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = run_command(MAINS[command], argv)
+        except BaseException as e:  # a traceback: reported as such
+            code, err = -1, io.StringIO(f"Traceback: {type(e).__name__}: {e}")
+    out.append([code, err.getvalue()])
+print(json.dumps(out))
+"""
+
+
+def without_root_privileges():
+    """For a child process: root reads and writes any file whatever its mode (CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH), and CI runs as root. Dropping both from the bounding set before exec leaves a
+    root child that mode bits stop, as they stop a user (prctl PR_CAPBSET_DROP; Linux)."""
+    if os.geteuid() != 0:
+        return
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def run_unprivileged(cases):
+    """[(command, argv)] run in one child process that mode bits apply to: [(exit code, stderr)]."""
+    import json
+    import subprocess
+    import sys
+    from conftest import REPO
+    r = subprocess.run([sys.executable, "-c", RUNNER, json.dumps(cases)], cwd=REPO, capture_output=True, text=True,
+                       preexec_fn=without_root_privileges, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or not os.path.exists("/proc/self/status"), reason="Linux mode bits")
+def test_unreadable_inputs_and_read_only_destinations_are_one_line(inputs, tmp_path):
+    """Every path argument of every command, unreadable (mode 000), and every destination inside a read-only
+    folder (mode 555): one error line naming the path, no traceback, nothing changed (issue 28)."""
+    cases, paths = [], []
+    for command, form, args, wants in ARGUMENTS:
+        suffix = form.rsplit("}", 1)[1]
+        p = tmp_path / f"locked-{len(cases)}{suffix}"
+        if wants == "dir":
+            p.mkdir()
+            (p / "inside.txt").write_text("x\n")
+        else:
+            p.write_bytes(b"batch_size = 4\n" if command == "train" and form == "{}" else b"not empty\n")
+        os.chmod(p, 0)
+        data = inputs["data"]
+        cases.append((command, [form[:len(form) - len(suffix)].format(p)] +
+                      [a.format(out=tmp_path / f"out-{len(cases)}", data=data) for a in args]))
+        paths.append(p.name)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    for command, form, args, own in OUTPUTS:
+        cases.append((command, [form.format(ro / DEST_NAME.get(command, "out"))] + [fill(inputs, a) for a in args]))
+        paths.append("ro")
+    os.chmod(ro, 0o555)
+    before = snapshot(pathlib.Path(inputs["run"]).parent)
+    try:
+        results = run_unprivileged(cases)
+    finally:
+        for p in tmp_path.iterdir():
+            os.chmod(p, 0o755)
+    for (command, argv), name, (code, err) in zip(cases, paths, results):
+        lines = err.strip().splitlines()
+        assert code > 0 and len(lines) == 1 and lines[0].startswith("error:"), (command, argv, lines)
+        assert name in lines[0] and "permission" in lines[0].lower(), (command, argv, lines)
+    assert os.listdir(ro) == [] and snapshot(pathlib.Path(inputs["run"]).parent) == before
