@@ -315,3 +315,17 @@ def test_unreadable_inputs_and_read_only_destinations_are_one_line(inputs, tmp_p
         assert code > 0 and len(lines) == 1 and lines[0].startswith("error:"), (command, argv, lines)
         assert name in lines[0] and "permission" in lines[0].lower(), (command, argv, lines)
     assert os.listdir(ro) == [] and snapshot(pathlib.Path(inputs["run"]).parent) == before
+
+
+def test_an_empty_mount_point_as_the_export_folder_is_one_line_and_its_advice_works(inputs, tmp_path, capsys):
+    """Exporting replaces the folder by renaming: an empty mount point cannot be renamed (EBUSY), which was a
+    traceback (issue 28). One line now, whose advice (a folder inside it) works."""
+    from test_filesystems import tmpfs
+    with tmpfs(tmp_path / "mnt", 64 * 1024) as mnt:
+        assert run_command(export.main, [f"--out_dir={inputs['run']}", f"--to={mnt}"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "Device or resource busy; it is in use (a mount point?): choose a path inside it" \
+            in err[0] and str(mnt) in err[0], err
+        assert os.listdir(mnt) == [] and sorted(os.listdir(tmp_path)) == ["mnt"]
+        assert run_command(export.main, [f"--out_dir={inputs['run']}", f"--to={mnt / 'hf'}"]) == 0
+        assert "config.json" in os.listdir(mnt / "hf")
