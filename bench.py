@@ -106,6 +106,7 @@ class Bench:
         torch.manual_seed(cfg.seed)
         model_args = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(GPTConfig)}
         self.raw_model = GPT(GPTConfig(**model_args)).to(self.device)
+        self.raw_model.checkpointing = cfg.activation_checkpointing
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=(self.dtype == "float16"))
         self.optimizer = optim.make_optimizer(self.raw_model, cfg, self.device)
         optim.set_lr(self.optimizer, cfg.warmup_iters, cfg)  # the peak learning rate, as after warmup

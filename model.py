@@ -12,17 +12,38 @@ References:
    embeddings.
 Only the model lives here: optimizer policy, FLOP/MFU accounting and hardware tables are elsewhere.
 """
+import functools
 import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts, noop_context_fn
 
 from gptlib.attention import attend, doc_layout, flex_runs, make_masks  # document and window masks, attention
 from gptlib.head_loss import head_loss, head_row_losses  # the loss op (chunked head + cross-entropy)
 
 INIT_STD = 0.02  # GPT-2's weight init std (OpenAI's model.py, `normal_initializer(0.02)`)
+
+# Activation checkpointing of the blocks (issue 27), PyTorch's own (torch.utils.checkpoint, non-reentrant: it works
+# compiled and under DDP, and replays dropout's RNG): 'full' keeps each block's input and recomputes the block in the
+# backward pass (~ +1/3 FLOPs); 'selective' keeps the matmul and attention outputs and recomputes only the cheap
+# pointwise work between them (norms, activations, rotary, residual adds): most of full's saving at a few % of time.
+SAVED_OPS = [torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default] + [
+    getattr(torch.ops.aten, name).default for name in ("_scaled_dot_product_flash_attention",
+                                                       "_scaled_dot_product_efficient_attention",
+                                                       "_scaled_dot_product_cudnn_attention",
+                                                       "_scaled_dot_product_flash_attention_for_cpu")
+    if hasattr(torch.ops.aten, name)]
+
+
+def _keep_matmuls(ctx, op, *args, **kwargs):
+    return CheckpointPolicy.MUST_SAVE if op in SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+CHECKPOINTING = {"none": None, "full": noop_context_fn,
+                 "selective": functools.partial(create_selective_checkpoint_contexts, _keep_matmuls)}
 
 
 @dataclass
@@ -289,6 +310,7 @@ class GPT(nn.Module):
         if config.attn_window:  # the long window now: train.py grows it; in the state_dict, so a checkpoint keeps its own
             self.register_buffer("window", torch.tensor(config.attn_window))
         self.flex = None  # FlexAttention block masks: None: on CUDA (gptlib/attention.py says why); True/False: forced
+        self.checkpointing = "none"  # activation checkpointing of the blocks in training: CHECKPOINTING (train.py sets it)
         self.rotary = Rotary(config.n_embd // config.n_head, config.block_size, config.rope_base) \
             if config.pos_emb == "rope" else None
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -357,7 +379,9 @@ class GPT(nn.Module):
             if pairs is not None:
                 x = x + self.bigram_lambdas[i] * pairs
             v_mix = ve[ve_at[i]] if i in ve_at else v1 if cfg.value_residual else None
-            x, v = block(x, self.rotary, kv_cache, x0, pos=pos, mask=masks and masks[kinds[i]], v_mix=v_mix)
+            run = block if self.checkpointing == "none" or not torch.is_grad_enabled() or kv_cache is not None \
+                else functools.partial(checkpoint, block, use_reentrant=False, context_fn=CHECKPOINTING[self.checkpointing])
+            x, v = run(x, self.rotary, kv_cache, x0, pos=pos, mask=masks and masks[kinds[i]], v_mix=v_mix)
             v1 = v if i == 0 else v1
             if cfg.unet_skips and i < half:
                 skips.append(x)

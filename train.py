@@ -342,6 +342,7 @@ def run_training(cfg, procs, cleanup, notes=()):
     else:
         model = GPT(GPTConfig(**model_args))
     model.to(device)
+    model.checkpointing = cfg.activation_checkpointing
     n_params = model.get_num_params()
 
     # ------------------------------------------------------------------ optimizer and loop state

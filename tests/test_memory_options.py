@@ -1,0 +1,70 @@
+"""Memory options (issue 27): activation checkpointing gives the same loss and gradients as keeping every
+activation, in each recipe, end to end in train.py, and under torchrun with 2 ranks."""
+import pytest
+import torch
+
+import model as model_module
+import train
+from conftest import shakespeare
+from model import GPT, GPTConfig
+from test_ddp import COMMON, assert_close, losses, torchrun
+from test_train import TINY, make_dataset
+
+SHAPES = dict(n_layer=4, n_head=2, n_embd=32, block_size=64, vocab_size=256, dropout=0.1)
+RECIPES = {
+    "classic": {},
+    "modern": dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp_act="relu2", bias=False, tie_weights=False),
+    "speedrun": dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp_act="relu2", bias=False, tie_weights=False,
+                     doc_mask=True, eot_token=0, attn_window=16, value_residual=True, x0_skip=True, unet_skips=True,
+                     value_embeds=1, logit_softcap=15.0),
+}
+
+
+def loss_and_grads(m, idx, mode):
+    m.checkpointing = mode
+    m.zero_grad(set_to_none=True)
+    torch.manual_seed(1)  # dropout's masks: checkpointing replays the RNG, so they are the same as without it
+    _, loss = m(idx, idx)
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_checkpointing_gives_the_same_loss_and_gradients(recipe):
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(**SHAPES, **RECIPES[recipe])).train()
+    idx = torch.randint(0, 256, (3, 64))
+    idx[:, ::13] = 0  # document starts, for the speedrun's document masks
+    loss, grads = loss_and_grads(m, idx, "none")
+    for mode in ("selective", "full"):
+        loss2, grads2 = loss_and_grads(m, idx, mode)
+        assert torch.equal(loss2, loss), mode
+        assert grads2.keys() == grads.keys()
+        for n in grads:
+            assert torch.allclose(grads2[n], grads[n], rtol=1e-6, atol=1e-7), (mode, n)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("ckpt_data"), shakespeare()[:80_000], val_docs=20)
+
+
+def test_train_py_with_checkpointing_matches_without_and_on_two_ranks(data, tmp_path):
+    """train.py end to end (fp32 CPU, dropout on): the same losses with each mode; and 2 ranks with full
+    checkpointing match 1 process (non-reentrant checkpointing under DDP)."""
+    common = TINY + COMMON + [f"--data_dir={data}", "--max_iters=4"]
+    runs = {}
+    for mode in ("none", "selective", "full"):
+        assert train.run(common + ["--dropout=0.1", f"--out_dir={tmp_path / mode}",
+                                   f"--activation_checkpointing={mode}"]) == 0
+        runs[mode] = losses(tmp_path / mode)
+    assert runs["selective"] == runs["none"] and runs["full"] == runs["none"]
+    assert train.run(common + [f"--out_dir={tmp_path / 'one'}"]) == 0  # no dropout: each rank draws its own masks
+    torchrun(2, common + [f"--out_dir={tmp_path / 'two'}", "--activation_checkpointing=full"])
+    assert_close(losses(tmp_path / "two"), losses(tmp_path / "one"))
+
+
+def test_the_modes_are_the_models_table():
+    assert set(model_module.CHECKPOINTING) == {"none", "selective", "full"}
+    assert set(train.TrainConfig.__dataclass_fields__["activation_checkpointing"].metadata["choices"]) == \
+        set(model_module.CHECKPOINTING)
