@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gptlib import evals, monitor, optim, runtime, shards
+from gptlib import evals, memory, monitor, optim, runtime, shards
 from gptlib.errors import ConfigError, OutOfMemory, is_out_of_memory, run_command
 from gptlib.loader import TokenLoader
 from gptlib.settings import load_config, setting
@@ -41,8 +41,7 @@ class BenchConfig(TrainConfig):
     find_batch_size: bool = setting(False)  # search the largest micro-batch that fits (training step and eval), then bench it
     max_batch_size: int = setting(0, ge=0)  # upper bound of the search; 0: 1024 on GPU, 16 on CPU
     use_data: bool = setting(False)  # read batches from data_dir's train shards instead of random tokens
-    memory_margin: float = setting(0.10, ge=0, lt=1)  # --find_batch_size on GPU: fraction of the card kept free (fragmentation, other processes)
-    memory_gib: float = setting(0.0, ge=0)  # GPU: act as a card of this many GiB (12 for a 4070, 24 for a 3090) by capping PyTorch's allocator; 0: the whole card
+    memory_margin: float = setting(memory.FIT_MARGIN, ge=0, lt=1)  # --find_batch_size on GPU: fraction of the card kept free (fragmentation, other processes)
 
     def problems(self):
         out = super().problems()

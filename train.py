@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gptlib import attention, evals, monitor, optim, paths, pretrained, runtime, shards
+from gptlib import attention, evals, memory, monitor, optim, paths, pretrained, runtime, shards
 from gptlib.checkpoint import (BEST_NAME, CKPT_NAME, LoopState, check_vocab, load_checkpoint, peek_loop, remove_stale_temps,
                                save_checkpoint)
 from gptlib.errors import EXIT_DIVERGED, CheckpointError, ConfigError, Interrupted, UserError, run_command
@@ -272,6 +272,8 @@ def run_training(cfg, procs, cleanup, notes=()):
             print("\n".join(monitor.format_plan(plan)))
             print("\n".join(quality_lines(model, cfg)))
             print(f"checkpoints: {optim.checkpoint_bytes(model, cfg) / 1e9:.2f} GB each")
+            print("\n".join(memory.plan_lines(model, cfg, "float32" if cfg.dtype == "float32" else
+                                              "float16" if cfg.dtype == "float16" else "bfloat16")))
         return 0
 
     # ------------------------------------------------------------------ output dir: one train.py at a time
@@ -341,6 +343,10 @@ def run_training(cfg, procs, cleanup, notes=()):
             model.crop_block_size(cfg.block_size)
     else:
         model = GPT(GPTConfig(**model_args))
+    if cfg.memory_gib:  # the card planned for: a run that would not fit stops now, not at its first step (issue 27)
+        need = memory.step_bytes(model, cfg, cfg.batch_size, dtype)["total"]
+        if need > (1 - memory.FIT_MARGIN) * cfg.memory_gib * memory.GIB:
+            raise ConfigError(memory.fit_line(model, cfg, dtype, need))
     model.to(device)
     model.checkpointing = cfg.activation_checkpointing
     n_params = model.get_num_params()

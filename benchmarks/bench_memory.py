@@ -11,6 +11,8 @@ batch already hold (CPU: resident set; CUDA: torch.cuda.max_memory_allocated):
   train-chunked  forward + backward, model(x, y): the chunked head+loss op
   eval-full      no_grad forward over full logits        eval-chunked   no_grad model(x, y), as train.py evaluates
   hellaswag      no_grad model.token_losses on the 32 rows HellaSwag scores at once (8 items x 4 endings)
+  ckpt-MODE      train-chunked with activation checkpointing MODE (none, selective, full), beside what the planner
+                 (gptlib/memory.py) predicts for it: issue 27's target is within 15%
 Training steps run under torch.compile with --compile=True and under autocast with --dtype; evals run the raw
 model, as train.py does.
 """
@@ -26,6 +28,7 @@ from gptlib.errors import run_command
 from gptlib.settings import load_config, setting
 
 CASES = ("train-full", "train-chunked", "eval-full", "eval-chunked", "hellaswag")
+CHECKPOINTING = ("none", "selective", "full")  # model.CHECKPOINTING: train-chunked under each (ckpt-MODE cases)
 HELLASWAG_ROWS = 32  # gptlib.evals scores 8 items x 4 endings per batch
 
 
@@ -77,6 +80,8 @@ def one_case(cfg):
     if cfg.loss_chunk:
         head_loss.LOSS_CHUNK = cfg.loss_chunk
     mode, _, path = cfg.case.partition("-")
+    checkpointing = path if mode == "ckpt" else "none"
+    mode, path = ("train", "chunked") if mode == "ckpt" else (mode, path)
     cuda = cfg.device.startswith("cuda")
     if cuda and cfg.memory_gib:
         import bench
@@ -84,6 +89,7 @@ def one_case(cfg):
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
                           vocab_size=50304)).to(cfg.device)
+    model.checkpointing = checkpointing
     rows = HELLASWAG_ROWS if mode == "hellaswag" else cfg.batch_size
     x = torch.randint(0, 50257, (rows, cfg.block_size), device=cfg.device)
     y = torch.randint(0, 50257, (rows, cfg.block_size), device=cfg.device)
@@ -121,7 +127,7 @@ def main(argv):
         return one_case(cfg)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     results = {}
-    for case in CASES:
+    for case in CASES + tuple(f"ckpt-{m}" for m in CHECKPOINTING):
         print(f"bench_memory: {case} ...", file=sys.stderr, flush=True)
         out = subprocess.run([sys.executable, "-m", "benchmarks.bench_memory", *argv, f"--case={case}"], cwd=repo,
                              capture_output=True, text=True)
@@ -139,7 +145,18 @@ def main(argv):
     print(f"  train step  full logits {results['train-full']:8,.0f} MB   chunked {results['train-chunked']:8,.0f} MB")
     print(f"  eval        full logits {results['eval-full']:8,.0f} MB   chunked {results['eval-chunked']:8,.0f} MB")
     print(f"  HellaSwag   {HELLASWAG_ROWS} rows (chunked) {results['hellaswag']:8,.0f} MB")
-    print(json.dumps({"bench_memory": results, "device": where, "torch": torch.__version__, "dtype": cfg.dtype,
+    from gptlib import memory
+    from model import GPTConfig
+    shape = GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
+                      vocab_size=50304)
+    planned = {}
+    for m in CHECKPOINTING:
+        planned[m] = (memory.activation_bytes(shape, cfg.batch_size, cfg.block_size, m, cfg.dtype)
+                      + memory.head_bytes(shape, cfg.batch_size, cfg.block_size, cfg.dtype)) / 2**20
+        got = results[f"ckpt-{m}"]
+        print(f"  activation checkpointing {m:<9} {got:8,.0f} MB measured, {planned[m]:8,.0f} MB planned "
+              f"({planned[m] / got - 1:+.0%})")
+    print(json.dumps({"bench_memory": results, "planned_activations_mb": planned, "device": where, "torch": torch.__version__, "dtype": cfg.dtype,
                       "compile": cfg.compile, "memory_gib": cfg.memory_gib or None}))
 
 

@@ -147,6 +147,7 @@ class TrainConfig(GPTConfig):
     device: str = setting("auto", pattern=DEVICE_PATTERN)  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'mps'
     dtype: str = setting("auto", choices=DTYPES)  # 'auto' (bf16 where supported, else fp16 on GPU, fp32 on CPU), 'bfloat16', 'float16', 'float32'
     compile: bool = setting(True)  # torch.compile the model (switched off where Triton is unavailable)
+    memory_gib: float = setting(0.0, ge=0)  # GiB of the GPU planned for (12: a 4070, 24: a 3090): --plan says whether the run fits and with which options; bench.py acts as such a card by capping the allocator; 0: no plan, the whole card
     activation_checkpointing: str = setting("none", choices=["none", "selective", "full"])  # recompute in the backward pass instead of keeping: 'full' each block (~+33% FLOPs, least memory), 'selective' the pointwise work only (model.py CHECKPOINTING)
     cpu_threads: int = setting(0, ge=0, le=MAX_CPU_THREADS)  # threads torch uses on CPU (torch.set_num_threads); 0: torch's default, one per core
     backend: str = setting("", choices=["", "nccl", "gloo"])  # torch.distributed backend under torchrun; '': nccl on GPU, gloo on CPU

@@ -68,3 +68,28 @@ def test_the_modes_are_the_models_table():
     assert set(model_module.CHECKPOINTING) == {"none", "selective", "full"}
     assert set(train.TrainConfig.__dataclass_fields__["activation_checkpointing"].metadata["choices"]) == \
         set(model_module.CHECKPOINTING)
+
+
+def test_the_plan_gives_each_part_and_the_options_that_make_a_run_fit(capsys):
+    """--plan --memory_gib: weights, gradients, optimizer and activations, then whether it fits, else the cheapest
+    options that do (checkpointing, then a smaller micro-batch at the same total batch); applied, they fit."""
+    from conftest import REPO
+    base = [str(REPO / "config" / "train_gpt2_124m_4070.py"), "--plan", "--n_layer=24", "--n_embd=1024",
+            "--n_head=16", "--batch_size=16"]
+    assert train.run(base + ["--memory_gib=16"]) == 0
+    out = capsys.readouterr().out
+    assert "weights 1.32 + gradients 1.32 + optimizer 2.64 + activations" in out  # 354M parameters x 4 bytes
+    line = next(x for x in out.splitlines() if "fit" in x)
+    assert line.startswith("does not fit on 16 GiB") and "fits with --activation_checkpointing=" in line
+    fix = line.split("fits with ")[1].split(" (")[0].split(":")[0].split()
+    assert train.run(base + ["--memory_gib=16"] + fix) == 0
+    assert "\nfits on 16 GiB" in capsys.readouterr().out
+
+
+def test_a_run_that_would_not_fit_stops_at_the_start_in_one_line(data, tmp_path, capsys):
+    from gptlib.errors import run_command
+    args = TINY + [f"--data_dir={data}", f"--out_dir={tmp_path / 'run'}", "--max_iters=2", "--memory_gib=0.001"]
+    assert run_command(train.main, args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: does not fit on 0.001 GiB"), err
+    assert not (tmp_path / "run").exists()
