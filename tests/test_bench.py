@@ -129,6 +129,7 @@ def test_batch_search_arithmetic_large_cap(compiled):
         bench.find_max_batch(Fake(0), 8)
 
 
+@pytest.mark.slow  # 25-30 s of CPU compile: in `-m slow` (the default suite's time, issue 28)
 def test_compiled_batch_search_compiles_the_model_once():
     """Every candidate runs in the first candidate's graph of the model (before: size 1, then a dynamic recompile
     at size 2). One small recompile is left: the loss's fused softmax, after AOTAutograd's first-call check of

@@ -76,6 +76,7 @@ def test_op_under_bf16_autocast_matches_autocast_autograd(small_chunks):
     assert torch.allclose(got[0], comp[0]) and torch.allclose(got[2], comp[2], rtol=0.02, atol=1e-6)
 
 
+@pytest.mark.slow  # 25-30 s of CPU compile: in `-m slow` (the default suite's time, issue 28)
 def test_op_under_fp16_autocast_is_as_exact_as_full_logits_with_a_grad_scaler():
     """fp16 (cards without bf16): the op makes its gradients before a GradScaler can scale them, so it must not
     put the mean's 1/n into its fp16 buffer. It did: at 2,048 rows, p / n of most tokens is below fp16's
@@ -95,6 +96,7 @@ def test_op_under_fp16_autocast_is_as_exact_as_full_logits_with_a_grad_scaler():
         assert err(ours[i], ref[i - 1]) < 1.5 * full_err and err(comp[i], ref[i - 1]) < 1.5 * full_err
 
 
+@pytest.mark.slow  # 25-30 s of CPU compile: in `-m slow` (the default suite's time, issue 28)
 def test_an_edited_backward_is_compiled_afresh_not_served_from_the_cache(tmp_path):
     """torch.compile's caches key a graph on the custom op's name, not on its backward's code (pytorch/pytorch
     #144344): after an update of the op, a compiled run kept the old backward, silently. A copy of head_loss.py

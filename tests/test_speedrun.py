@@ -296,6 +296,7 @@ print(json.dumps({"windows": windows, "graphs": graphs}))
 """
 
 
+@pytest.mark.slow  # 25-30 s of CPU compile: in `-m slow` (the default suite's time, issue 28)
 def test_compiled_on_cpu_the_growing_window_never_recompiles():
     cfg_steps = 8  # the script's max_iters: 9 steps, the window growing 16 -> 128
     r = subprocess.run([sys.executable, "-c", COMPILE_COUNT], cwd=REPO, capture_output=True, text=True, timeout=600)
