@@ -272,8 +272,7 @@ def run_training(cfg, procs, cleanup, notes=()):
             print("\n".join(monitor.format_plan(plan)))
             print("\n".join(quality_lines(model, cfg)))
             print(f"checkpoints: {optim.checkpoint_bytes(model, cfg) / 1e9:.2f} GB each")
-            print("\n".join(memory.plan_lines(model, cfg, "float32" if cfg.dtype == "float32" else
-                                              "float16" if cfg.dtype == "float16" else "bfloat16")))
+            print("\n".join(memory.plan_lines(model, cfg, "bfloat16" if cfg.dtype == "auto" else cfg.dtype)))  # a GPU's
         return 0
 
     # ------------------------------------------------------------------ output dir: one train.py at a time
@@ -344,7 +343,7 @@ def run_training(cfg, procs, cleanup, notes=()):
     else:
         model = GPT(GPTConfig(**model_args))
     if cfg.memory_gib:  # the card planned for: a run that would not fit stops now, not at its first step (issue 27)
-        need = memory.step_bytes(model, cfg, cfg.batch_size, dtype)["total"]
+        need = memory.step_bytes(model, cfg, dtype)["total"]
         if need > (1 - memory.FIT_MARGIN) * cfg.memory_gib * memory.GIB:
             raise ConfigError(memory.fit_line(model, cfg, dtype, need))
     model.to(device)

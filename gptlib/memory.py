@@ -7,7 +7,9 @@ and of its fit check (issue 27). Measured against on CPU by benchmarks/bench_mem
     activations  what the forward pass keeps for the backward, per token and block (activation_bytes), and the
                  chunked head+loss's working set on top of it at the end of the forward pass (head_bytes)
 """
-from . import head_loss, optim
+import dataclasses
+
+from . import head_loss, monitor, optim
 
 # Values kept per token by one block, in units of n_embd, counted from model.Block's forward (GPT-2 shape, MLP 4x):
 # the residual stream into each norm (2, kept in fp32 under autocast), the norms' outputs (2), q, k, v (3), the
@@ -43,12 +45,12 @@ def head_bytes(config, batch_size, block_size, dtype):
             + rows * C * 4)
 
 
-def step_bytes(model, cfg, batch_size, dtype):
-    """{part: bytes} of a training step at micro-batch batch_size, and 'total'."""
-    n = model.get_num_params()
+def step_bytes(model, cfg, dtype):
+    """{part: bytes} of a training step at cfg's micro-batch and checkpointing, and 'total'."""
+    n, B, T = model.get_num_params(), cfg.batch_size, cfg.block_size
     parts = {"weights": 4 * n, "gradients": 4 * n, "optimizer": optim.checkpoint_bytes(model, cfg) - 4 * n,
-             "activations": activation_bytes(model.config, batch_size, cfg.block_size, cfg.activation_checkpointing,
-                                              dtype) + head_bytes(model.config, batch_size, cfg.block_size, dtype)}
+             "activations": activation_bytes(model.config, B, T, cfg.activation_checkpointing, dtype)
+             + head_bytes(model.config, B, T, dtype)}
     parts["total"] = sum(parts.values())
     return parts
 
@@ -60,7 +62,7 @@ FIT_MARGIN = 0.10  # share of the card kept free for the CUDA context, fragmenta
 def plan_lines(model, cfg, dtype):
     """train.py --plan's memory lines: each part at the run's micro-batch, and against cfg.memory_gib (if given)
     whether it fits, or the cheapest options that make it fit."""
-    parts = step_bytes(model, cfg, cfg.batch_size, dtype)
+    parts = step_bytes(model, cfg, dtype)
     lines = [f"memory per GPU at micro-batch {cfg.batch_size} x {cfg.block_size} ({dtype}, activation_checkpointing="
              f"{cfg.activation_checkpointing}): weights {parts['weights'] / GIB:.2f} + gradients "
              f"{parts['gradients'] / GIB:.2f} + optimizer {parts['optimizer'] / GIB:.2f} + activations "
@@ -77,22 +79,19 @@ def fit_line(model, cfg, dtype, total):
     room = (1 - FIT_MARGIN) * card
     if total <= room:
         return f"fits on {cfg.memory_gib:g} GiB ({total / GIB:.2f} GiB planned, {1 - total / card:.0%} to spare)"
-    import dataclasses
-    from . import monitor
     for mode in ("selective", "full"):
         for b in range(cfg.batch_size, 0, -1):
             if b < cfg.batch_size and cfg.total_batch_size % (b * cfg.block_size):
                 continue
-            trial = dataclasses.replace(cfg, activation_checkpointing=mode, batch_size=b)
-            need = step_bytes(model, trial, b, dtype)["total"]
+            need = step_bytes(model, dataclasses.replace(cfg, activation_checkpointing=mode, batch_size=b), dtype)["total"]
             if need <= room:
                 fix = f"--activation_checkpointing={mode}" + (f" --batch_size={b} (gradient accumulation "
                       f"{monitor.grad_accum_steps(cfg.total_batch_size, b, cfg.block_size)}, the same total batch)"
                       if b < cfg.batch_size else "")
-                return (f"does not fit on {cfg.memory_gib:g} GiB ({total / GIB:.2f} GiB planned, {FIT_MARGIN:.0%} kept "
-                        f"free); fits with {fix}: "
-                        f"{need / GIB:.2f} GiB")
-    fixed = step_bytes(model, cfg, 1, dtype)
-    return (f"does not fit on {cfg.memory_gib:g} GiB (less {FIT_MARGIN:.0%} kept free) even at micro-batch 1 with full checkpointing: weights, "
-            f"gradients and optimizer states alone are {(fixed['total'] - fixed['activations']) / GIB:.2f} GiB; "
-            f"train a smaller model (8-bit optimizer states and sharding across GPUs are not built yet: issue 27)")
+                return (f"does not fit on {cfg.memory_gib:g} GiB ({total / GIB:.2f} GiB planned, {FIT_MARGIN:.0%} "
+                        f"kept free); fits with {fix}: {need / GIB:.2f} GiB")
+    parts = step_bytes(model, cfg, dtype)
+    return (f"does not fit on {cfg.memory_gib:g} GiB (less {FIT_MARGIN:.0%} kept free) even at micro-batch 1 with "
+            f"full checkpointing: weights, gradients and optimizer states alone are "
+            f"{(parts['total'] - parts['activations']) / GIB:.2f} GiB; train a smaller model (8-bit optimizer states "
+            f"and sharding across GPUs are not built yet: issue 27)")

@@ -40,14 +40,20 @@ np.save('logits.npy', logits.numpy())
 """
 
 
+def nanogpt_folder(tmp_path_factory, name):
+    """A fresh working folder holding nanoGPT's model.py, train.py and configurator.py (skipped without them)."""
+    if not (PEER / "train.py").exists():
+        pytest.skip(f"nanoGPT's scripts are not at {PEER}")
+    work = tmp_path_factory.mktemp(name)
+    for script in ("model.py", "train.py", "configurator.py"):
+        shutil.copy(PEER / script, work / script)
+    return work
+
+
 @pytest.fixture(scope="module")
 def nano(tmp_path_factory):
     """nanoGPT's train.py, run for 6 iterations on Tiny Shakespeare tokens in its own working folder."""
-    if not (PEER / "train.py").exists():
-        pytest.skip(f"nanoGPT's scripts are not at {PEER}")
-    work = tmp_path_factory.mktemp("nanogpt")
-    for name in ("model.py", "train.py", "configurator.py"):
-        shutil.copy(PEER / name, work / name)
+    work = nanogpt_folder(tmp_path_factory, "nanogpt")
     ids = np.array(tiktoken.get_encoding("gpt2").encode_ordinary(shakespeare()[:60_000]),
                    dtype=np.uint16)
     (work / "data" / "shk").mkdir(parents=True)
@@ -113,12 +119,8 @@ def test_train_continues_the_run_with_its_iteration_and_adamw_moments(nano, tmp_
 @pytest.fixture(scope="module")
 def nano_char(tmp_path_factory):
     """nanoGPT's shakespeare_char kind of run: 65 characters as its vocabulary (its meta.pkl), 2 iterations."""
-    if not (PEER / "train.py").exists():
-        pytest.skip(f"nanoGPT's scripts are not at {PEER}")
     import pickle
-    work = tmp_path_factory.mktemp("nanogpt_char")
-    for name in ("model.py", "train.py", "configurator.py"):
-        shutil.copy(PEER / name, work / name)
+    work = nanogpt_folder(tmp_path_factory, "nanogpt_char")
     text = shakespeare()[:20_000]
     chars = sorted(set(text))
     ids = np.array([chars.index(c) for c in text], dtype=np.uint16)
