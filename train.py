@@ -183,6 +183,8 @@ def changed_settings(cfg, saved, it):
             line += ": kept at the checkpoint's seed, so the data order and dropout continue exactly"
         if k == "data_order":
             line += ": kept at the checkpoint's order, so the run reads exactly the data it would have"
+        if k in ("adamw_states", "muon_states"):
+            line += ": the saved states are converted to it (rounded once, when they get leaner)"
         lines.append(line)
     w_old, w_new = optim.window_at(it, old), optim.window_at(it, cfg)
     if w_old != w_new:
@@ -272,7 +274,7 @@ def run_training(cfg, procs, cleanup, notes=()):
             print("\n".join(monitor.format_plan(plan)))
             print("\n".join(quality_lines(model, cfg)))
             print(f"checkpoints: {optim.checkpoint_bytes(model, cfg) / 1e9:.2f} GB each")
-            print("\n".join(memory.plan_lines(model, cfg, "bfloat16" if cfg.dtype == "auto" else cfg.dtype)))  # a GPU's
+            print("\n".join(memory.plan_lines(model, cfg, "bfloat16" if cfg.dtype == "auto" else cfg.dtype, world)))  # a GPU's
         return 0
 
     # ------------------------------------------------------------------ output dir: one train.py at a time
@@ -343,9 +345,9 @@ def run_training(cfg, procs, cleanup, notes=()):
     else:
         model = GPT(GPTConfig(**model_args))
     if cfg.memory_gib:  # the card planned for: a run that would not fit stops now, not at its first step (issue 27)
-        need = memory.step_bytes(model, cfg, dtype)["total"]
+        need = memory.step_bytes(model, cfg, dtype, world)["total"]
         if need > (1 - memory.FIT_MARGIN) * cfg.memory_gib * memory.GIB:
-            raise ConfigError(memory.fit_line(model, cfg, dtype, need))
+            raise ConfigError(memory.fit_line(model, cfg, dtype, need, world))
     model.to(device)
     model.checkpointing = cfg.activation_checkpointing
     n_params = model.get_num_params()
@@ -417,6 +419,8 @@ def run_training(cfg, procs, cleanup, notes=()):
                             n_params_extra_embeds=raw_model.extra_embed_params())
     for line in monitor.format_plan(plan) + quality_lines(raw_model, cfg):
         log(line)
+    log(f"optimizer: {optimizer.describe()}; {optim.state_bytes(raw_model, cfg, world) / memory.GIB:.2f} GiB of states "
+        f"per {'GPU' if cuda else 'process'}")
     log(f"checkpoints: {optim.checkpoint_bytes(raw_model, cfg) / 1e9:.2f} GB each (ckpt.pt, ckpt_best.pt"
         + (f", {cfg.keep_last_n} numbered" if cfg.keep_last_n else "") + ")")
     if peak_note:
@@ -468,6 +472,7 @@ def run_training(cfg, procs, cleanup, notes=()):
     def save(path):
         """Checkpoint on rank 0; a NaN model is never saved. True if the file was written."""
         nonlocal last_good
+        optimizer.gather_state()  # shard_optimizer: every rank sends its states to rank 0 (a collective)
         if not master:
             return False
         if not all(torch.isfinite(p).all() for p in raw_model.parameters()):

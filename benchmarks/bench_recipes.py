@@ -40,6 +40,11 @@ VARIANTS = {  # name -> settings layered on the best modern run
     "softcap": ["--logit_softcap=15"],  # logits squashed into (-15, 15) (Gemma 2; modded-nanogpt)
     "stream": ["--data_order=stream"],
     "adam_lr_x3": ["--learning_rate=9e-3"],  # 3x the AdamW rate of embeddings, head and gains (Muon's unchanged)
+    # lean optimizer states (issue 27): the same run with AdamW's moments in 8 or 4 bits, Muon's momentum in bf16
+    "adamw_8bit": ["--adamw_states=8bit"],
+    "adamw_4bit": ["--adamw_states=4bit"],
+    "muon_bf16": ["--muon_states=bf16"],
+    "lean": ["--adamw_states=8bit", "--muon_states=bf16"],
 }
 SPEEDRUN = os.path.join(REPO, "config", "recipe_speedrun.py")
 

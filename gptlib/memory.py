@@ -3,7 +3,8 @@ and of its fit check (issue 27). Measured against on CPU by benchmarks/bench_mem
 
     weights      4 bytes a parameter (fp32 master weights; autocast makes bf16 copies per matmul, counted below)
     gradients    4 bytes a parameter
-    optimizer    AdamW 8 bytes a parameter (two fp32 moments), Muon 4 (one momentum): optim.STATE_FLOATS
+    optimizer    AdamW 8 bytes a parameter (two fp32 moments; ~2 in 8 bits, ~1 in 4), Muon 4 (one momentum; 2 in
+                 bf16), a 1/world share of them under shard_optimizer: optim.state_bytes
     activations  what the forward pass keeps for the backward, per token and block (activation_bytes), and the
                  chunked head+loss's working set on top of it at the end of the forward pass (head_bytes)
 """
@@ -45,10 +46,10 @@ def head_bytes(config, batch_size, block_size, dtype):
             + rows * C * 4)
 
 
-def step_bytes(model, cfg, dtype):
-    """{part: bytes} of a training step at cfg's micro-batch and checkpointing, and 'total'."""
+def step_bytes(model, cfg, dtype, world=1):
+    """{part: bytes} of a training step on one of `world` ranks at cfg's micro-batch and options, and 'total'."""
     n, B, T = model.get_num_params(), cfg.batch_size, cfg.block_size
-    parts = {"weights": 4 * n, "gradients": 4 * n, "optimizer": optim.checkpoint_bytes(model, cfg) - 4 * n,
+    parts = {"weights": 4 * n, "gradients": 4 * n, "optimizer": optim.state_bytes(model, cfg, world),
              "activations": activation_bytes(model.config, B, T, cfg.activation_checkpointing, dtype)
              + head_bytes(model.config, B, T, dtype)}
     parts["total"] = sum(parts.values())
@@ -57,41 +58,61 @@ def step_bytes(model, cfg, dtype):
 
 GIB = 2**30
 FIT_MARGIN = 0.10  # share of the card kept free for the CUDA context, fragmentation and other processes (bench.py's default)
+OPTION_NAMES = ("activation_checkpointing", "adamw_states", "muon_states", "shard_optimizer", "batch_size")
 
 
-def plan_lines(model, cfg, dtype):
+def plan_lines(model, cfg, dtype, world=1):
     """train.py --plan's memory lines: each part at the run's micro-batch, and against cfg.memory_gib (if given)
     whether it fits, or the cheapest options that make it fit."""
-    parts = step_bytes(model, cfg, dtype)
+    parts = step_bytes(model, cfg, dtype, world)
+    states = f"adamw_states={cfg.adamw_states}" + (f", muon_states={cfg.muon_states}" if cfg.optimizer == "muon" else "")
+    shard = f", optimizer states sharded over {world} GPUs" if cfg.shard_optimizer and world > 1 else ""
     lines = [f"memory per GPU at micro-batch {cfg.batch_size} x {cfg.block_size} ({dtype}, activation_checkpointing="
-             f"{cfg.activation_checkpointing}): weights {parts['weights'] / GIB:.2f} + gradients "
+             f"{cfg.activation_checkpointing}, {states}{shard}): weights {parts['weights'] / GIB:.2f} + gradients "
              f"{parts['gradients'] / GIB:.2f} + optimizer {parts['optimizer'] / GIB:.2f} + activations "
              f"{parts['activations'] / GIB:.2f} = {parts['total'] / GIB:.2f} GiB (arithmetic: gptlib/memory.py)"]
+    if cfg.shard_optimizer and world == 1:
+        lines.append("shard_optimizer: one process keeps every state; under torchrun --nproc_per_node=N each GPU "
+                     "keeps ~1/N of them (plan with the same torchrun command)")
     if cfg.memory_gib:
-        lines.append(fit_line(model, cfg, dtype, parts["total"]))
+        lines.append(fit_line(model, cfg, dtype, parts["total"], world))
     return lines
 
 
-def fit_line(model, cfg, dtype, total):
-    """'fits on 12 GiB ...', or what would make it fit: checkpointing first (no change to the run), then a smaller
-    micro-batch with more accumulation (the same total batch), else a smaller model."""
+def fit_options(cfg, world):
+    """The option sets to try, least change first: none (checkpointing and micro-batch only: the same run), then
+    sharding the states over the ranks (the same run, more traffic), then leaner states (8-bit, then 4-bit)."""
+    lean = [{}] + [{"adamw_states": a, **({"muon_states": "bf16"} if cfg.optimizer == "muon" else {})}
+                   for a in ("8bit", "4bit") if ("fp32", "8bit", "4bit").index(a) > ("fp32", "8bit", "4bit").index(cfg.adamw_states)]
+    shard = [{}] + ([{"shard_optimizer": True}] if world > 1 and not cfg.shard_optimizer else [])
+    return [{**s, **l} for l in lean for s in shard]
+
+
+def fit_line(model, cfg, dtype, total, world=1):
+    """'fits on 12 GiB ...', or what would make it fit (fit_options, each with the least activation checkpointing
+    and then the largest micro-batch that divides the total batch), else a smaller model."""
     card = cfg.memory_gib * GIB
     room = (1 - FIT_MARGIN) * card
     if total <= room:
         return f"fits on {cfg.memory_gib:g} GiB ({total / GIB:.2f} GiB planned, {1 - total / card:.0%} to spare)"
-    for mode in ("selective", "full"):
-        for b in range(cfg.batch_size, 0, -1):
-            if b < cfg.batch_size and cfg.total_batch_size % (b * cfg.block_size):
-                continue
-            need = step_bytes(model, dataclasses.replace(cfg, activation_checkpointing=mode, batch_size=b), dtype)["total"]
-            if need <= room:
-                fix = f"--activation_checkpointing={mode}" + (f" --batch_size={b} (gradient accumulation "
-                      f"{monitor.grad_accum_steps(cfg.total_batch_size, b, cfg.block_size)}, the same total batch)"
-                      if b < cfg.batch_size else "")
-                return (f"does not fit on {cfg.memory_gib:g} GiB ({total / GIB:.2f} GiB planned, {FIT_MARGIN:.0%} "
-                        f"kept free); fits with {fix}: {need / GIB:.2f} GiB")
-    parts = step_bytes(model, cfg, dtype)
+    modes = ["none", "selective", "full"]
+    for options in fit_options(cfg, world):
+        for mode in modes[modes.index(cfg.activation_checkpointing):]:
+            for b in range(cfg.batch_size, 0 if mode != "none" else cfg.batch_size - 1, -1):  # checkpointing, then smaller
+                if b < cfg.batch_size and cfg.total_batch_size % (b * cfg.block_size * world):
+                    continue
+                trial = dataclasses.replace(cfg, activation_checkpointing=mode, batch_size=b, **options)
+                need = step_bytes(model, trial, dtype, world)["total"]
+                if need <= room:
+                    fix = " ".join(f"--{k}={getattr(trial, k)}" for k in OPTION_NAMES if getattr(trial, k) != getattr(cfg, k))
+                    if b < cfg.batch_size:
+                        fix += (f" (gradient accumulation {monitor.grad_accum_steps(cfg.total_batch_size, b, cfg.block_size, world)}"
+                                f", the same total batch)")
+                    return (f"does not fit on {cfg.memory_gib:g} GiB ({total / GIB:.2f} GiB planned, {FIT_MARGIN:.0%} "
+                            f"kept free); fits with {fix}: {need / GIB:.2f} GiB")
+    leanest = dataclasses.replace(cfg, activation_checkpointing="full", batch_size=1, **fit_options(cfg, world)[-1])
+    parts = step_bytes(model, leanest, dtype, world)
     return (f"does not fit on {cfg.memory_gib:g} GiB (less {FIT_MARGIN:.0%} kept free) even at micro-batch 1 with "
-            f"full checkpointing: weights, gradients and optimizer states alone are "
-            f"{(parts['total'] - parts['activations']) / GIB:.2f} GiB; train a smaller model (8-bit optimizer states "
-            f"and sharding across GPUs are not built yet: issue 27)")
+            f"full checkpointing and the leanest optimizer states: weights, gradients and states alone are "
+            f"{(parts['total'] - parts['activations']) / GIB:.2f} GiB a GPU; train a smaller model (sharding the "
+            f"weights and gradients across GPUs, FSDP, is not built yet: issue 27)")

@@ -1,25 +1,40 @@
 """Optimizers and learning-rate schedules, the one place train.py and bench.py get them from.
 
-    make_optimizer(model, cfg, device)   AdamW alone ('adamw'), or Muon + AdamW ('muon'), as one Optimizers
+    make_optimizer(model, cfg, device)   AdamW alone ('adamw'), or Muon + AdamW ('muon'), as one Optimizers; their
+                                         states in fp32 or lean (adamw_states, muon_states), whole or sharded
+                                         across ranks (shard_optimizer)
     lr_at(it, cfg)                       the peak-relative schedule: cosine (GPT-3) or warmup-stable-decay
     window_at(it, cfg)                   the attention window of an iteration (its warmup: record #13)
     set_lr(optimizer, it, cfg)           apply the schedule (and Muon's momentum warmup) to every group
+    state_bytes(model, cfg, world)       the optimizer states' bytes on one rank
     checkpoint_bytes(model, cfg)         the size of one training checkpoint
 Schedules are pure functions of the iteration and the current settings, so a resumed run needs no
 schedule state and a run extended with a larger max_iters recomputes its schedule.
 """
+import contextlib
+import importlib
 import inspect
+import logging
 import math
 
 import torch
 
+from .errors import ConfigError
+
 MUON_MOMENTUM_START = 0.85  # Muon's momentum at iteration 0, rising to muon_momentum (modded-nanogpt)
-STATE_FLOATS = {"adamw": 2, "muon": 1}  # fp32 tensors each optimizer keeps per parameter (moments; momentum)
+# AdamW's two moments: fp32, or torchao's block-quantized states (Dettmers et al. 2022 for 8-bit; Li et al. 2023
+# for 4-bit), (class, values per block, bits a value). torchao keeps a tensor under 4,096 values, or one that is no
+# whole number of blocks, in fp32 (as bitsandbytes does); each block adds one fp32 scale.
+TORCHAO_ADAMW = {"8bit": ("AdamW8bit", 256, 8), "4bit": ("AdamW4bit", 128, 4)}
+TORCHAO_MIN_VALUES = 4096
+MUON_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # Muon's momentum buffer (muon_states)
 
 
 class Optimizers:
     """One or two torch optimizers used as one: AdamW, or Muon for the hidden matrices + AdamW for the rest.
-    A GradScaler unscales and steps each of them (PyTorch's recipe for several optimizers)."""
+    A GradScaler unscales and steps each of them (PyTorch's recipe for several optimizers). Under
+    shard_optimizer each part is a ZeroRedundancyOptimizer: every rank keeps the states of its share of the
+    parameters, and its state_dict() is the whole state, as one process's (gather_state() first, on every rank)."""
 
     def __init__(self, parts):
         self.parts = parts  # name -> torch.optim.Optimizer
@@ -40,41 +55,142 @@ class Optimizers:
         for opt in self.parts.values():
             opt.zero_grad(set_to_none=set_to_none)
 
+    def describe(self):
+        """'AdamW8bit + Muon (bf16 momentum), states sharded over 2 ranks (ZeRO-1)': what was built."""
+        kinds = []
+        for opt in self.parts.values():
+            local = getattr(opt, "optim", opt)
+            dtype = getattr(local, "momentum_dtype", None)
+            kinds.append(type(local).__name__ + (f" ({str(dtype).removeprefix('torch.')} momentum)" if dtype else ""))
+        sharded = any(hasattr(opt, "optim") for opt in self.parts.values())
+        return " + ".join(kinds) + (f", states sharded over {torch.distributed.get_world_size()} ranks (ZeRO-1)"
+                                    if sharded else "")
+
+    def gather_state(self):
+        """Sharded: bring every rank's states to rank 0 for state_dict(). A collective: call it on every rank."""
+        for opt in self.parts.values():
+            if hasattr(opt, "consolidate_state_dict"):
+                opt.consolidate_state_dict(to=0)
+
     def state_dict(self):
-        return {name: opt.state_dict() for name, opt in self.parts.items()}
+        """The whole state, quantized states as plain tensors (their codes and scales as they are), so a checkpoint
+        loads with weights_only=True and without torchao (sample.py, eval.py, export.py never need it)."""
+        return {name: {**sd, "state": {i: {k: _plain(v) for k, v in s.items()} for i, s in sd["state"].items()}}
+                for name, opt in self.parts.items() for sd in [opt.state_dict()]}
 
     def load_state_dict(self, state):
-        """Raises ValueError when the state is another optimizer's (a plain AdamW state is a version 1 one)."""
+        """Raises ValueError when the state is another optimizer's (a plain AdamW state is a version 1 one).
+        States saved in another precision are converted to this optimizer's (a resume on a smaller card)."""
         if "state" in state and "param_groups" in state:
             state = {"adamw": state}
         if set(state) != set(self.parts):
             raise ValueError(f"it holds {' + '.join(sorted(state))}, the settings make {' + '.join(sorted(self.parts))}")
         for name, opt in self.parts.items():
-            opt.load_state_dict(state[name])
+            local = getattr(opt, "optim", opt)  # a ZeroRedundancyOptimizer's own optimizer
+            saved = {i: {k: _unplain(v, quantized=hasattr(local, "_new_buffer")) for k, v in s.items()}
+                     for i, s in state[name]["state"].items()}
+            opt.load_state_dict({**state[name], "state": saved})
+            settle_states(opt)
 
     @property
     def state(self):
-        return {p: s for opt in self.parts.values() for p, s in opt.state.items()}
+        """parameter -> its state, of the parameters this rank keeps states for (all of them unless sharded)."""
+        return {p: s for opt in self.parts.values() for p, s in getattr(opt, "optim", opt).state.items()}
 
 
-class CPUMuon(torch.optim.Muon):
-    """torch.optim.Muon with the Newton-Schulz orthogonalisation in fp32 instead of bf16, for CPUs: torch's casts
-    every update to bf16, and a CPU without bf16 matrix units emulates those products (a 256 x 768 by 768 x 256
-    product: 69 ms in bf16 against 1.1 ms in fp32, 2-core AMD EPYC, torch 2.13), which made Muon's step 80% of a
-    4 x 256 model's training step. Same state (momentum_buffer), so checkpoints move between CPU and GPU."""
+def _plain(value):
+    """A torchao quantized state as {'quantized': class, 'tensors': its codes/scales, 'meta': its attributes}."""
+    if not torch.is_tensor(value) or type(value) is torch.Tensor or not hasattr(value, "__tensor_flatten__"):
+        return value
+    names, meta = value.__tensor_flatten__()
+    return {"quantized": f"{type(value).__module__}.{type(value).__qualname__}",
+            "tensors": {n: getattr(value, n) for n in names},
+            "meta": [{"dtype": str(m).removeprefix("torch.")} if isinstance(m, torch.dtype) else
+                     {"size": list(m)} if isinstance(m, torch.Size) else m for m in meta]}
+
+
+def _unplain(value, quantized):
+    """_plain's inverse for an optimizer that keeps quantized states; dequantized (fp32) for one that does not."""
+    if not (isinstance(value, dict) and "quantized" in value):
+        return value
+    module, _, name = value["quantized"].rpartition(".")
+    if not module.startswith("torchao.optim."):  # only torchao's optimizer states are rebuilt from a checkpoint
+        raise ValueError(f"it holds a state of type {value['quantized']}, which this code does not load")
+    _torchao(f"this checkpoint's optimizer state ({name})")
+    cls = getattr(importlib.import_module(module), name)
+    meta = [getattr(torch, m["dtype"]) if isinstance(m, dict) and "dtype" in m else
+            torch.Size(m["size"]) if isinstance(m, dict) and "size" in m else m for m in value["meta"]]
+    state = cls.__tensor_unflatten__(value["tensors"], meta, None, None)
+    return state if quantized else state.dequantize()
+
+
+def settle_states(opt):
+    """After a load (or a crop): a torchao optimizer quantizes the fp32 states it was given, as it would have made
+    them; a Muon keeps its momentum in its own dtype (torch's load casts each state to its parameter's dtype)."""
+    local = getattr(opt, "optim", opt)
+    for group in opt.param_groups + (local.param_groups if local is not opt else []):  # torchao: a tensor rate; torch: a float
+        if hasattr(local, "_new_buffer") != torch.is_tensor(group["lr"]):
+            group["lr"] = torch.tensor(float(group["lr"])) if hasattr(local, "_new_buffer") else float(group["lr"])
+    for p, s in local.state.items():
+        if hasattr(local, "_new_buffer"):
+            for k, signed in (("exp_avg", True), ("exp_avg_sq", False)):
+                if k in s and type(s[k]) is torch.Tensor:
+                    q = local._new_buffer(p, signed)
+                    if type(q) is not torch.Tensor:  # a tensor torchao would quantize
+                        q.copy_(s[k])
+                        s[k] = q
+        elif "momentum_buffer" in s and hasattr(local, "momentum_dtype"):
+            s["momentum_buffer"] = s["momentum_buffer"].to(local.momentum_dtype)
+
+
+def _torchao(needed_by):
+    """torchao.optim, imported on demand (its import logs warnings about CUDA kernels a CPU build lacks)."""
+    quiet = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    levels = [q.level for q in quiet]
+    try:
+        for q in quiet:
+            q.setLevel(logging.ERROR)
+        return importlib.import_module("torchao.optim")
+    except ImportError as e:
+        raise ConfigError(f"{needed_by} needs torchao ({e}); install it with `pip install torchao`, or use "
+                          f"--adamw_states=fp32") from None
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
+
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon's update, with two dtypes torch's does not let one choose (set as attributes):
+    ns_dtype        the Newton-Schulz products' (torch's: bf16). fp32 on CPUs: a CPU without bf16 matrix units
+                    emulates those products (a 256 x 768 by 768 x 256 product: 69 ms in bf16 against 1.1 ms in
+                    fp32, 2-core AMD EPYC, torch 2.13), which made Muon's step 80% of a 4 x 256 model's step.
+    momentum_dtype  the momentum buffer's: bf16 halves Muon's state (muon_states, issue 27). Each step updates
+                    it in fp32 and rounds it to nearest once; the step's update uses the fp32 value.
+    The same state (momentum_buffer) as torch's, so checkpoints move between CPU and GPU."""
+    ns_dtype = torch.float32
+    momentum_dtype = torch.float32
 
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
+            for p in group["params"]:  # made in its dtype here: torch's would make fp32 buffers first
+                if p.grad is not None and "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p, dtype=self.momentum_dtype)
             params, grads, bufs = [], [], []
             self._init_group(group, params, grads, bufs)
             momentum, lr = group["momentum"], group["lr"]
             for p, g, buf in zip(params, grads, bufs):
-                buf.lerp_(g, 1 - momentum)
-                update = g.lerp(buf, momentum) if group["nesterov"] else buf
-                update = _orthogonalise(update.float(), group["ns_coefficients"], group["ns_steps"], group["eps"])
+                m = buf.lerp_(g, 1 - momentum) if buf.dtype == g.dtype else buf.float().lerp_(g, 1 - momentum)
+                if m is not buf:
+                    buf.copy_(m)
+                update = g.lerp(m, momentum) if group["nesterov"] else m
+                update = _orthogonalise(update.to(self.ns_dtype), group["ns_coefficients"], group["ns_steps"], group["eps"])
                 p.mul_(1 - lr * group["weight_decay"])
                 p.add_(update.to(p.dtype), alpha=-lr * math.sqrt(max(1, p.size(0) / p.size(1))))  # Muon's shape scale
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        settle_states(self)
 
 
 def _orthogonalise(x, coefficients, steps, eps):
@@ -112,21 +228,47 @@ def table_lr(cfg):
 
 def make_optimizer(model, cfg, device):
     """AdamW (Loshchilov & Hutter 2019) with weight decay on matmul and embedding weights (dim >= 2), not on
-    biases and norm gains, fused on CUDA; with optimizer='muon', torch.optim.Muon for the hidden matrices."""
+    biases and norm gains, fused on CUDA (torchao's 8-bit/4-bit AdamW with adamw_states); with optimizer='muon',
+    Muon for the hidden matrices (torch.optim.Muon on GPU with fp32 momentum, else Muon above)."""
     hidden = {id(p) for p in muon_params(model)} if cfg.optimizer == "muon" else set()
     tables = table_params(model)
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in hidden | {id(t) for t in tables}]
     groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay, "kind": "adamw"},
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "kind": "adamw"},
               {"params": tables, "weight_decay": 0.0, "kind": "tables"}]  # only when the model has them
-    fused = device.startswith("cuda") and "fused" in inspect.signature(torch.optim.AdamW).parameters
-    parts = {"adamw": torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate,
-                                        betas=(cfg.beta1, cfg.beta2), **({"fused": True} if fused else {}))}
+    if cfg.adamw_states == "fp32":
+        adamw = torch.optim.AdamW
+        fused = device.startswith("cuda") and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        options = {"fused": True} if fused else {}
+    else:
+        adamw = getattr(_torchao(f"adamw_states={cfg.adamw_states}"), TORCHAO_ADAMW[cfg.adamw_states][0])
+        options = {}
+    parts = {"adamw": _build(adamw, [g for g in groups if g["params"]], cfg.shard_optimizer, lr=cfg.learning_rate,
+                             betas=(cfg.beta1, cfg.beta2), **options)}
     if hidden:
-        muon = CPUMuon if device.startswith("cpu") else torch.optim.Muon
-        parts["muon"] = muon([{"params": muon_params(model), "kind": "muon"}], lr=cfg.muon_lr,
-                             momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay)
+        plain = device.startswith("cuda") and cfg.muon_states == "fp32"  # torch's, as measured on GPUs (issue 16)
+        parts["muon"] = _build(torch.optim.Muon if plain else Muon, [{"params": muon_params(model), "kind": "muon"}],
+                               cfg.shard_optimizer, lr=cfg.muon_lr, momentum=cfg.muon_momentum,
+                               weight_decay=cfg.muon_weight_decay)
+        local = getattr(parts["muon"], "optim", parts["muon"])
+        if not plain:
+            local.ns_dtype = torch.float32 if device.startswith("cpu") else torch.bfloat16
+            local.momentum_dtype = MUON_DTYPES[cfg.muon_states]
     return Optimizers(parts)
+
+
+def _build(cls, groups, shard, **options):
+    """cls over groups, or with shard (under torchrun) a ZeroRedundancyOptimizer of it: ZeRO stage 1 (Rajbhandari
+    et al. 2020), each rank keeping the states of about 1/world of the parameters, then broadcasting the ones it
+    updated. Muon's update needs each whole matrix, and ZeRO gives each matrix to one rank whole."""
+    if not (shard and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+        return cls(groups, **options)
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    opt = ZeroRedundancyOptimizer(groups, optimizer_class=cls, **options)
+    if hasattr(opt.optim, "_new_buffer"):  # torchao steps with a tensor rate; ZeRO copies its groups' rate to it
+        for group in opt.param_groups:
+            group["lr"] = torch.tensor(float(group["lr"]))
+    return opt
 
 
 def decay_start(cfg):
@@ -178,20 +320,43 @@ def set_lr(optimizer, it, cfg):
     lr = lr_at(it, cfg)
     for group in optimizer.param_groups:
         if group.get("kind") == "muon":
-            group["lr"] = cfg.muon_lr * lr / cfg.learning_rate
+            rate = cfg.muon_lr * lr / cfg.learning_rate
             group["momentum"] = muon_momentum_at(it, cfg)
         elif group.get("kind") == "tables":
-            group["lr"] = table_lr(cfg) * lr / cfg.learning_rate
+            rate = table_lr(cfg) * lr / cfg.learning_rate
         else:
-            group["lr"] = lr
+            rate = lr
+        if torch.is_tensor(group["lr"]):  # torchao's optimizers keep it as a tensor (no recompile per rate)
+            group["lr"].fill_(rate)
+        else:
+            group["lr"] = rate
     return lr
 
 
+def state_bytes(model, cfg, world=1):
+    """The optimizer states' bytes on one of `world` ranks: per AdamW parameter two moments (fp32, or torchao's
+    codes, block scales and code table where it quantizes), per Muon matrix one momentum (fp32 or bf16); a 1/world
+    share under shard_optimizer (ZeRO hands out whole parameters, so a rank's share is about that)."""
+    hidden = {id(p) for p in muon_params(model)} if cfg.optimizer == "muon" else set()
+    total = sum(p.numel() * MUON_DTYPES[cfg.muon_states].itemsize if id(p) in hidden
+                else 2 * _moment_bytes(p.numel(), cfg.adamw_states)
+                for p in model.parameters() if p.requires_grad)
+    return total / world if cfg.shard_optimizer else total
+
+
+def _moment_bytes(n, kind):
+    """One AdamW moment of an n-value parameter under adamw_states=kind (torchao's rule for what it quantizes)."""
+    if kind == "fp32":
+        return 4 * n
+    _, block, bits = TORCHAO_ADAMW[kind]
+    if n < TORCHAO_MIN_VALUES or n % block:
+        return 4 * n
+    return n * bits // 8 + 4 * (n // block) + 4 * 2**bits  # codes, a scale per block, the code table
+
+
 def checkpoint_bytes(model, cfg):
-    """One training checkpoint: fp32 weights plus the optimizers' fp32 state."""
-    n = model.get_num_params()
-    n_muon = sum(p.numel() for p in muon_params(model)) if cfg.optimizer == "muon" else 0
-    return 4 * (n + STATE_FLOATS["adamw"] * (n - n_muon) + STATE_FLOATS["muon"] * n_muon)
+    """One training checkpoint: fp32 weights plus the optimizers' whole state (as kept: lean states stay lean)."""
+    return 4 * model.get_num_params() + state_bytes(model, cfg)
 
 
 def fit_state_to_params(optimizer):
@@ -201,7 +366,10 @@ def fit_state_to_params(optimizer):
         for k, t in state.items():
             if torch.is_tensor(t) and t.dim() == p.dim() and t.dim() >= 1 and t.shape != p.shape \
                     and t.shape[1:] == p.shape[1:] and t.shape[0] > p.shape[0]:
+                t = t.dequantize() if hasattr(t, "dequantize") else t  # a torchao state: cropped in fp32
                 state[k] = t[:p.shape[0]].clone()
+    for opt in optimizer.parts.values():
+        settle_states(opt)  # and quantized again
 
 
 def load_foreign_state(optimizer, state):
@@ -214,7 +382,7 @@ def load_foreign_state(optimizer, state):
     if set(optimizer.parts) != {"adamw"} or "state" not in adamw or "param_groups" not in adamw:
         return f"it holds {' + '.join(sorted(state))}, this run uses {' + '.join(sorted(optimizer.parts))}"
     mine = optimizer.parts["adamw"]
-    groups = mine.state_dict()["param_groups"]
+    groups = mine.param_groups  # its own options (a sharded optimizer's state_dict would need a gather first)
     if [len(g["params"]) for g in adamw["param_groups"]] != [len(g["params"]) for g in groups]:
         return "its parameter groups differ from this model's"
     params = [p for g in mine.param_groups for p in g["params"]]
@@ -225,4 +393,5 @@ def load_foreign_state(optimizer, state):
                 return f"a moment has shape {tuple(t.shape)} where the parameter has {tuple(p.shape)}"
     mine.load_state_dict({"state": adamw["state"],
                           "param_groups": [{**g, "params": s["params"]} for g, s in zip(groups, adamw["param_groups"])]})
+    settle_states(mine)  # fp32 moments into lean ones
     return None

@@ -138,6 +138,9 @@ class TrainConfig(GPTConfig):
     muon_momentum: float = setting(0.95, ge=0, lt=1)  # Muon's momentum once warmed up
     muon_momentum_warmup: int = setting(300, ge=0)  # iterations over which Muon's momentum rises from 0.85 to muon_momentum
     muon_weight_decay: float = setting(0.0, ge=0)  # Muon's decoupled weight decay (multiplied by its learning rate)
+    adamw_states: str = setting("fp32", choices=["fp32", "8bit", "4bit"])  # AdamW's two moments: fp32 (8 bytes a parameter), or torchao's block-quantized 8bit (~2) or 4bit (~1); needs torchao
+    muon_states: str = setting("fp32", choices=["fp32", "bf16"])  # Muon's momentum: fp32 (4 bytes a parameter) or bf16 (2)
+    shard_optimizer: bool = setting(False)  # torchrun: each rank keeps the optimizer states of ~1/world of the parameters (ZeRO-1, torch's ZeroRedundancyOptimizer)
     grad_clip: float = setting(1.0, ge=0)  # clip the global gradient norm to this (0: off)
     window_start: int = setting(0, ge=0)  # attention window at iteration 0, growing to attn_window at max_iters in multiples of this (record #13: 128); 0: attn_window throughout
     # faults
@@ -182,6 +185,9 @@ class TrainConfig(GPTConfig):
         elif self.window_start > self.attn_window:
             out.append(f"window_start={self.window_start} is above attn_window={self.attn_window}, the window it grows "
                        f"to; lower window_start")
+        if self.muon_states != "fp32" and self.optimizer != "muon":
+            out.append(f"muon_states={self.muon_states!r} shapes Muon's momentum, but optimizer='adamw' has none; use "
+                       f"--optimizer=muon, or --adamw_states=8bit for AdamW's")
         if not self.val_sets:
             out.append("val_sets is empty; give at least one validation split, e.g. --val_sets=val")
         if self.humaneval_interval and not self.humaneval_path:

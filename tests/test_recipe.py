@@ -278,7 +278,7 @@ def test_cpu_muon_orthogonalises_in_fp32_and_steps_as_torchs_muon():
     ours, torchs = optim._orthogonalise(g, coeffs, 5, 1e-7), _zeropower_via_newtonschulz(g, coeffs, 5, 1e-7).float()
     assert ours.dtype == torch.float32 and (ours - torchs).abs().max() < 5e-2 * torchs.abs().max()  # bf16 vs fp32
     params = {}
-    for cls in (optim.CPUMuon, torch.optim.Muon):
+    for cls in (optim.Muon, torch.optim.Muon):
         torch.manual_seed(0)
         w = torch.nn.Parameter(torch.randn(64, 32))
         opt = cls([w], lr=0.02, momentum=0.9, weight_decay=0.01)
@@ -286,9 +286,9 @@ def test_cpu_muon_orthogonalises_in_fp32_and_steps_as_torchs_muon():
             w.grad = torch.sin(3 * w + i)
             opt.step()
         params[cls] = (w.detach().clone(), set(opt.state[w]))
-    assert (params[optim.CPUMuon][0] - params[torch.optim.Muon][0]).abs().max() < 1e-3
-    assert params[optim.CPUMuon][1] == params[torch.optim.Muon][1] == {"momentum_buffer"}
+    assert (params[optim.Muon][0] - params[torch.optim.Muon][0]).abs().max() < 1e-3
+    assert params[optim.Muon][1] == params[torch.optim.Muon][1] == {"momentum_buffer"}
     model = tiny(**SWITCHES["all"])
     cfg = load_config(TrainConfig, [MODERN])
-    assert type(optim.make_optimizer(model, cfg, "cpu").parts["muon"]) is optim.CPUMuon
+    assert type(optim.make_optimizer(model, cfg, "cpu").parts["muon"]) is optim.Muon
     assert type(optim.make_optimizer(model, cfg, "cuda").parts["muon"]) is torch.optim.Muon

@@ -1,0 +1,115 @@
+"""Lean and sharded optimizer states (issue 27): torchao's 8-bit and 4-bit AdamW moments, bf16 Muon momentum and
+ZeRO-1 sharding across ranks. Each resumes bit-identically on CPU; checkpoints hold the quantized states as
+they are, as plain tensors; 2 ranks with sharded states match 1 process; a checkpoint moves between them."""
+import dataclasses
+
+import pytest
+import torch
+
+import train
+from conftest import REPO, shakespeare
+from gptlib import checkpoint, optim
+from gptlib.train_settings import TrainConfig
+from model import GPT, GPTConfig
+from test_ddp import COMMON, assert_close, losses, torchrun
+from test_train import TINY, make_dataset
+
+pytest.importorskip("torchao")
+MODERN = str(REPO / "config" / "recipe_modern.py")
+KINDS = {  # name -> settings; each run is TINY (2 x 32, GPT-2 vocabulary: torchao quantizes wte and the MLP)
+    "adamw_8bit": ["--adamw_states=8bit"],
+    "adamw_4bit": ["--adamw_states=4bit"],
+    "modern_8bit_bf16": [MODERN, "--adamw_states=8bit", "--muon_states=bf16", "--window_start=0", "--lr_schedule=cosine"],
+}
+MODERN_COSINE = [MODERN, "--window_start=0", "--lr_schedule=cosine"]  # a run stopped early resumes on cosine's schedule
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("states"), shakespeare()[:80_000], val_docs=20)
+
+
+def args(data, out, *extra, dropout=0.1):
+    """TINY + COMMON with extra (config files first), dropout on so the RNG state matters to a resume."""
+    return ([a for a in extra if a.endswith(".py")] + TINY + COMMON + [a for a in extra if not a.endswith(".py")]
+            + [f"--data_dir={data}", f"--out_dir={out}", f"--dropout={dropout}"])
+
+
+def run(data, out, *extra, dropout=0.1):
+    return train.run(args(data, out, *extra, dropout=dropout))
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_lean_states_resume_bit_identically(kind, data, tmp_path):
+    """6 iterations straight == 3, stop, resume to 6: the same losses and weights to the bit, and the checkpoint
+    holds the states as kept (uint8 codes and fp32 scales; bf16 momentum), loadable without torchao."""
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    assert run(data, straight, *KINDS[kind], "--max_iters=6") == 0
+    assert run(data, resumed, *KINDS[kind], "--max_iters=3") == 0
+    assert run(data, resumed, *KINDS[kind], "--max_iters=6", "--init_from=resume") == 0
+    assert losses(straight) == losses(resumed)
+    a, b = (checkpoint.load_checkpoint(str(p / "ckpt.pt")) for p in (straight, resumed))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    states = [v for s in a["optimizer"]["adamw"]["state"].values() for v in s.values()]
+    quantized = [v for v in states if isinstance(v, dict)]
+    assert quantized and all(v["quantized"].startswith("torchao.optim.") for v in quantized)
+    assert {v["tensors"]["codes"].dtype for v in quantized} == {torch.uint8}
+    if "--muon_states=bf16" in KINDS[kind]:
+        assert {s["momentum_buffer"].dtype for s in a["optimizer"]["muon"]["state"].values()} == {torch.bfloat16}
+    # the planner's arithmetic is what the optimizer held: codes, scales, code tables, fp32 where torchao keeps it
+    held = sum(t.numel() * t.element_size() for part in a["optimizer"].values() for st in part["state"].values()
+               for v in st.values() for t in (v["tensors"].values() if isinstance(v, dict) else [v])
+               if torch.is_tensor(t) and t.dim())
+    cfg = TrainConfig(**a["config"])
+    with torch.device("meta"):
+        model = GPT(GPTConfig(**a["model_args"]))
+    assert optim.state_bytes(model, cfg) == held
+    assert optim.state_bytes(model, dataclasses.replace(cfg, shard_optimizer=True), 4) == held / 4
+
+
+def test_states_convert_when_a_run_moves_to_leaner_ones(data, tmp_path):
+    """A run resumed with leaner states (moving to a smaller card) continues: the loss stays near the fp32 run's."""
+    fp32, moved = tmp_path / "fp32", tmp_path / "moved"
+    assert run(data, fp32, *MODERN_COSINE, "--max_iters=6") == 0
+    assert run(data, moved, *MODERN_COSINE, "--max_iters=3") == 0
+    assert run(data, moved, *MODERN_COSINE, "--max_iters=6", "--init_from=resume", "--adamw_states=4bit",
+               "--muon_states=bf16") == 0
+    log = (moved / "log.txt").read_text()
+    assert "resume: adamw_states 'fp32' -> '4bit'" in log and "resume: muon_states 'fp32' -> 'bf16'" in log
+    assert_close(losses(moved)[3:], losses(fp32)[3:], rel=0.02)
+    back = tmp_path / "back"  # and a lean checkpoint resumes with fp32 states (dequantized)
+    assert run(data, back, "--adamw_states=8bit", "--max_iters=3") == 0
+    assert run(data, back, "--max_iters=5", "--init_from=resume") == 0
+
+
+def test_two_ranks_with_sharded_states_match_one_process_and_resume_across_world_sizes(data, tmp_path):
+    """shard_optimizer (ZeRO-1) on 2 gloo ranks == 1 process with 2x accumulation; its checkpoint (written whole
+    by rank 0) resumes on 1 process, and a 1-process checkpoint resumes sharded on 2 ranks."""
+    one, two, back = tmp_path / "one", tmp_path / "two", tmp_path / "back"
+    modern = MODERN_COSINE + ["--adamw_states=8bit", "--muon_states=bf16"]  # all three kinds of state, sharded
+    assert run(data, one, *modern, "--max_iters=6", dropout=0) == 0  # no dropout: each rank draws its own masks
+    torchrun(2, args(data, two, *modern, "--max_iters=3", "--shard_optimizer=True", dropout=0))
+    assert run(data, two, *modern, "--max_iters=6", "--init_from=resume", "--shard_optimizer=True", dropout=0) == 0
+    assert_close(losses(two), losses(one))
+    assert "optimizer: AdamW8bit + Muon (bfloat16 momentum), states sharded over 2 ranks (ZeRO-1)" in (two / "log.txt").read_text()
+    assert run(data, back, *modern, "--max_iters=3", dropout=0) == 0
+    torchrun(2, args(data, back, *modern, "--max_iters=6", "--init_from=resume", "--shard_optimizer=True", dropout=0))
+    assert_close(losses(back), losses(one))
+
+
+def test_the_plan_suggests_lean_states_and_sharding_when_checkpointing_is_not_enough(capsys):
+    """760M on 12 GiB: checkpointing alone cannot fit it, so the plan names leaner states; applied, they fit."""
+    base = [str(REPO / "config" / "train_gpt2_760m_3090.py"), "--plan", "--memory_gib=12"]
+    assert train.run(base) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "fit" in x)
+    assert line.startswith("does not fit on 12 GiB") and "--adamw_states=" in line, line
+    fix = line.split("fits with ")[1].split(" (")[0].split(":")[0].split()
+    assert train.run(base + fix) == 0
+    assert "\nfits on 12 GiB" in capsys.readouterr().out
+
+
+def test_muon_states_without_muon_is_one_line(data, tmp_path, capsys):
+    from gptlib.errors import run_command
+    assert run_command(train.main, TINY + [f"--data_dir={data}", f"--out_dir={tmp_path}", "--muon_states=bf16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "muon_states='bf16'" in err[0] and "--optimizer=muon" in err[0], err
