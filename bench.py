@@ -355,6 +355,8 @@ def run_bench(cfg):
         "batch_size": B,
         "block_size": T,
         "grad_accum": grad_accum,
+        "optimizer": bench.optimizer.describe(),
+        "activation_checkpointing": cfg.activation_checkpointing,
         "tokens_per_iter": cfg.total_batch_size,
         "micro_step_ms": micro_ms,
         "optimizer_step_ms": opt_ms,
@@ -366,6 +368,7 @@ def run_bench(cfg):
         "peak_note": peak_note,
         "peak_mem_gb": mem,
         "peak_mem_kind": mem_kind,
+        "planned_mem_gb": memory.step_bytes(bench.raw_model, cfg, bench.dtype)["total"] / GIB,  # train.py --plan's figure
         "iters": cfg.iters,
         "warmup_iters": cfg.warmup_iters_bench,
         "max_iters": cfg.max_iters,
@@ -378,12 +381,14 @@ def run_bench(cfg):
 def format_table(r):
     mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
     mem = "n/a" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.2f} GiB ({r['peak_mem_kind']})"
+    mem += f"; planned {r['planned_mem_gb']:.2f} GiB (train.py --plan, gptlib/memory.py)"
     machine = r["gpu_name"] or r["cpu"]
     rows = [
         ("machine", f"{machine}, {r['device']}" + ("" if r["gpu_name"] else f" ({r['cpu_threads']} torch threads)")
                     + f", torch {r['torch']}"),
         ("model", f"{monitor.human_count(r['n_params'])} params ({r['n_layer']} layers, {r['n_head']} heads, {r['n_embd']} wide)"),
         ("precision", f"{r['dtype']}, compile {r['compile']}, {r['data']}"),
+        ("memory options", f"{r['optimizer']}; activation_checkpointing={r['activation_checkpointing']}"),
         *([("card", f"emulated {r['memory_gib']:g} GiB (allocator capped)")] if r["memory_gib"] else []),
         ("step", f"{r['grad_accum']} x micro-batch {r['batch_size']} x {r['block_size']} = {r['tokens_per_iter']:,} tokens"),
         ("micro-step (fwd+bwd)", f"{r['micro_step_ms']:.1f} ms"),

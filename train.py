@@ -229,6 +229,10 @@ def run_training(cfg, procs, cleanup, notes=()):
     device, rank, world, master = procs.device, procs.rank, procs.world, procs.master
     device_type = device.split(":")[0]
     dtype = runtime.pick_dtype(device, cfg.dtype)
+    fsdp = procs.ddp and cfg.sharding == "fsdp"  # weights, gradients and states in slices across the ranks
+    if fsdp and dtype == "float16":  # torch.amp.GradScaler unscales whole gradients, not FSDP2's DTensor slices
+        raise ConfigError("sharding='fsdp' trains in bfloat16 or float32 here, not float16 (its loss scaler needs "
+                          "whole gradients); use --dtype=float32 or --sharding=optimizer on this GPU")
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: ~free speed, fine for training
     torch.backends.cudnn.allow_tf32 = True
     ctx = runtime.autocast(device, dtype)
@@ -350,6 +354,8 @@ def run_training(cfg, procs, cleanup, notes=()):
             raise ConfigError(memory.fit_line(model, cfg, dtype, need, world))
     model.to(device)
     model.checkpointing = cfg.activation_checkpointing
+    if fsdp:  # before the optimizer, which must hold the sharded parameters
+        runtime.shard_model(model, device)
     n_params = model.get_num_params()
 
     # ------------------------------------------------------------------ optimizer and loop state
@@ -398,8 +404,8 @@ def run_training(cfg, procs, cleanup, notes=()):
             f"results; memory grows with block_size^2 per row, so keep rows short)")
 
     # ------------------------------------------------------------------ DDP, then compile (PyTorch's order for overlap)
-    raw_model = model
-    if procs.ddp:
+    raw_model = model  # (under fsdp already sharded, above: it all-gathers and reduce-scatters itself)
+    if procs.ddp and not fsdp:
         model = DDP(model, device_ids=[procs.local_rank] if cuda else None)
     ddp_model = model
     if cfg.compile:
@@ -472,14 +478,15 @@ def run_training(cfg, procs, cleanup, notes=()):
     def save(path):
         """Checkpoint on rank 0; a NaN model is never saved. True if the file was written."""
         nonlocal last_good
-        optimizer.gather_state()  # shard_optimizer: every rank sends its states to rank 0 (a collective)
+        optimizer.gather_state()  # sharded states: every rank sends its states to rank 0 (a collective)
+        weights = runtime.model_state(raw_model, sharded=fsdp)  # whole, on rank 0 (a collective under fsdp)
         if not master:
             return False
-        if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
+        if not all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()):
             log(f"not saving {path}: the model holds NaN/inf values")
             return False
         loop.loader = train_loader.state_dict()
-        save_checkpoint(path, {"model": raw_model.state_dict(), "model_args": dataclasses.asdict(raw_model.config),
+        save_checkpoint(path, {"model": weights, "model_args": dataclasses.asdict(raw_model.config),
                                "config": dataclasses.asdict(cfg), "optimizer": optimizer.state_dict(),
                                "scaler": scaler.state_dict(), "dtype": dtype, "loop": loop.state_dict(),
                                "world_size": world})
@@ -572,7 +579,8 @@ def run_training(cfg, procs, cleanup, notes=()):
         loss_sum = torch.zeros((), device=device)
         x, y = to_device(*train_loader.next_batch())
         for micro in range(grad_accum):
-            sync = contextlib.nullcontext() if (not procs.ddp or micro == grad_accum - 1) else ddp_model.no_sync()
+            # fsdp reduce-scatters every micro-step: accumulating whole gradients would undo its memory saving
+            sync = contextlib.nullcontext() if (not procs.ddp or fsdp or micro == grad_accum - 1) else ddp_model.no_sync()
             with sync:  # gradients are all-reduced once per step, on the last micro-step
                 with ctx:
                     loss = model(x, y)[1] / grad_accum
@@ -585,6 +593,7 @@ def run_training(cfg, procs, cleanup, notes=()):
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
         optimizer.unscale_(scaler)
         norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        norm = norm.full_tensor() if fsdp else norm  # a DTensor under fsdp
         loss_val, norm_val = loss_sum.item(), norm.item()
 
         # skip an update from a NaN/inf loss or a loss spike, so the optimizer state is never poisoned

@@ -9,18 +9,24 @@
 # device time, the machine's start included (about 30 s in the fourth session); run 4 took 720 s for all items. Run 5
 # (2026-12-04) measured the three recipes12_* items (225 s, FlexAttention's compile included) but not the speedrun
 # item, whose speedrun run compiled for over 75 s and was cut off; it now trains 6M tokens (20M overfit the 4.9M-token
-# stdlib in run 5) and comes first in the next session's first call:
-#     ITEMS="speedrun" BUDGET=480 bash benchmarks/gpu_followup.sh                                        # timeout_s 540
-#     ITEMS="loss project16 nano16 profile fit12 user" BUDGET=300 bash benchmarks/gpu_followup.sh            # 360
+# stdlib in run 5). Issue 27 (bigger models, open) comes first in the next session; carry a torchao wheel in devcheck/:
+#     ITEMS="big350_12 big760_12 big760_24" BUDGET=480 bash benchmarks/gpu_followup.sh                    # timeout_s 540
+#     ITEMS="big350_12_full speedrun" BUDGET=300 bash benchmarks/gpu_followup.sh                          # 360
+#     (then, another session: ITEMS="loss project16 nano16 profile fit12 user" BUDGET=300)
 # The second re-measures what changed after run 4: the compiled loss's gradient in a buffer of its own again (run 3's
 # form, 9.28 ms; run 4's over-the-logits form 14.70), the fixed-vocab candidate, and the step against nanoGPT's.
 set -u
 OUT=${OUT:-/tmp/gpu_followup}; mkdir -p "$OUT"; PY=${PY:-python}; BUDGET=${BUDGET:-420}; START=$(date +%s)  # python: as devcheck, which ran there
-ITEMS=${ITEMS:-"recipes12_classic recipes12_modern recipes12_speedrun speedrun loss project16 nano16 profile fit12 memory fit24 user attention modern nano_eager project_eager"}  # all
+ITEMS=${ITEMS:-"recipes12_classic recipes12_modern recipes12_speedrun speedrun big350_12 big760_12 big760_24 big350_12_full loss project16 nano16 profile fit12 memory fit24 user attention modern nano_eager project_eager"}  # all
 # the device has tiktoken, not its BPE files, and presets TIKTOKEN_CACHE_DIR to an empty /opt/tiktoken_cache (which
 # failed the user's path in the fourth device session): the carried copy wins whenever it is there
 if [ -d devcheck/tiktoken_cache ]; then export TIKTOKEN_CACHE_DIR=$PWD/devcheck/tiktoken_cache; fi
 export PYTHONUNBUFFERED=1
+# issue 27's 8-bit AdamW states need torchao, which the device may lack: a wheel carried in devcheck/ (pure Python
+# with optional CUDA kernels; `pip download torchao --no-deps -d devcheck`) installs offline
+if ! $PY -c "import torchao" 2>/dev/null && ls devcheck/torchao-*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-deps --no-index devcheck/torchao-*.whl > "$OUT/torchao_install.txt" 2>&1
+fi
 el() { echo $(( $(date +%s) - START )); }
 item() {  # item NAME ESTIMATE_S TIMEOUT_S command...
   local name=$1 est=$2 to=$3; shift 3
@@ -37,6 +43,7 @@ if [ "${DRY:-0}" = 1 ]; then
   ATT="--device=cpu --batch_size=1 --n_head=2 --block_size=128 --iters=2"; B16="--batch_size=2 --compile=False"
   H="--tiny=1 --T=128 --steps=2 --warmup=1 --B=2 --compile=0"; USER="--device=cpu --tiny=True --compile=False --batch_size=4 --iters=4"
   BENCH_SHORT="--iters=1 --warmup_iters_bench=0 --n_layer=2 --n_embd=64 --n_head=2 --compile=False"; SPEED_SHORT="--value_embeds=1"
+  CFG350="$CFG4070"; CFG760_12="$CFG4070 --adamw_states=8bit --activation_checkpointing=selective"; CFG760_24="$CFG4070 --activation_checkpointing=selective"; BIG="--iters=1 --warmup_iters_bench=0 --max_batch_size=2"
   RECIPES="--device=cpu --n_layer=2 --n_head=2 --n_embd=32 --block_size=128 --batch_size=2 --tokens=2560 --eval_interval=5 --eval_tokens=512 --window=64 --window_start=16 --value_embeds=1"
 else
   CFG4070="config/train_gpt2_124m_4070.py"; CFG3090="config/train_gpt2_124m_3090.py"; CAP12="--memory_gib=12"; CAP24="--memory_gib=24"
@@ -45,6 +52,7 @@ else
   BENCH_SHORT="--iters=10 --warmup_iters_bench=3"; SPEED_SHORT=""
   # 12 x 768, rows of 8 x 1024 (as the 4070 config), 6M tokens (1.2 epochs of the device's stdlib): classic 66 s,
   # modern 92 s in run 5 (8,192-token steps: Muon's step costs more than the micro-step there), speedrun's compile ~90 s
+  CFG350="config/train_gpt2_350m_4070.py"; CFG760_12="config/train_gpt2_760m_4070.py"; CFG760_24="config/train_gpt2_760m_3090.py"; BIG="--iters=3 --warmup_iters_bench=2"
   RECIPES="--device=cuda --compile=True --dtype=bfloat16 --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 --batch_size=8 --tokens=6000000 --eval_interval=100 --eval_tokens=524288 --window=1792 --window_start=128 --window_pattern=LSSSLS --value_embeds=3"
 fi
 # 1. the loss op: the compiled gradient in a buffer of its own again (run 3's form), and the fixed-vocab candidate
@@ -89,6 +97,13 @@ done
 # 12. modern against speedrun on the same tokens (the device has no FineWeb: Python's own sources, as the user's
 #     path), val loss at equal tokens, compiled
 item speedrun  420 540 bash -c "$PY prepare_github_code.py --source_dir=\$($PY -c 'import sysconfig; print(sysconfig.get_paths()[\"stdlib\"])') --out_dir=$OUT/stdlib --val_repo_fraction=0.05 > /dev/null && $PY -m benchmarks.bench_recipes --data_dir=$OUT/stdlib --work_dir=$OUT/recipes $RECIPES --classic_lrs=6e-4 --modern_scales=1 --ladder --rungs=softcap15"
+# 13. bigger models (issue 27) on emulated 12 and 24 GB cards, compiled, under their configs' memory options (350M:
+#     none; 760M on 12 GB: 8-bit AdamW + selective; on 24 GB: selective): the largest micro-batch, its tok/s, and the
+#     peak memory beside the planner's figure (bench.py prints both); then 350M with full checkpointing
+item big350_12      150 300 $PY bench.py $CFG350 --find_batch_size $CAP12 --max_batch_size=16 --json $BIG
+item big760_12      180 300 $PY bench.py $CFG760_12 --find_batch_size $CAP12 --max_batch_size=8 --json $BIG
+item big760_24      180 300 $PY bench.py $CFG760_24 --find_batch_size $CAP24 --max_batch_size=16 --json $BIG
+item big350_12_full 150 300 $PY bench.py $CFG350 --activation_checkpointing=full --find_batch_size $CAP12 --max_batch_size=32 --json $BIG
 echo "[$(el)s] done" | tee -a "$OUT/timeline.txt"
 # the device hands back few files: every log in one archive (a run cut short leaves the logs as they are)
 # and the training runs' logs and metrics (a folder name with '+' does not come back on its own)

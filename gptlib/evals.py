@@ -78,7 +78,9 @@ def eval_windows(total_tokens, block_size, max_tokens=0):
     return [(i * whole // n) * block_size for i in range(n)]
 
 
-@torch.inference_mode()
+# Evals run under no_grad, not inference_mode: under sharding='fsdp' FSDP2 gathers the weights inside the eval's
+# forward, and inference tensors there could not be updated by training afterwards.
+@torch.no_grad()
 def window_losses(model, loader, starts, batch_size, block_size, device, autocast_ctx):
     """(windows done, mean loss of each window in the batch (B,) float64 on the device), batch_size windows of
     block_size inputs at a time, read from loader (an unshuffled 'stream' TokenLoader) at token offsets starts."""
@@ -91,7 +93,7 @@ def window_losses(model, loader, starts, batch_size, block_size, device, autocas
                 yield min(b + batch_size, len(starts)), model.token_losses(x, y).double().mean(dim=1)  # (B, T) -> (B,)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def split_loss(model, data_dir, split, batch_size, block_size, max_tokens, device, autocast_ctx,
                rank=0, world_size=1, verify=True, progress=None):
     """Mean cross-entropy per token over eval_windows(split, block_size, max_tokens), batch_size windows at a
@@ -104,11 +106,15 @@ def split_loss(model, data_dir, split, batch_size, block_size, max_tokens, devic
                                f"window of block_size+1 = {block_size + 1}; lower block_size or prepare more data")
     loader = TokenLoader(data_dir, split, 1, block_size, shuffle=False, verify=verify)
     mine = starts[rank::world_size]
+    # every rank scores as many windows (repeating its last one, not counted): each forward is a collective under
+    # sharding='fsdp', so a rank with one window less would leave the others waiting for it
+    real, padded = len(mine), mine + (mine or starts)[-1:] * (-(-len(starts) // world_size) - len(mine))
     stats = torch.zeros(2, dtype=torch.float64, device=device)  # sum and sum of squares of window losses, on the device
-    for done, per_window in window_losses(model, loader, mine, batch_size, block_size, device, autocast_ctx):
+    for done, per_window in window_losses(model, loader, padded, batch_size, block_size, device, autocast_ctx):
+        per_window = per_window[:max(0, real - (done - len(per_window)))]  # the padding's windows are not counted
         stats += torch.stack([per_window.sum(), per_window.square().sum()])
         if progress:
-            progress(done, len(mine))
+            progress(min(done, real), real)
     total, total_sq = _all_reduce_sum(stats.tolist(), device, world_size)
     n = len(starts)
     mean = total / n
@@ -208,7 +214,7 @@ def _strided_windows(context, continuation, block_size):
     return rows
 
 
-@torch.inference_mode()
+@torch.no_grad()  # (see window_losses)
 def _row_losses(model, rows, device, autocast_ctx, batch_rows, progress=None):
     """Summed cross-entropy and token count of the masked targets of each row.
 

@@ -4,7 +4,7 @@ and of its fit check (issue 27). Measured against on CPU by benchmarks/bench_mem
     weights      4 bytes a parameter (fp32 master weights; autocast makes bf16 copies per matmul, counted below)
     gradients    4 bytes a parameter
     optimizer    AdamW 8 bytes a parameter (two fp32 moments; ~2 in 8 bits, ~1 in 4), Muon 4 (one momentum; 2 in
-                 bf16), a 1/world share of them under shard_optimizer: optim.state_bytes
+                 bf16), a 1/world share of them under sharding: optim.state_bytes
     activations  what the forward pass keeps for the backward, per token and block (activation_bytes), and the
                  chunked head+loss's working set on top of it at the end of the forward pass (head_bytes)
 """
@@ -47,9 +47,17 @@ def head_bytes(config, batch_size, block_size, dtype):
 
 
 def step_bytes(model, cfg, dtype, world=1):
-    """{part: bytes} of a training step on one of `world` ranks at cfg's micro-batch and options, and 'total'."""
+    """{part: bytes} of a training step on one of `world` ranks at cfg's micro-batch and options, and 'total'.
+    sharding='fsdp' keeps 1/world of the weights and gradients, plus what FSDP2 gathers whole: the model's own
+    parameters outside the blocks (the root module's: embeddings, head, final norm) for the whole step, and two
+    blocks' (the one computing, the next one prefetched) with their gradients before the reduce-scatter."""
     n, B, T = model.get_num_params(), cfg.batch_size, cfg.block_size
-    parts = {"weights": 4 * n, "gradients": 4 * n, "optimizer": optim.state_bytes(model, cfg, world),
+    weights = gradients = 4 * n
+    if cfg.sharding == "fsdp" and world > 1:
+        block = max(sum(p.numel() for p in b.parameters()) for b in model.transformer.h)
+        root = n - sum(p.numel() for b in model.transformer.h for p in b.parameters())
+        weights, gradients = 4 * n / world + 4 * (root + 2 * block), 4 * n / world + 4 * (root + block)
+    parts = {"weights": weights, "gradients": gradients, "optimizer": optim.state_bytes(model, cfg, world),
              "activations": activation_bytes(model.config, B, T, cfg.activation_checkpointing, dtype)
              + head_bytes(model.config, B, T, dtype)}
     parts["total"] = sum(parts.values())
@@ -58,7 +66,7 @@ def step_bytes(model, cfg, dtype, world=1):
 
 GIB = 2**30
 FIT_MARGIN = 0.10  # share of the card kept free for the CUDA context, fragmentation and other processes (bench.py's default)
-OPTION_NAMES = ("activation_checkpointing", "adamw_states", "muon_states", "shard_optimizer", "batch_size")
+OPTION_NAMES = ("activation_checkpointing", "adamw_states", "muon_states", "sharding", "batch_size")
 
 
 def plan_lines(model, cfg, dtype, world=1):
@@ -66,14 +74,14 @@ def plan_lines(model, cfg, dtype, world=1):
     whether it fits, or the cheapest options that make it fit."""
     parts = step_bytes(model, cfg, dtype, world)
     states = f"adamw_states={cfg.adamw_states}" + (f", muon_states={cfg.muon_states}" if cfg.optimizer == "muon" else "")
-    shard = f", optimizer states sharded over {world} GPUs" if cfg.shard_optimizer and world > 1 else ""
+    shard = f", sharding={cfg.sharding} over {world} GPUs" if cfg.sharding != "none" and world > 1 else ""
     lines = [f"memory per GPU at micro-batch {cfg.batch_size} x {cfg.block_size} ({dtype}, activation_checkpointing="
              f"{cfg.activation_checkpointing}, {states}{shard}): weights {parts['weights'] / GIB:.2f} + gradients "
              f"{parts['gradients'] / GIB:.2f} + optimizer {parts['optimizer'] / GIB:.2f} + activations "
              f"{parts['activations'] / GIB:.2f} = {parts['total'] / GIB:.2f} GiB (arithmetic: gptlib/memory.py)"]
-    if cfg.shard_optimizer and world == 1:
-        lines.append("shard_optimizer: one process keeps every state; under torchrun --nproc_per_node=N each GPU "
-                     "keeps ~1/N of them (plan with the same torchrun command)")
+    if cfg.sharding != "none" and world == 1:
+        lines.append(f"sharding={cfg.sharding}: one process keeps everything whole; under torchrun --nproc_per_node=N "
+                     f"each GPU keeps ~1/N (plan with the same torchrun command)")
     if cfg.memory_gib:
         lines.append(fit_line(model, cfg, dtype, parts["total"], world))
     return lines
@@ -81,10 +89,12 @@ def plan_lines(model, cfg, dtype, world=1):
 
 def fit_options(cfg, world):
     """The option sets to try, least change first: none (checkpointing and micro-batch only: the same run), then
-    sharding the states over the ranks (the same run, more traffic), then leaner states (8-bit, then 4-bit)."""
+    sharding over the ranks (the same run, more traffic: the states, then with AdamW weights and gradients too),
+    then leaner states (8-bit, then 4-bit), each with the sharding before it."""
     lean = [{}] + [{"adamw_states": a, **({"muon_states": "bf16"} if cfg.optimizer == "muon" else {})}
                    for a in ("8bit", "4bit") if ("fp32", "8bit", "4bit").index(a) > ("fp32", "8bit", "4bit").index(cfg.adamw_states)]
-    shard = [{}] + ([{"shard_optimizer": True}] if world > 1 and not cfg.shard_optimizer else [])
+    ways = ["none", "optimizer"] + (["fsdp"] if cfg.optimizer == "adamw" else [])  # fsdp: whole matrices for Muon
+    shard = [{}] + ([{"sharding": w} for w in ways[ways.index(cfg.sharding) + 1:]] if world > 1 else [])
     return [{**s, **l} for l in lean for s in shard]
 
 
@@ -114,5 +124,5 @@ def fit_line(model, cfg, dtype, total, world=1):
     parts = step_bytes(model, leanest, dtype, world)
     return (f"does not fit on {cfg.memory_gib:g} GiB (less {FIT_MARGIN:.0%} kept free) even at micro-batch 1 with "
             f"full checkpointing and the leanest optimizer states: weights, gradients and states alone are "
-            f"{(parts['total'] - parts['activations']) / GIB:.2f} GiB a GPU; train a smaller model (sharding the "
-            f"weights and gradients across GPUs, FSDP, is not built yet: issue 27)")
+            f"{(parts['total'] - parts['activations']) / GIB:.2f} GiB a GPU; train a smaller model"
+            + (", or on more GPUs with torchrun and --sharding=fsdp (AdamW) or --sharding=optimizer" if world == 1 else ""))

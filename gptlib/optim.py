@@ -2,7 +2,7 @@
 
     make_optimizer(model, cfg, device)   AdamW alone ('adamw'), or Muon + AdamW ('muon'), as one Optimizers; their
                                          states in fp32 or lean (adamw_states, muon_states), whole or sharded
-                                         across ranks (shard_optimizer)
+                                         across ranks (sharding)
     lr_at(it, cfg)                       the peak-relative schedule: cosine (GPT-3) or warmup-stable-decay
     window_at(it, cfg)                   the attention window of an iteration (its warmup: record #13)
     set_lr(optimizer, it, cfg)           apply the schedule (and Muon's momentum warmup) to every group
@@ -20,6 +20,7 @@ import math
 import torch
 
 from .errors import ConfigError
+from .runtime import waited
 
 MUON_MOMENTUM_START = 0.85  # Muon's momentum at iteration 0, rising to muon_momentum (modded-nanogpt)
 # AdamW's two moments: fp32, or torchao's block-quantized states (Dettmers et al. 2022 for 8-bit; Li et al. 2023
@@ -33,11 +34,13 @@ MUON_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # Muon's momentum
 class Optimizers:
     """One or two torch optimizers used as one: AdamW, or Muon for the hidden matrices + AdamW for the rest.
     A GradScaler unscales and steps each of them (PyTorch's recipe for several optimizers). Under
-    shard_optimizer each part is a ZeroRedundancyOptimizer: every rank keeps the states of its share of the
+    sharding='optimizer' each part is a ZeroRedundancyOptimizer: every rank keeps the states of its share of the
     parameters, and its state_dict() is the whole state, as one process's (gather_state() first, on every rank)."""
 
-    def __init__(self, parts):
+    def __init__(self, parts, sharded_model=None):
         self.parts = parts  # name -> torch.optim.Optimizer
+        self.sharded_model = sharded_model  # sharding='fsdp': the model whose parameters are DTensor slices
+        self.gathered = None  # gather_state()'s whole state, for state_dict() on rank 0
 
     @property
     def param_groups(self):
@@ -63,11 +66,23 @@ class Optimizers:
             dtype = getattr(local, "momentum_dtype", None)
             kinds.append(type(local).__name__ + (f" ({str(dtype).removeprefix('torch.')} momentum)" if dtype else ""))
         sharded = any(hasattr(opt, "optim") for opt in self.parts.values())
-        return " + ".join(kinds) + (f", states sharded over {torch.distributed.get_world_size()} ranks (ZeRO-1)"
-                                    if sharded else "")
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        return " + ".join(kinds) + (f", states sharded over {world} ranks (ZeRO-1)" if sharded else
+                                    f", weights, gradients and states sharded over {world} ranks (FSDP2)"
+                                    if self.sharded_model is not None else "")
 
     def gather_state(self):
         """Sharded: bring every rank's states to rank 0 for state_dict(). A collective: call it on every rank."""
+        if self.sharded_model is not None:  # FSDP2: torch's distributed-checkpoint API gathers them, by name
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            from .runtime import FULL_STATE
+            self.sharded_model.reshard()  # an eval's forward leaves the root's weights gathered, not the optimizer's slices
+            # before the first step there is nothing to gather, and torch would make the states with a step at lr 0,
+            # which counts as AdamW's first step (its bias correction would then differ from one process's run)
+            self.gathered = {name: _by_index(waited(get_optimizer_state_dict(self.sharded_model, opt,
+                                                                             options=StateDictOptions(**FULL_STATE))))
+                             if opt.state else opt.state_dict() for name, opt in self.parts.items()}
         for opt in self.parts.values():
             if hasattr(opt, "consolidate_state_dict"):
                 opt.consolidate_state_dict(to=0)
@@ -75,8 +90,10 @@ class Optimizers:
     def state_dict(self):
         """The whole state, quantized states as plain tensors (their codes and scales as they are), so a checkpoint
         loads with weights_only=True and without torchao (sample.py, eval.py, export.py never need it)."""
+        whole = self.gathered or {name: opt.state_dict() for name, opt in self.parts.items()}
+        self.gathered = None
         return {name: {**sd, "state": {i: {k: _plain(v) for k, v in s.items()} for i, s in sd["state"].items()}}
-                for name, opt in self.parts.items() for sd in [opt.state_dict()]}
+                for name, sd in whole.items()}
 
     def load_state_dict(self, state):
         """Raises ValueError when the state is another optimizer's (a plain AdamW state is a version 1 one).
@@ -87,9 +104,16 @@ class Optimizers:
             raise ValueError(f"it holds {' + '.join(sorted(state))}, the settings make {' + '.join(sorted(self.parts))}")
         for name, opt in self.parts.items():
             local = getattr(opt, "optim", opt)  # a ZeroRedundancyOptimizer's own optimizer
-            saved = {i: {k: _unplain(v, quantized=hasattr(local, "_new_buffer")) for k, v in s.items()}
-                     for i, s in state[name]["state"].items()}
-            opt.load_state_dict({**state[name], "state": saved})
+            # FSDP2 slices whole fp32 states itself (torch cannot split a quantized one): quantized again below
+            quantized = hasattr(local, "_new_buffer") and self.sharded_model is None
+            saved = {i: {k: _unplain(v, quantized) for k, v in s.items()} for i, s in state[name]["state"].items()}
+            if self.sharded_model is None or not saved:  # (no states yet: see gather_state)
+                opt.load_state_dict({**state[name], "state": saved})
+            else:  # FSDP2: each rank takes its slices of the whole states (torch's distributed-checkpoint API)
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+                set_optimizer_state_dict(self.sharded_model, opt, _by_name({**state[name], "state": saved},
+                                                                           self.sharded_model, opt),
+                                         options=StateDictOptions(full_state_dict=True))
             settle_states(opt)
 
     @property
@@ -98,13 +122,33 @@ class Optimizers:
         return {p: s for opt in self.parts.values() for p, s in getattr(opt, "optim", opt).state.items()}
 
 
+def _by_index(state):
+    """A state keyed by parameter name (torch.distributed.checkpoint's) keyed by index instead, as one process's
+    optimizer.state_dict() is: the i-th parameter of the groups in order, so any world size can load it.
+    Ranks other than 0 get {} from torch (rank 0 alone holds the whole state) and keep it."""
+    if not state:
+        return state
+    names = [n for g in state["param_groups"] for n in g["params"]]
+    index = {n: i for i, n in enumerate(names)}
+    return {"state": {index[n]: s for n, s in state["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]]}
+
+
+def _by_name(state, model, opt):
+    """_by_index's inverse, for this model and optimizer (the names torch.distributed.checkpoint gives)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for g in opt.param_groups for p in g["params"]]
+    return {"state": {order[i]: s for i, s in state["state"].items()},
+            "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]]}
+
+
 def _plain(value):
     """A torchao quantized state as {'quantized': class, 'tensors': its codes/scales, 'meta': its attributes}."""
     if not torch.is_tensor(value) or type(value) is torch.Tensor or not hasattr(value, "__tensor_flatten__"):
         return value
     names, meta = value.__tensor_flatten__()
     return {"quantized": f"{type(value).__module__}.{type(value).__qualname__}",
-            "tensors": {n: getattr(value, n) for n in names},
+            "tensors": waited({n: getattr(value, n) for n in names}),  # (FSDP2's gather leaves them pending)
             "meta": [{"dtype": str(m).removeprefix("torch.")} if isinstance(m, torch.dtype) else
                      {"size": list(m)} if isinstance(m, torch.Size) else m for m in meta]}
 
@@ -134,13 +178,18 @@ def settle_states(opt):
     for p, s in local.state.items():
         if hasattr(local, "_new_buffer"):
             for k, signed in (("exp_avg", True), ("exp_avg_sq", False)):
-                if k in s and type(s[k]) is torch.Tensor:
+                if k in s and _is_plain(s[k]):
                     q = local._new_buffer(p, signed)
-                    if type(q) is not torch.Tensor:  # a tensor torchao would quantize
+                    if not _is_plain(q):  # a tensor torchao would quantize
                         q.copy_(s[k])
                         s[k] = q
         elif "momentum_buffer" in s and hasattr(local, "momentum_dtype"):
             s["momentum_buffer"] = s["momentum_buffer"].to(local.momentum_dtype)
+
+
+def _is_plain(t):
+    """Whether t holds a plain tensor (under FSDP2 each rank's slice of a DTensor), not torchao's quantized one."""
+    return type(t.to_local() if hasattr(t, "to_local") else t) is torch.Tensor
 
 
 def _torchao(needed_by):
@@ -243,18 +292,19 @@ def make_optimizer(model, cfg, device):
     else:
         adamw = getattr(_torchao(f"adamw_states={cfg.adamw_states}"), TORCHAO_ADAMW[cfg.adamw_states][0])
         options = {}
-    parts = {"adamw": _build(adamw, [g for g in groups if g["params"]], cfg.shard_optimizer, lr=cfg.learning_rate,
+    parts = {"adamw": _build(adamw, [g for g in groups if g["params"]], cfg.sharding == "optimizer", lr=cfg.learning_rate,
                              betas=(cfg.beta1, cfg.beta2), **options)}
     if hidden:
         plain = device.startswith("cuda") and cfg.muon_states == "fp32"  # torch's, as measured on GPUs (issue 16)
         parts["muon"] = _build(torch.optim.Muon if plain else Muon, [{"params": muon_params(model), "kind": "muon"}],
-                               cfg.shard_optimizer, lr=cfg.muon_lr, momentum=cfg.muon_momentum,
+                               cfg.sharding == "optimizer", lr=cfg.muon_lr, momentum=cfg.muon_momentum,
                                weight_decay=cfg.muon_weight_decay)
         local = getattr(parts["muon"], "optim", parts["muon"])
         if not plain:
             local.ns_dtype = torch.float32 if device.startswith("cpu") else torch.bfloat16
             local.momentum_dtype = MUON_DTYPES[cfg.muon_states]
-    return Optimizers(parts)
+    sharded = cfg.sharding == "fsdp" and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+    return Optimizers(parts, sharded_model=model if sharded else None)
 
 
 def _build(cls, groups, shard, **options):
@@ -336,12 +386,12 @@ def set_lr(optimizer, it, cfg):
 def state_bytes(model, cfg, world=1):
     """The optimizer states' bytes on one of `world` ranks: per AdamW parameter two moments (fp32, or torchao's
     codes, block scales and code table where it quantizes), per Muon matrix one momentum (fp32 or bf16); a 1/world
-    share under shard_optimizer (ZeRO hands out whole parameters, so a rank's share is about that)."""
+    share under sharding (ZeRO hands out whole parameters, so a rank's share is about that)."""
     hidden = {id(p) for p in muon_params(model)} if cfg.optimizer == "muon" else set()
     total = sum(p.numel() * MUON_DTYPES[cfg.muon_states].itemsize if id(p) in hidden
                 else 2 * _moment_bytes(p.numel(), cfg.adamw_states)
                 for p in model.parameters() if p.requires_grad)
-    return total / world if cfg.shard_optimizer else total
+    return total / world if cfg.sharding != "none" else total
 
 
 def _moment_bytes(n, kind):

@@ -212,6 +212,44 @@ def start_processes(device="auto", backend="", timeout_min=30):
     return Processes(True, rank, local_rank, world, dev)
 
 
+def shard_model(model, device):
+    """FSDP2 (torch.distributed.fsdp.fully_shard) over every rank: each block one unit, then the root (embeddings,
+    head, final norm). Each rank keeps 1/world of every parameter, its gradient and its optimizer state; a unit's
+    weights are all-gathered for its forward and backward and its gradients reduce-scattered. The fp32 weights are
+    gathered as they are and autocast casts them in the matmuls, as under DDP, so the run is a replica's run."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    mesh = init_device_mesh(torch.device(device).type, (dist.get_world_size(),))
+    for block in model.transformer.h:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    register_fsdp_forward_method(model, "token_losses")  # the evals' entry point gathers the root's weights too
+    return model
+
+
+FULL_STATE = {"full_state_dict": True, "cpu_offload": True}  # whole tensors, on rank 0's CPU (DCP's state_dict options)
+
+
+def waited(obj):
+    """obj with every AsyncCollectiveTensor that torch's full state dicts may hold waited for, as a plain tensor
+    (a checkpoint must hold nothing a weights_only load refuses)."""
+    if isinstance(obj, dict):
+        return {k: waited(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [waited(v) for v in obj]
+    return obj.wait() if torch.is_tensor(obj) and type(obj).__name__ == "AsyncCollectiveTensor" else obj
+
+
+def model_state(model, sharded):
+    """The model's whole state_dict on rank 0 (a collective when sharded: call it on every rank; others get {})."""
+    if not sharded:
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    model.reshard()  # an eval's forward leaves the root's weights gathered (it is resharded only after a backward)
+    return waited(get_model_state_dict(model, options=StateDictOptions(**FULL_STATE)))
+
+
 def stop_processes():
     """Leave the process group: first collect the DDP wrapper and its reducer (they hold gloo work that, freed only
     at interpreter exit, aborted a rank with 'terminate called without an active exception' about half the time

@@ -140,7 +140,7 @@ class TrainConfig(GPTConfig):
     muon_weight_decay: float = setting(0.0, ge=0)  # Muon's decoupled weight decay (multiplied by its learning rate)
     adamw_states: str = setting("fp32", choices=["fp32", "8bit", "4bit"])  # AdamW's two moments: fp32 (8 bytes a parameter), or torchao's block-quantized 8bit (~2) or 4bit (~1); needs torchao
     muon_states: str = setting("fp32", choices=["fp32", "bf16"])  # Muon's momentum: fp32 (4 bytes a parameter) or bf16 (2)
-    shard_optimizer: bool = setting(False)  # torchrun: each rank keeps the optimizer states of ~1/world of the parameters (ZeRO-1, torch's ZeroRedundancyOptimizer)
+    sharding: str = setting("none", choices=["none", "optimizer", "fsdp"])  # torchrun: 'none' (a whole replica per rank, DDP), 'optimizer' (each rank keeps ~1/world of the states: ZeRO-1), 'fsdp' (~1/world of the weights, gradients and states: FSDP2; AdamW only)
     grad_clip: float = setting(1.0, ge=0)  # clip the global gradient norm to this (0: off)
     window_start: int = setting(0, ge=0)  # attention window at iteration 0, growing to attn_window at max_iters in multiples of this (record #13: 128); 0: attn_window throughout
     # faults
@@ -188,6 +188,13 @@ class TrainConfig(GPTConfig):
         if self.muon_states != "fp32" and self.optimizer != "muon":
             out.append(f"muon_states={self.muon_states!r} shapes Muon's momentum, but optimizer='adamw' has none; use "
                        f"--optimizer=muon, or --adamw_states=8bit for AdamW's")
+        if self.sharding == "fsdp" and self.optimizer == "muon":
+            out.append("sharding='fsdp' keeps a slice of each matrix on every rank, but Muon orthogonalises whole "
+                       "matrices; use --sharding=optimizer (each matrix's state whole on one rank), or --optimizer=adamw")
+        if self.sharding == "fsdp" and (self.hellaswag_interval or self.humaneval_interval):
+            out.append("sharding='fsdp' needs every rank to run the same forward passes, which HellaSwag and HumanEval "
+                       "during training do not; set --hellaswag_interval=0 --humaneval_interval=0 and run eval.py on "
+                       "the checkpoints")
         if not self.val_sets:
             out.append("val_sets is empty; give at least one validation split, e.g. --val_sets=val")
         if self.humaneval_interval and not self.humaneval_path:

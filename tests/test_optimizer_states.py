@@ -64,7 +64,7 @@ def test_lean_states_resume_bit_identically(kind, data, tmp_path):
     with torch.device("meta"):
         model = GPT(GPTConfig(**a["model_args"]))
     assert optim.state_bytes(model, cfg) == held
-    assert optim.state_bytes(model, dataclasses.replace(cfg, shard_optimizer=True), 4) == held / 4
+    assert optim.state_bytes(model, dataclasses.replace(cfg, sharding="optimizer"), 4) == held / 4
 
 
 def test_states_convert_when_a_run_moves_to_leaner_ones(data, tmp_path):
@@ -83,17 +83,17 @@ def test_states_convert_when_a_run_moves_to_leaner_ones(data, tmp_path):
 
 
 def test_two_ranks_with_sharded_states_match_one_process_and_resume_across_world_sizes(data, tmp_path):
-    """shard_optimizer (ZeRO-1) on 2 gloo ranks == 1 process with 2x accumulation; its checkpoint (written whole
+    """sharding="optimizer" (ZeRO-1) on 2 gloo ranks == 1 process with 2x accumulation; its checkpoint (written whole
     by rank 0) resumes on 1 process, and a 1-process checkpoint resumes sharded on 2 ranks."""
     one, two, back = tmp_path / "one", tmp_path / "two", tmp_path / "back"
     modern = MODERN_COSINE + ["--adamw_states=8bit", "--muon_states=bf16"]  # all three kinds of state, sharded
     assert run(data, one, *modern, "--max_iters=6", dropout=0) == 0  # no dropout: each rank draws its own masks
-    torchrun(2, args(data, two, *modern, "--max_iters=3", "--shard_optimizer=True", dropout=0))
-    assert run(data, two, *modern, "--max_iters=6", "--init_from=resume", "--shard_optimizer=True", dropout=0) == 0
+    torchrun(2, args(data, two, *modern, "--max_iters=3", "--sharding=optimizer", dropout=0))
+    assert run(data, two, *modern, "--max_iters=6", "--init_from=resume", "--sharding=optimizer", dropout=0) == 0
     assert_close(losses(two), losses(one))
     assert "optimizer: AdamW8bit + Muon (bfloat16 momentum), states sharded over 2 ranks (ZeRO-1)" in (two / "log.txt").read_text()
     assert run(data, back, *modern, "--max_iters=3", dropout=0) == 0
-    torchrun(2, args(data, back, *modern, "--max_iters=6", "--init_from=resume", "--shard_optimizer=True", dropout=0))
+    torchrun(2, args(data, back, *modern, "--max_iters=6", "--init_from=resume", "--sharding=optimizer", dropout=0))
     assert_close(losses(back), losses(one))
 
 
@@ -113,3 +113,53 @@ def test_muon_states_without_muon_is_one_line(data, tmp_path, capsys):
     assert run_command(train.main, TINY + [f"--data_dir={data}", f"--out_dir={tmp_path}", "--muon_states=bf16"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "muon_states='bf16'" in err[0] and "--optimizer=muon" in err[0], err
+
+
+@pytest.mark.parametrize("states", ["fp32", "8bit"])
+def test_fsdp_on_two_ranks_matches_one_process_and_resumes_across_world_sizes(states, data, tmp_path):
+    """sharding='fsdp' (FSDP2: weights, gradients and AdamW states in slices) on 2 gloo ranks == 1 process with 2x
+    accumulation; its checkpoint is a whole one (the same names as one process's, loaded by sample/eval/export
+    alike) and resumes on 1 process; a 1-process checkpoint resumes on 2 fsdp ranks."""
+    one, two, back = tmp_path / "one", tmp_path / "two", tmp_path / "back"
+    adamw = [f"--adamw_states={states}"]
+    assert run(data, one, *adamw, "--max_iters=6", dropout=0) == 0
+    torchrun(2, args(data, two, *adamw, "--max_iters=3", "--sharding=fsdp", dropout=0))
+    assert "weights, gradients and states sharded over 2 ranks (FSDP2)" in (two / "log.txt").read_text()
+    saved, plain = (checkpoint.load_checkpoint(str(p / "ckpt_best.pt")) for p in (two, one))
+    assert saved["model"].keys() == plain["model"].keys()
+    model, _, _ = checkpoint.load_model(str(two / "ckpt.pt"), str(two))  # as sample.py, eval.py and export.py load it
+    assert run(data, two, *adamw, "--max_iters=6", "--init_from=resume", dropout=0) == 0
+    assert_close(losses(two), losses(one))
+    assert run(data, back, *adamw, "--max_iters=3", dropout=0) == 0
+    torchrun(2, args(data, back, *adamw, "--max_iters=6", "--init_from=resume", "--sharding=fsdp", dropout=0))
+    assert_close(losses(back), losses(one))
+
+
+@pytest.mark.parametrize("extra, words", [
+    ([MODERN, "--sharding=fsdp"], ["sharding='fsdp'", "Muon", "--sharding=optimizer"]),
+    (["--sharding=fsdp", "--hellaswag_interval=10"], ["sharding='fsdp'", "--hellaswag_interval=0"]),
+])
+def test_combinations_that_cannot_work_are_one_line(extra, words, data, tmp_path, capsys):
+    from gptlib.errors import run_command
+    assert run_command(train.main, args(data, tmp_path / "run", *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(w in err[0] for w in words), err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("world, way", [(2, "optimizer"), (4, "fsdp")])
+def test_the_planner_suggests_sharding_on_several_gpus(world, way):
+    """A 1.5B-parameter model (36 x 1280) on 8 GiB cards: on several GPUs the plan shards (ZeRO-1, or FSDP2 when
+    the states alone are not enough) before it makes the states leaner; applied, the settings fit."""
+    from gptlib import memory
+    from gptlib.settings import load_config
+    shape = ["--n_layer=36", "--n_embd=1280", "--n_head=20", "--batch_size=4"]
+    cfg = load_config(TrainConfig, [str(REPO / "config" / "train_gpt2_760m_3090.py"), *shape,
+                                    f"--memory_gib={12 if way == 'optimizer' else 8}"])
+    with torch.device("meta"):
+        model = GPT(GPTConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(GPTConfig)}))
+    line = memory.fit_line(model, cfg, "bfloat16", memory.step_bytes(model, cfg, "bfloat16", world)["total"], world)
+    assert f"--sharding={way}" in line and "--adamw_states" not in line, line
+    fix = dict(a[2:].split("=") for a in line.split("fits with ")[1].split(" (")[0].split(":")[0].split())
+    fixed = dataclasses.replace(cfg, **{k: int(v) if v.isdigit() else v for k, v in fix.items()})
+    assert memory.step_bytes(model, fixed, "bfloat16", world)["total"] <= (1 - memory.FIT_MARGIN) * cfg.memory_gib * memory.GIB
