@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts, noop_context_fn
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from gptlib.attention import attend, doc_layout, flex_runs, make_masks  # document and window masks, attention
 from gptlib.head_loss import head_loss, head_row_losses  # the loss op (chunked head + cross-entropy)
@@ -42,8 +42,10 @@ def _keep_matmuls(ctx, op, *args, **kwargs):
     return CheckpointPolicy.MUST_SAVE if op in SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
-CHECKPOINTING = {"none": None, "full": noop_context_fn,
-                 "selective": functools.partial(create_selective_checkpoint_contexts, _keep_matmuls)}
+# activation_checkpointing -> torch.utils.checkpoint's extra arguments (None: no checkpointing). 'full' passes none:
+# torch.compile cannot trace an explicit context_fn=noop_context_fn (a dynamo NotImplementedError, torch 2.13)
+CHECKPOINTING = {"none": None, "full": {},
+                 "selective": {"context_fn": functools.partial(create_selective_checkpoint_contexts, _keep_matmuls)}}
 
 
 @dataclass
@@ -380,7 +382,7 @@ class GPT(nn.Module):
                 x = x + self.bigram_lambdas[i] * pairs
             v_mix = ve[ve_at[i]] if i in ve_at else v1 if cfg.value_residual else None
             run = block if self.checkpointing == "none" or not torch.is_grad_enabled() or kv_cache is not None \
-                else functools.partial(checkpoint, block, use_reentrant=False, context_fn=CHECKPOINTING[self.checkpointing])
+                else functools.partial(checkpoint, block, use_reentrant=False, **CHECKPOINTING[self.checkpointing])
             x, v = run(x, self.rotary, kv_cache, x0, pos=pos, mask=masks and masks[kinds[i]], v_mix=v_mix)
             v1 = v if i == 0 else v1
             if cfg.unet_skips and i < half:

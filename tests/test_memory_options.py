@@ -93,3 +93,26 @@ def test_a_run_that_would_not_fit_stops_at_the_start_in_one_line(data, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: does not fit on 0.001 GiB"), err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["selective", "full"])
+def test_checkpointing_compiled_gives_the_compiled_loss_and_gradients(mode):
+    """torch.compile'd (CPU inductor, as train.py compiles it), each mode against the compiled model without it:
+    the same loss and gradients within float rounding (the compiler may fuse the recomputed work differently)."""
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(**{**SHAPES, "dropout": 0.0}, **RECIPES["modern"])).train()
+    idx = torch.randint(0, 256, (3, 64))
+    compiled = torch.compile(m)
+
+    def step(checkpointing):
+        m.checkpointing = checkpointing
+        m.zero_grad(set_to_none=True)
+        _, loss = compiled(idx, idx)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    loss, grads = step("none")
+    loss2, grads2 = step(mode)
+    assert torch.allclose(loss2, loss, rtol=1e-6)
+    for n in grads:
+        assert torch.allclose(grads2[n], grads[n], rtol=1e-4, atol=1e-6), n
