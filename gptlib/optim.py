@@ -11,11 +11,11 @@
 Schedules are pure functions of the iteration and the current settings, so a resumed run needs no
 schedule state and a run extended with a larger max_iters recomputes its schedule.
 """
-import contextlib
 import importlib
 import inspect
 import logging
 import math
+import warnings
 
 import torch
 
@@ -193,7 +193,9 @@ def _is_plain(t):
 
 
 def _torchao(needed_by):
-    """torchao.optim, imported on demand (its import logs warnings about CUDA kernels a CPU build lacks)."""
+    """torchao.optim, imported on demand (its import logs warnings about CUDA kernels a CPU build lacks, and its
+    compiled step warns about a caching hash its state classes lack: noise on every run, not the user's to fix)."""
+    warnings.filterwarnings("ignore", message=".*does not implement _stable_hash_for_caching")
     quiet = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
     levels = [q.level for q in quiet]
     try:

@@ -163,3 +163,14 @@ def test_the_planner_suggests_sharding_on_several_gpus(world, way):
     fix = dict(a[2:].split("=") for a in line.split("fits with ")[1].split(" (")[0].split(":")[0].split())
     fixed = dataclasses.replace(cfg, **{k: int(v) if v.isdigit() else v for k, v in fix.items()})
     assert memory.step_bytes(model, fixed, "bfloat16", world)["total"] <= (1 - memory.FIT_MARGIN) * cfg.memory_gib * memory.GIB
+
+
+def test_without_torchao_lean_states_are_one_line(data, tmp_path, capsys, monkeypatch):
+    """A user without torchao asking for 8-bit states: one line naming the install and the fp32 alternative."""
+    import sys
+    from gptlib.errors import run_command
+    monkeypatch.setitem(sys.modules, "torchao.optim", None)  # an import of it raises ImportError, as when not installed
+    assert run_command(train.main, args(data, tmp_path / "run", "--adamw_states=8bit")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install torchao" in err[0] and "--adamw_states=fp32" in err[0], err
+    assert not (tmp_path / "run").exists()
