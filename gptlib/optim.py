@@ -73,16 +73,8 @@ class Optimizers:
 
     def gather_state(self):
         """Sharded: bring every rank's states to rank 0 for state_dict(). A collective: call it on every rank."""
-        if self.sharded_model is not None:  # FSDP2: torch's distributed-checkpoint API gathers them, by name
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-            from .runtime import FULL_STATE
-            self.sharded_model.reshard()  # an eval's forward leaves the root's weights gathered, not the optimizer's slices
-            # before the first step there is nothing to gather, and torch would make the states with a step at lr 0,
-            # which counts as AdamW's first step (its bias correction would then differ from one process's run)
-            self.gathered = {name: _by_index(waited(get_optimizer_state_dict(self.sharded_model, opt,
-                                                                             options=StateDictOptions(**FULL_STATE))))
-                             if opt.state else opt.state_dict() for name, opt in self.parts.items()}
+        if self.sharded_model is not None:
+            self.gathered = {name: _fsdp_gather(self.sharded_model, opt) for name, opt in self.parts.items()}
         for opt in self.parts.values():
             if hasattr(opt, "consolidate_state_dict"):
                 opt.consolidate_state_dict(to=0)
@@ -107,19 +99,34 @@ class Optimizers:
             # FSDP2 slices whole fp32 states itself (torch cannot split a quantized one): quantized again below
             quantized = hasattr(local, "_new_buffer") and self.sharded_model is None
             saved = {i: {k: _unplain(v, quantized) for k, v in s.items()} for i, s in state[name]["state"].items()}
-            if self.sharded_model is None or not saved:  # (no states yet: see gather_state)
+            if self.sharded_model is None or not saved:  # (no states yet: see _fsdp_gather)
                 opt.load_state_dict({**state[name], "state": saved})
-            else:  # FSDP2: each rank takes its slices of the whole states (torch's distributed-checkpoint API)
-                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-                set_optimizer_state_dict(self.sharded_model, opt, _by_name({**state[name], "state": saved},
-                                                                           self.sharded_model, opt),
-                                         options=StateDictOptions(full_state_dict=True))
+            else:
+                _fsdp_load(self.sharded_model, opt, {**state[name], "state": saved})
             settle_states(opt)
 
     @property
     def state(self):
         """parameter -> its state, of the parameters this rank keeps states for (all of them unless sharded)."""
         return {p: s for opt in self.parts.values() for p, s in getattr(opt, "optim", opt).state.items()}
+
+
+def _fsdp_gather(model, opt):
+    """FSDP2: the whole state of opt on rank 0 (torch's distributed-checkpoint API gathers it, keyed by name; {} on
+    the other ranks), keyed by index. A collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    from .runtime import FULL_STATE
+    if not opt.state:  # before the first step torch would make the states by a step at lr 0, which AdamW counts as
+        return opt.state_dict()  # its first (its bias correction would then differ from one process's run)
+    model.reshard()  # an eval's forward leaves the root's weights gathered, not the optimizer's slices
+    return _by_index(waited(get_optimizer_state_dict(model, opt, options=StateDictOptions(**FULL_STATE))))
+
+
+def _fsdp_load(model, opt, state):
+    """FSDP2: each rank takes its slices of a whole, index-keyed state (torch's distributed-checkpoint API)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(model, opt, _by_name(state, model, opt), options=StateDictOptions(full_state_dict=True))
 
 
 def _by_index(state):
