@@ -20,7 +20,6 @@ import warnings
 import torch
 
 from .errors import ConfigError
-from .runtime import waited
 
 MUON_MOMENTUM_START = 0.85  # Muon's momentum at iteration 0, rising to muon_momentum (modded-nanogpt)
 # AdamW's two moments: fp32, or torchao's block-quantized states (Dettmers et al. 2022 for 8-bit; Li et al. 2023
@@ -112,15 +111,12 @@ class Optimizers:
 
 
 def _fsdp_gather(model, opt):
-    """FSDP2: the whole state of opt on rank 0 (torch's distributed-checkpoint API gathers it, keyed by name; {} on
-    the other ranks), keyed by index. A collective."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-    from .runtime import FULL_STATE
-    if not opt.state:  # before the first step torch would make the states by a step at lr 0, which AdamW counts as
-        return opt.state_dict()  # its first (its bias correction would then differ from one process's run)
+    """FSDP2: the whole state of opt on rank 0 ({} on the others), keyed by index as one process's. A collective."""
+    from .runtime import whole_state
     model.reshard()  # an eval's forward leaves the root's weights gathered, not the optimizer's slices
-    return _by_index(waited(get_optimizer_state_dict(model, opt, options=StateDictOptions(**FULL_STATE))))
+    rank0 = torch.distributed.get_rank() == 0
+    state = whole_state(opt.state_dict(), keep=rank0)
+    return state if rank0 else {}
 
 
 def _fsdp_load(model, opt, state):
@@ -129,20 +125,8 @@ def _fsdp_load(model, opt, state):
     set_optimizer_state_dict(model, opt, _by_name(state, model, opt), options=StateDictOptions(full_state_dict=True))
 
 
-def _by_index(state):
-    """A state keyed by parameter name (torch.distributed.checkpoint's) keyed by index instead, as one process's
-    optimizer.state_dict() is: the i-th parameter of the groups in order, so any world size can load it.
-    Ranks other than 0 get {} from torch (rank 0 alone holds the whole state) and keep it."""
-    if not state:
-        return state
-    names = [n for g in state["param_groups"] for n in g["params"]]
-    index = {n: i for i, n in enumerate(names)}
-    return {"state": {index[n]: s for n, s in state["state"].items()},
-            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]]}
-
-
 def _by_name(state, model, opt):
-    """_by_index's inverse, for this model and optimizer (the names torch.distributed.checkpoint gives)."""
+    """An index-keyed state (one process's) keyed by parameter name, as torch.distributed.checkpoint loads it."""
     names = {id(p): n for n, p in model.named_parameters()}
     order = [names[id(p)] for g in opt.param_groups for p in g["params"]]
     return {"state": {order[i]: s for i, s in state["state"].items()},
@@ -155,7 +139,7 @@ def _plain(value):
         return value
     names, meta = value.__tensor_flatten__()
     return {"quantized": f"{type(value).__module__}.{type(value).__qualname__}",
-            "tensors": waited({n: getattr(value, n) for n in names}),  # (FSDP2's gather leaves them pending)
+            "tensors": {n: getattr(value, n) for n in names},
             "meta": [{"dtype": str(m).removeprefix("torch.")} if isinstance(m, torch.dtype) else
                      {"size": list(m)} if isinstance(m, torch.Size) else m for m in meta]}
 

@@ -208,3 +208,20 @@ def test_the_cpu_allocators_out_of_memory_is_does_not_fit():
     err = [line for line in r.stderr.strip().splitlines() if not line.startswith("bench: ")]  # progress lines
     assert r.returncode == 1 and len(err) == 1, r.stderr[-2000:]
     assert err[0].startswith("error: batch_size=64 at block_size=1024 does not fit in cpu memory"), err
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the address space size from /proc")
+def test_find_batch_size_searches_under_the_memory_options_given():
+    """--find_batch_size with --activation_checkpointing=full, in the same capped address space as above: the
+    search runs the step the options make, so it finds a larger micro-batch than without them (issue 27)."""
+    args = [sys.executable, "-c", CAPPED, "--device=cpu", "--n_layer=4", "--n_head=4", "--n_embd=64", "--block_size=1024",
+            "--vocab_size=512", "--compile=False", "--iters=1", "--warmup_iters_bench=0", "--cpu_threads=1",
+            "--total_batch_size=131072", "--find_batch_size", "--max_batch_size=128"]
+    largest = {}
+    for mode in ("none", "full"):
+        r = subprocess.run(args + [f"--activation_checkpointing={mode}"], cwd=REPO, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert f"activation_checkpointing={mode}" in r.stdout
+        largest[mode] = int(r.stdout.split("largest micro-batch")[1].split(";")[0].split()[0])
+    assert largest["none"] < largest["full"], largest
