@@ -210,6 +210,7 @@ def test_the_cpu_allocators_out_of_memory_is_does_not_fit():
     assert err[0].startswith("error: batch_size=64 at block_size=1024 does not fit in cpu memory"), err
 
 
+@pytest.mark.slow  # two searches, ~30 s
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the address space size from /proc")
 def test_find_batch_size_searches_under_the_memory_options_given():
     """--find_batch_size with --activation_checkpointing=full, in the same capped address space as above: the

@@ -115,7 +115,7 @@ def test_muon_states_without_muon_is_one_line(data, tmp_path, capsys):
     assert len(err) == 1 and "muon_states='bf16'" in err[0] and "--optimizer=muon" in err[0], err
 
 
-@pytest.mark.parametrize("states", ["fp32", "8bit"])
+@pytest.mark.parametrize("states", ["fp32", pytest.param("8bit", marks=pytest.mark.slow)])  # 8bit: 30 s
 def test_fsdp_on_two_ranks_matches_one_process_and_resumes_across_world_sizes(states, data, tmp_path):
     """sharding='fsdp' (FSDP2: weights, gradients and AdamW states in slices) on 2 gloo ranks == 1 process with 2x
     accumulation; its checkpoint is a whole one (the same names as one process's, loaded by sample/eval/export
