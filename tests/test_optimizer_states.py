@@ -174,3 +174,14 @@ def test_without_torchao_lean_states_are_one_line(data, tmp_path, capsys, monkey
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install torchao" in err[0] and "--adamw_states=fp32" in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_fsdp_in_float16_is_one_line(data, tmp_path):
+    """fp16's loss scaler needs whole gradients: under torchrun, sharding='fsdp' with dtype float16 stops at the
+    start in one line (rank 0's, which speaks for every rank) and writes nothing."""
+    p = torchrun(2, args(data, tmp_path / "run", "--sharding=fsdp", "--dtype=float16", "--max_iters=2"), wait=False)
+    _, err = p.communicate(timeout=240)
+    assert p.returncode != 0
+    lines = [x for x in err.splitlines() if "sharding='fsdp' trains in bfloat16 or float32" in x]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--sharding=optimizer" in lines[0], err[-2000:]
+    assert not (tmp_path / "run").exists()
