@@ -478,7 +478,7 @@ def run_training(cfg, procs, cleanup, notes=()):
     def save(path):
         """Checkpoint on rank 0; a NaN model is never saved. True if the file was written."""
         nonlocal last_good
-        optimizer.gather_state()  # sharded states: every rank sends its states to rank 0 (a collective)
+        states = optimizer.state_dict()  # whole on rank 0 (sharded: a collective every rank joins)
         weights = runtime.model_state(raw_model, sharded=fsdp)  # whole, on rank 0 (a collective under fsdp)
         if not master:
             return False
@@ -487,7 +487,7 @@ def run_training(cfg, procs, cleanup, notes=()):
             return False
         loop.loader = train_loader.state_dict()
         save_checkpoint(path, {"model": weights, "model_args": dataclasses.asdict(raw_model.config),
-                               "config": dataclasses.asdict(cfg), "optimizer": optimizer.state_dict(),
+                               "config": dataclasses.asdict(cfg), "optimizer": states,
                                "scaler": scaler.state_dict(), "dtype": dtype, "loop": loop.state_dict(),
                                "world_size": world})
         written["checkpoint"] = True

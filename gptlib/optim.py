@@ -34,12 +34,11 @@ class Optimizers:
     """One or two torch optimizers used as one: AdamW, or Muon for the hidden matrices + AdamW for the rest.
     A GradScaler unscales and steps each of them (PyTorch's recipe for several optimizers). Under
     sharding='optimizer' each part is a ZeroRedundancyOptimizer: every rank keeps the states of its share of the
-    parameters, and its state_dict() is the whole state, as one process's (gather_state() first, on every rank)."""
+    parameters; sharded either way, state_dict() is a collective that gives rank 0 the whole state, as one process's."""
 
     def __init__(self, parts, sharded_model=None):
         self.parts = parts  # name -> torch.optim.Optimizer
         self.sharded_model = sharded_model  # sharding='fsdp': the model whose parameters are DTensor slices
-        self.gathered = None  # gather_state()'s whole state, for state_dict() on rank 0
 
     @property
     def param_groups(self):
@@ -61,30 +60,29 @@ class Optimizers:
         """'AdamW8bit + Muon (bf16 momentum), states sharded over 2 ranks (ZeRO-1)': what was built."""
         kinds = []
         for opt in self.parts.values():
-            local = getattr(opt, "optim", opt)
+            local = _local(opt)
             dtype = getattr(local, "momentum_dtype", None)
             kinds.append(type(local).__name__ + (f" ({str(dtype).removeprefix('torch.')} momentum)" if dtype else ""))
-        sharded = any(hasattr(opt, "optim") for opt in self.parts.values())
-        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        return " + ".join(kinds) + (f", states sharded over {world} ranks (ZeRO-1)" if sharded else
-                                    f", weights, gradients and states sharded over {world} ranks (FSDP2)"
+        sharded = any(_local(opt) is not opt for opt in self.parts.values())
+        return " + ".join(kinds) + (f", states sharded over {_world()} ranks (ZeRO-1)" if sharded else
+                                    f", weights, gradients and states sharded over {_world()} ranks (FSDP2)"
                                     if self.sharded_model is not None else "")
-
-    def gather_state(self):
-        """Sharded: bring every rank's states to rank 0 for state_dict(). A collective: call it on every rank."""
-        if self.sharded_model is not None:
-            self.gathered = {name: _fsdp_gather(self.sharded_model, opt) for name, opt in self.parts.items()}
-        for opt in self.parts.values():
-            if hasattr(opt, "consolidate_state_dict"):
-                opt.consolidate_state_dict(to=0)
 
     def state_dict(self):
         """The whole state, quantized states as plain tensors (their codes and scales as they are), so a checkpoint
-        loads with weights_only=True and without torchao (sample.py, eval.py, export.py never need it)."""
-        whole = self.gathered or {name: opt.state_dict() for name, opt in self.parts.items()}
-        self.gathered = None
+        loads with weights_only=True and without torchao (sample.py, eval.py, export.py never need it).
+        Sharded, a collective (call it on every rank): rank 0 gets the whole state, the others {}."""
         return {name: {**sd, "state": {i: {k: _plain(v) for k, v in s.items()} for i, s in sd["state"].items()}}
-                for name, sd in whole.items()}
+                for name, opt in self.parts.items() for sd in [self._whole(opt)] if sd}
+
+    def _whole(self, opt):
+        if self.sharded_model is not None:  # FSDP2: each state a DTensor slice
+            from .runtime import whole_on_rank0
+            return whole_on_rank0(self.sharded_model, opt.state_dict)
+        if hasattr(opt, "consolidate_state_dict"):  # ZeRO-1: each state on one rank
+            opt.consolidate_state_dict(to=0)
+            return opt.state_dict() if torch.distributed.get_rank() == 0 else {}
+        return opt.state_dict()
 
     def load_state_dict(self, state):
         """Raises ValueError when the state is another optimizer's (a plain AdamW state is a version 1 one).
@@ -94,11 +92,10 @@ class Optimizers:
         if set(state) != set(self.parts):
             raise ValueError(f"it holds {' + '.join(sorted(state))}, the settings make {' + '.join(sorted(self.parts))}")
         for name, opt in self.parts.items():
-            local = getattr(opt, "optim", opt)  # a ZeroRedundancyOptimizer's own optimizer
             # FSDP2 slices whole fp32 states itself (torch cannot split a quantized one): quantized again below
-            quantized = hasattr(local, "_new_buffer") and self.sharded_model is None
+            quantized = _quantizes(opt) and self.sharded_model is None
             saved = {i: {k: _unplain(v, quantized) for k, v in s.items()} for i, s in state[name]["state"].items()}
-            if self.sharded_model is None or not saved:  # (no states yet: see _fsdp_gather)
+            if self.sharded_model is None or not saved:  # (before the first step there are none to slice)
                 opt.load_state_dict({**state[name], "state": saved})
             else:
                 _fsdp_load(self.sharded_model, opt, {**state[name], "state": saved})
@@ -107,16 +104,7 @@ class Optimizers:
     @property
     def state(self):
         """parameter -> its state, of the parameters this rank keeps states for (all of them unless sharded)."""
-        return {p: s for opt in self.parts.values() for p, s in getattr(opt, "optim", opt).state.items()}
-
-
-def _fsdp_gather(model, opt):
-    """FSDP2: the whole state of opt on rank 0 ({} on the others), keyed by index as one process's. A collective."""
-    from .runtime import whole_state
-    model.reshard()  # an eval's forward leaves the root's weights gathered, not the optimizer's slices
-    rank0 = torch.distributed.get_rank() == 0
-    state = whole_state(opt.state_dict(), keep=rank0)
-    return state if rank0 else {}
+        return {p: s for opt in self.parts.values() for p, s in _local(opt).state.items()}
 
 
 def _fsdp_load(model, opt, state):
@@ -162,12 +150,12 @@ def _unplain(value, quantized):
 def settle_states(opt):
     """After a load (or a crop): a torchao optimizer quantizes the fp32 states it was given, as it would have made
     them; a Muon keeps its momentum in its own dtype (torch's load casts each state to its parameter's dtype)."""
-    local = getattr(opt, "optim", opt)
+    local, quantizes = _local(opt), _quantizes(opt)
     for group in opt.param_groups + (local.param_groups if local is not opt else []):  # torchao: a tensor rate; torch: a float
-        if hasattr(local, "_new_buffer") != torch.is_tensor(group["lr"]):
-            group["lr"] = torch.tensor(float(group["lr"])) if hasattr(local, "_new_buffer") else float(group["lr"])
+        if quantizes != torch.is_tensor(group["lr"]):
+            group["lr"] = torch.tensor(float(group["lr"])) if quantizes else float(group["lr"])
     for p, s in local.state.items():
-        if hasattr(local, "_new_buffer"):
+        if quantizes:
             for k, signed in (("exp_avg", True), ("exp_avg_sq", False)):
                 if k in s and _is_plain(s[k]):
                     q = local._new_buffer(p, signed)
@@ -176,6 +164,16 @@ def settle_states(opt):
                         s[k] = q
         elif "momentum_buffer" in s and hasattr(local, "momentum_dtype"):
             s["momentum_buffer"] = s["momentum_buffer"].to(local.momentum_dtype)
+
+
+def _local(opt):
+    """The optimizer that holds the states: a ZeroRedundancyOptimizer's own, or opt itself."""
+    return getattr(opt, "optim", opt)
+
+
+def _quantizes(opt):
+    """Whether opt is one of torchao's optimizers (it makes its quantized state buffers with _new_buffer)."""
+    return hasattr(_local(opt), "_new_buffer")
 
 
 def _is_plain(t):
@@ -292,23 +290,27 @@ def make_optimizer(model, cfg, device):
         parts["muon"] = _build(torch.optim.Muon if plain else Muon, [{"params": muon_params(model), "kind": "muon"}],
                                cfg.sharding == "optimizer", lr=cfg.muon_lr, momentum=cfg.muon_momentum,
                                weight_decay=cfg.muon_weight_decay)
-        local = getattr(parts["muon"], "optim", parts["muon"])
+        local = _local(parts["muon"])
         if not plain:
             local.ns_dtype = torch.float32 if device.startswith("cpu") else torch.bfloat16
             local.momentum_dtype = MUON_DTYPES[cfg.muon_states]
-    sharded = cfg.sharding == "fsdp" and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
-    return Optimizers(parts, sharded_model=model if sharded else None)
+    return Optimizers(parts, sharded_model=model if cfg.sharding == "fsdp" and _world() > 1 else None)
+
+
+def _world():
+    """Ranks of the torchrun job this process is in (1 without one)."""
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
 
 def _build(cls, groups, shard, **options):
     """cls over groups, or with shard (under torchrun) a ZeroRedundancyOptimizer of it: ZeRO stage 1 (Rajbhandari
     et al. 2020), each rank keeping the states of about 1/world of the parameters, then broadcasting the ones it
     updated. Muon's update needs each whole matrix, and ZeRO gives each matrix to one rank whole."""
-    if not (shard and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+    if not (shard and _world() > 1):
         return cls(groups, **options)
     from torch.distributed.optim import ZeroRedundancyOptimizer
     opt = ZeroRedundancyOptimizer(groups, optimizer_class=cls, **options)
-    if hasattr(opt.optim, "_new_buffer"):  # torchao steps with a tensor rate; ZeRO copies its groups' rate to it
+    if _quantizes(opt):  # torchao steps with a tensor rate; ZeRO copies its groups' rate to it
         for group in opt.param_groups:
             group["lr"] = torch.tensor(float(group["lr"]))
     return opt

@@ -260,14 +260,19 @@ def _waited(t):
     return t
 
 
-def model_state(model, sharded):
-    """The model's whole state_dict on rank 0 (a collective when sharded: call it on every rank; others get {})."""
-    if not sharded:
-        return model.state_dict()
+def whole_on_rank0(model, read):
+    """read() (a state_dict of the FSDP2-sharded model or of its optimizer) whole on rank 0, {} on the others.
+    A collective: call it on every rank."""
     import torch.distributed as dist
     model.reshard()  # an eval's forward leaves the root's weights gathered (it is resharded only after a backward)
-    state = whole_state(model.state_dict(), keep=dist.get_rank() == 0)
-    return state if dist.get_rank() == 0 else {}
+    rank0 = dist.get_rank() == 0
+    state = whole_state(read(), keep=rank0)
+    return state if rank0 else {}
+
+
+def model_state(model, sharded):
+    """The model's whole state_dict on rank 0 (a collective when sharded: call it on every rank; others get {})."""
+    return whole_on_rank0(model, model.state_dict) if sharded else model.state_dict()
 
 
 def stop_processes():
