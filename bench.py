@@ -21,21 +21,24 @@ from dataclasses import dataclass
 
 import torch
 
-from gptlib import evals, memory, monitor, optim, runtime, shards
+from gptlib import evals, memory, monitor, optim, runtime, schedules, shards, step
 from gptlib.errors import ConfigError, OutOfMemory, is_out_of_memory, run_command
 from gptlib.loader import TokenLoader
 from gptlib.settings import load_config, setting
+from gptlib.step import TrainStep
 from gptlib.train_settings import TrainConfig
 from model import GPT, GPTConfig
 
 DEFAULT_MAX_BATCH_CUDA = 1024  # --find_batch_size upper bound on a GPU (OOM ends the search earlier)
 DEFAULT_MAX_BATCH_CPU = 16  # on CPU the kernel's OOM killer usually strikes before malloc fails, so the search stops here
 GIB = 2 ** 30
+MAX_TIMED_MICRO_STEPS = 8  # micro-steps in a timed step (a run's 64 would make a bench take minutes a step on a 4070)
 
 
 @dataclass
 class BenchConfig(TrainConfig):
-    iters: int = setting(20, ge=1)  # timed iterations (each: one micro-step and one optimizer step)
+    # --- bench.py (the settings above are train.py's: the run it measures)
+    iters: int = setting(20, ge=1)  # timed training steps (each: up to 8 micro-steps, gradients accumulating, and the optimizer step)
     warmup_iters_bench: int = setting(5, ge=0)  # untimed iterations first: compilation, autotuning, allocator warm-up
     json: bool = setting(False)  # print one JSON line instead of the table
     find_batch_size: bool = setting(False)  # search the largest micro-batch that fits (training step and eval), then bench it
@@ -80,19 +83,16 @@ def free_memory(device):
 
 
 class Bench:
-    """The model, optimizer and batches of one config, and the timed pieces of a training step."""
+    """The model, optimizer and batches of one config, and the pieces of a run it times: training steps
+    (gptlib/step.py's, the one train.py runs), an eval batch, HellaSwag's rows."""
 
     def __init__(self, cfg):
         self.cfg = cfg
         self.device = runtime.pick_device(cfg.device)
         self.device_type = self.device.split(":")[0]
         self.dtype = runtime.pick_dtype(self.device, cfg.dtype)
-        torch.backends.cuda.matmul.allow_tf32 = True  # as train.py
-        torch.backends.cudnn.allow_tf32 = True
+        self.threads = runtime.prepare_device(self.device, cfg.cpu_threads)  # as train.py
         self.ctx = runtime.autocast(self.device, self.dtype)
-        if self.device_type == "cpu":
-            runtime.keep_freed_memory()  # as train.py
-        self.threads = runtime.cpu_threads(cfg.cpu_threads)
         if cfg.use_data:  # the data's problems before any warm-up, not after it
             TokenLoader(cfg.data_dir, "train", cfg.batch_size, cfg.block_size, seed=cfg.seed)
         self.card = None  # bytes of the card the fit is judged against (CUDA only)
@@ -104,12 +104,12 @@ class Bench:
                               f"--memory_gib or run it on a CUDA GPU")
         torch.manual_seed(cfg.seed)
         model_args = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(GPTConfig)}
-        self.raw_model = GPT(GPTConfig(**model_args)).to(self.device)
-        self.raw_model.checkpointing = cfg.activation_checkpointing
+        self.raw_model = runtime.checkpoint_blocks(GPT(GPTConfig(**model_args)).to(self.device), cfg.activation_checkpointing)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=(self.dtype == "float16"))
         self.optimizer = optim.make_optimizer(self.raw_model, cfg, self.device)
-        optim.set_lr(self.optimizer, cfg.warmup_iters, cfg)  # the peak learning rate, as after warmup
-        self.model, self.compiled = self.raw_model, False
+        self.values = dataclasses.replace(schedules.at(cfg.warmup_iters, cfg), window=cfg.attn_window)  # peak rate, full window
+        self.wrapped = runtime.Wrapped(model=self.raw_model, raw=self.raw_model, ddp=None, fsdp=False)
+        self.compiled = False
         if cfg.compile:
             ok, why = runtime.compile_available(self.device)
             if ok:
@@ -128,7 +128,7 @@ class Bench:
         """A fresh torch.compile of the model, as train.py makes it for its one micro-batch size: after a batch
         search, the batch that is timed runs in a graph of its own static shape, not the search's dynamic one."""
         torch._dynamo.reset()
-        self.model = torch.compile(self.raw_model)
+        self.wrapped.model = torch.compile(self.raw_model)
         self.graphs_at_compile = compiled_graphs()
 
     def check_compiled(self):
@@ -142,37 +142,35 @@ class Bench:
         T = self.cfg.block_size
         if self.cfg.use_data:
             if self.loader is None or self.loader.B != B:
-                self.loader = TokenLoader(self.cfg.data_dir, "train", B, T, seed=self.cfg.seed)
+                self.loader = TokenLoader(self.cfg.data_dir, "train", B, T, seed=self.cfg.seed, order=self.cfg.data_order)
             x, y = self.loader.next_batch()
         else:
             vocab = min(shards.VOCAB_SIZE, self.cfg.vocab_size)  # tiny test models may have a smaller vocabulary
             buf = torch.randint(0, vocab, (B, T + 1), generator=self.gen)
             x, y = buf[:, :-1].contiguous(), buf[:, 1:].contiguous()  # (B, T+1) -> inputs, next-token targets (B, T)
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-    def micro_step(self, B, grad_accum):
-        x, y = self.batch(B)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         if self.dynamic_batch and B > 1:  # dynamo would specialise a size-1 dimension anyway
             torch._dynamo.mark_dynamic(x, 0)
             torch._dynamo.mark_dynamic(y, 0)
-        with self.ctx:
-            _, loss = self.model(x, y)
-            loss = loss / grad_accum
-        self.scaler.scale(loss).backward()
+        return x, y
 
-    def optimizer_step(self):
-        self.optimizer.unscale_(self.scaler)
-        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-        torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
-        self.optimizer.step(self.scaler)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+    def trainer(self, micro_steps):
+        """train.py's training step (gptlib/step.py) of micro_steps micro-batches, its phases timed."""
+        return TrainStep(self.wrapped, self.optimizer, self.scaler, self.ctx, self.cfg, self.dtype, micro_steps,
+                         timer=step.clock(self.device))
+
+    def train_step(self, B, micro_steps):
+        """One training step: micro_steps micro-batches of B rows, gradients accumulating, then the update. Returns
+        the clock's readings: one after each micro-step, one after the update."""
+        trainer = self.trainer(micro_steps)
+        trainer(lambda: self.batch(B), self.values)
+        return trainer.marks
 
     def eval_step(self, B):
         """An eval batch as train.py runs it: the raw model, no_grad, the chunked loss."""
         with torch.no_grad(), self.ctx:
             x, y = self.batch(B)
-            self.raw_model(x, y)
+            self.raw_model(x, y, window=self.values.window or None)
 
     def scored_rows_step(self):
         """The largest batch HellaSwag and HumanEval score during a run: rows of up to block_size tokens."""
@@ -188,23 +186,22 @@ class Bench:
         return time.perf_counter()
 
     def measure(self, B, grad_accum):
-        """Median ms of a micro-step and of an optimizer step, over cfg.iters timed iterations."""
-        cfg = self.cfg
+        """Median ms of a micro-step and of an optimizer step, over cfg.iters timed training steps of
+        min(grad_accum, MAX_TIMED_MICRO_STEPS) micro-steps each: a micro-step that accumulates into the gradients
+        of the ones before it, as all but the first of a real step's do (the first of each timed step is left out
+        when a step has more than one)."""
+        cfg, micro_steps = self.cfg, min(grad_accum, MAX_TIMED_MICRO_STEPS)
         for i in range(cfg.warmup_iters_bench):
             progress(f"warm-up {i + 1}/{cfg.warmup_iters_bench} at micro-batch {B}"
                      + (" (the first compiles the model: a minute on a GPU)" if i == 0 and self.compiled else ""))
-            self.micro_step(B, grad_accum)
-            self.optimizer_step()
+            self.train_step(B, micro_steps)
         micro_ms, opt_ms = [], []
-        progress(f"timing {cfg.iters} steps at micro-batch {B}")
+        progress(f"timing {cfg.iters} steps of {micro_steps} micro-step(s) at micro-batch {B}")
         for _ in range(cfg.iters):
-            t0 = self.clock()
-            self.micro_step(B, grad_accum)
-            t1 = self.clock()
-            self.optimizer_step()
-            t2 = self.clock()
-            micro_ms.append(1000 * (t1 - t0))
-            opt_ms.append(1000 * (t2 - t1))
+            marks = [self.clock()] + self.train_step(B, micro_steps)
+            micro = [1000 * (b - a) for a, b in zip(marks[:-2], marks[1:-1])]
+            micro_ms += micro[1:] if micro_steps > 1 else micro
+            opt_ms.append(1000 * (marks[-1] - marks[-2]))
         return statistics.median(micro_ms), statistics.median(opt_ms)
 
     def fits(self, B):
@@ -216,8 +213,7 @@ class Bench:
         try:
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            self.micro_step(B, 1)
-            self.optimizer_step()
+            self.train_step(B, 1)
             self.eval_step(self.cfg.eval_batch_size or B)
             self.scored_rows_step()
             runtime.synchronize(self.device)
@@ -358,7 +354,7 @@ def run_bench(cfg):
         "optimizer": bench.optimizer.describe(),
         "activation_checkpointing": cfg.activation_checkpointing,
         "tokens_per_iter": cfg.total_batch_size,
-        "micro_step_ms": micro_ms,
+        "micro_step_ms": micro_ms,  # one that accumulates into the gradients before it
         "optimizer_step_ms": opt_ms,
         "ms_per_iter": step_ms,
         "tokens_per_sec": tokens_per_sec,

@@ -12,45 +12,22 @@ References:
    embeddings.
 Only the model lives here: optimizer policy, FLOP/MFU accounting and hardware tables are elsewhere.
 """
-import functools
 import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from gptlib.attention import attend, doc_layout, flex_runs, make_masks  # document and window masks, attention
 from gptlib.head_loss import head_loss, head_row_losses  # the loss op (chunked head + cross-entropy)
 
 INIT_STD = 0.02  # GPT-2's weight init std (OpenAI's model.py, `normal_initializer(0.02)`)
 
-# Activation checkpointing of the blocks (issue 27), PyTorch's own (torch.utils.checkpoint, non-reentrant: it works
-# compiled and under DDP, and replays dropout's RNG): 'full' keeps each block's input and recomputes the block in the
-# backward pass (~ +1/3 FLOPs); 'selective' keeps the matmul and attention outputs and recomputes only the cheap
-# pointwise work between them (norms, activations, rotary, residual adds): most of full's saving at a few % of time.
-SAVED_OPS = [torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default] + [
-    getattr(torch.ops.aten, name).default for name in ("_scaled_dot_product_flash_attention",
-                                                       "_scaled_dot_product_efficient_attention",
-                                                       "_scaled_dot_product_cudnn_attention",
-                                                       "_scaled_dot_product_flash_attention_for_cpu")
-    if hasattr(torch.ops.aten, name)]
-
-
-def _keep_matmuls(ctx, op, *args, **kwargs):
-    return CheckpointPolicy.MUST_SAVE if op in SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
-
-
-# activation_checkpointing -> torch.utils.checkpoint's extra arguments (None: no checkpointing). 'full' passes none:
-# torch.compile cannot trace an explicit context_fn=noop_context_fn (a dynamo NotImplementedError, torch 2.13)
-CHECKPOINTING = {"none": None, "full": {},
-                 "selective": {"context_fn": functools.partial(create_selective_checkpoint_contexts, _keep_matmuls)}}
-
-
 @dataclass
 class GPTConfig:
     # each setting's valid range is in its metadata, which gptlib/settings.py checks for every command
+    # --- model (model.py: GPT-2 by default; config/recipe_modern.py and config/recipe_speedrun.py switch)
     block_size: int = field(default=1024, metadata={"ge": 1})  # longest context the model can see
     vocab_size: int = field(default=50304, metadata={"ge": 1})  # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
     n_layer: int = field(default=12, metadata={"ge": 1})  # number of transformer blocks
@@ -66,7 +43,7 @@ class GPTConfig:
     mlp_act: str = field(default="gelu", metadata={"choices": ["gelu", "gelu_exact", "relu2"]})  # MLP activation: tanh GELU (GPT-2), exact erf GELU (nanoGPT's nn.GELU()) or ReLU^2
     zero_init: bool = False  # start the residual output projections and the head at zero (needs tie_weights=False)
     logit_softcap: float = field(default=0.0, metadata={"ge": 0})  # squash logits smoothly into (-cap, cap); 0: off
-    # the speedrun's switches (config/recipe_speedrun.py; README "Which recipe"), each off by default
+    # --- model: the speedrun's switches (config/recipe_speedrun.py; docs/recipes.md), each off by default
     doc_mask: bool = False  # attention stays inside each document (each starts with eot_token) and positions restart there
     eot_token: int = field(default=50256, metadata={"ge": 0})  # the token that starts every document in the shards (GPT-2's <|endoftext|>)
     attn_window: int = field(default=0, metadata={"ge": 0})  # sliding-window attention: a query sees at most this many latest tokens (0: all); train.py may grow it (window_start)
@@ -309,10 +286,7 @@ class GPT(nn.Module):
             self.skip_weights = nn.Parameter(torch.ones(config.n_layer // 2))
         if config.bigram_embeds:  # block i's input gets this weight times the pair's row (the record's init: 0.1)
             self.bigram_lambdas = nn.Parameter(torch.full((config.n_layer,), 0.1))
-        if config.attn_window:  # the long window now: train.py grows it; in the state_dict, so a checkpoint keeps its own
-            self.register_buffer("window", torch.tensor(config.attn_window))
         self.flex = None  # FlexAttention block masks: None: on CUDA (gptlib/attention.py says why); True/False: forced
-        self.checkpointing = "none"  # activation checkpointing of the blocks in training: CHECKPOINTING (train.py sets it)
         self.rotary = Rotary(config.n_embd // config.n_head, config.block_size, config.rope_base) \
             if config.pos_emb == "rope" else None
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -357,13 +331,14 @@ class GPT(nn.Module):
         tables += [self.transformer.bte] if "bte" in self.transformer else []
         return sum(t.weight.numel() for t in tables)
 
-    def _hidden(self, idx, kv_cache=None):
-        """The final normalised hidden states (B, T, C) of tokens idx (B, T) that follow the cached ones."""
+    def _hidden(self, idx, kv_cache=None, window=None):
+        """The final normalised hidden states (B, T, C) of tokens idx (B, T) that follow the cached ones; window:
+        the long attention window of this call (an int or a 0-d tensor: train.py grows it), None: attn_window."""
         past = len(kv_cache) if kv_cache is not None else 0
         T = idx.size(1)
         if past + T > self.config.block_size:
             raise ValueError(f"sequence length {past + T} exceeds block_size {self.config.block_size}; crop the input")
-        pos, masks = self._layout(idx, kv_cache)
+        pos, masks = self._layout(idx, kv_cache, window)
         x = self.transformer.wte(idx)  # (B, T, C)
         if "wpe" in self.transformer:
             x = x + self.transformer.wpe(torch.arange(past, past + T, device=idx.device) if pos is None else pos)
@@ -381,9 +356,7 @@ class GPT(nn.Module):
             if pairs is not None:
                 x = x + self.bigram_lambdas[i] * pairs
             v_mix = ve[ve_at[i]] if i in ve_at else v1 if cfg.value_residual else None
-            run = block if self.checkpointing == "none" or not torch.is_grad_enabled() or kv_cache is not None \
-                else functools.partial(checkpoint, block, use_reentrant=False, **CHECKPOINTING[self.checkpointing])
-            x, v = run(x, self.rotary, kv_cache, x0, pos=pos, mask=masks and masks[kinds[i]], v_mix=v_mix)
+            x, v = block(x, self.rotary, kv_cache, x0, pos=pos, mask=masks and masks[kinds[i]], v_mix=v_mix)
             v1 = v if i == 0 else v1
             if cfg.unet_skips and i < half:
                 skips.append(x)
@@ -397,9 +370,10 @@ class GPT(nn.Module):
         cfg = self.config
         return self.transformer.bte(bigram_rows(idx, cfg.bigram_embeds, prev, cfg.eot_token if cfg.doc_mask else None))
 
-    def _layout(self, idx, kv_cache=None):
+    def _layout(self, idx, kv_cache=None, window=None):
         """(positions (B, T), or None for past .. past + T - 1; window kind -> mask, or None for plain causal
-        attention) of tokens idx (B, T) after the cached ones; notes their documents in kv_cache."""
+        attention) of tokens idx (B, T) after the cached ones under the long window `window` (None: attn_window);
+        notes their documents in kv_cache."""
         cfg = self.config
         if not cfg.doc_mask and not cfg.attn_window:
             return None, None
@@ -412,7 +386,8 @@ class GPT(nn.Module):
         if kv_cache is not None:
             k_docs = torch.cat([kv_cache.docs, docs], dim=1) if past else docs  # (B, past + T)
             kv_cache.docs, kv_cache.last = k_docs, (docs[:, -1], pos[:, -1]) if pos is not None else None
-        windows = {kind: None if not cfg.attn_window else self.window if kind == "L" else self.window // 2
+        window = cfg.attn_window if window is None else window
+        windows = {kind: None if not cfg.attn_window else window if kind == "L" else window // 2
                    for kind in set(cfg.windows())}
         flex = (flex_runs(idx.device)[0] if self.flex is None else self.flex) and kv_cache is None \
             and not (self.training and cfg.dropout)  # FlexAttention has no dropout
@@ -423,20 +398,21 @@ class GPT(nn.Module):
         cap = self.config.logit_softcap
         return cap * torch.tanh(logits / cap) if cap else logits
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, window=None):
         """idx, targets: (B, T) int64. Without targets: (logits (B, T, vocab_size), None). With targets:
-        (None, the mean cross-entropy over targets != -1), computed without ever holding full logits."""
-        x = self._hidden(idx)
+        (None, the mean cross-entropy over targets != -1), computed without ever holding full logits.
+        window: this call's long attention window (None: attn_window), for a run whose window grows."""
+        x = self._hidden(idx, window=window)
         if targets is None:
             return self._logits(x), None
         C = x.size(-1)
         return None, head_loss(x.reshape(-1, C), self.lm_head.weight, targets.reshape(-1), self.config.logit_softcap)
 
     @torch.no_grad()
-    def token_losses(self, idx, targets):
+    def token_losses(self, idx, targets, window=None):
         """Cross-entropy of each position (B, T), 0 where targets == -1: for evals that score rows apart
-        (HellaSwag endings), without full logits either."""
-        x = self._hidden(idx)
+        (HellaSwag endings), without full logits either. window: as forward's."""
+        x = self._hidden(idx, window=window)
         out = head_row_losses(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1),
                               self.config.logit_softcap)  # (B*T,)
         return out.view_as(targets)

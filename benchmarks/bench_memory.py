@@ -28,7 +28,7 @@ from gptlib.errors import run_command
 from gptlib.settings import load_config, setting
 
 CASES = ("train-full", "train-chunked", "eval-full", "eval-chunked", "hellaswag")
-CHECKPOINTING = ("none", "selective", "full")  # model.CHECKPOINTING: train-chunked under each (ckpt-MODE cases)
+CHECKPOINTING = ("none", "selective", "full")  # runtime.CHECKPOINTING: train-chunked under each (ckpt-MODE cases)
 HELLASWAG_ROWS = 32  # gptlib.evals scores 8 items x 4 endings per batch
 # CPU: glibc serves every allocation over 64 KB with its own mmap and unmaps it when freed, so the resident set
 # follows live tensors. Its default threshold adapts upward after the warm-up step's frees, after which the step
@@ -94,7 +94,7 @@ def one_case(cfg):
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
                           vocab_size=50304)).to(cfg.device)
-    model.checkpointing = checkpointing
+    runtime.checkpoint_blocks(model, checkpointing)  # as train.py wraps its blocks
     rows = HELLASWAG_ROWS if mode == "hellaswag" else cfg.batch_size
     x = torch.randint(0, 50257, (rows, cfg.block_size), device=cfg.device)
     y = torch.randint(0, 50257, (rows, cfg.block_size), device=cfg.device)

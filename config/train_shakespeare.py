@@ -12,7 +12,7 @@ are few, and ckpt_best.pt keeps the best):
         --batch_size=16 --total_batch_size=8192 --compile=True --max_iters=1000 --eval_interval=100 --dropout=0.2
 
 tokens/step: 8 x 128 x 2 accumulation steps = 2,048; 300 iters = 614K tokens = about 2 epochs of train.
-What to expect: README, "Tiny Shakespeare" (measured on a 2-core CPU).
+What to expect: docs/data.md, "Tiny Shakespeare" (measured on a 2-core CPU).
 """
 out_dir = "out-shakespeare"
 data_dir = "data/shakespeare"

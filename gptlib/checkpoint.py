@@ -25,6 +25,7 @@ from .errors import CheckpointError, short
 CKPT_FORMAT = "gpt2-shards-ckpt"  # marks our checkpoints; anything else is refused with a clear message
 CKPT_VERSION = 2
 CKPT_NAME, BEST_NAME = "ckpt.pt", "ckpt_best.pt"
+PREDECAY_NAME = "ckpt_predecay.pt"  # wsd: the checkpoint at the start of the decay, from which a run can be extended
 
 
 @dataclass
@@ -46,10 +47,48 @@ class LoopState:
     def state_dict(self):
         return dataclasses.asdict(self)
 
+    def after_eval(self, it, loss):
+        """Note iteration it's primary val loss: (whether it is a new best, the mean train loss since the last
+        eval or None)."""
+        improved = loss < self.best_val
+        self.best_val, self.bad_evals = (loss, 0) if improved else (self.best_val, self.bad_evals + 1)
+        train_loss = self.train_loss_sum / self.train_loss_n if self.train_loss_n else None
+        self.train_loss_sum, self.train_loss_n, self.last_eval_iter = 0.0, 0, it
+        return improved, train_loss
+
+    def after_step(self, loss, skipped, tokens):
+        """Note a step of `tokens` tokens and its loss (not counted in the means when the update was skipped)."""
+        if not skipped:
+            self.loss_ema = loss if self.loss_ema is None else 0.95 * self.loss_ema + 0.05 * loss
+            self.train_loss_sum, self.train_loss_n = self.train_loss_sum + loss, self.train_loss_n + 1
+            self.log_loss_sum, self.log_loss_n = self.log_loss_sum + loss, self.log_loss_n + 1
+        self.iter_num += 1
+        self.tokens += tokens
+
+    def take_log_loss(self, last):
+        """The mean step loss since the previous log line (the last step's when none counted), and start anew."""
+        mean = self.log_loss_sum / self.log_loss_n if self.log_loss_n else last
+        self.log_loss_sum, self.log_loss_n = 0.0, 0
+        return mean
+
     @classmethod
     def from_state_dict(cls, state):
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in state.items() if k in names})
+
+
+def training_state(wrapped, optimizer, scaler, loop, loader, cfg, dtype, procs):
+    """The training checkpoint of this moment (the format above) on rank 0, None on the others. A collective
+    under sharding: the optimizer's and FSDP2's states are gathered, so every rank calls it."""
+    from .runtime import model_state
+    states = optimizer.state_dict()  # whole on rank 0 (sharded: a collective every rank joins)
+    weights = model_state(wrapped.raw, sharded=wrapped.fsdp)  # whole, on rank 0 (a collective under fsdp)
+    if not procs.master:
+        return None
+    loop.loader = loader.state_dict()
+    return {"model": weights, "model_args": dataclasses.asdict(wrapped.raw.config), "config": dataclasses.asdict(cfg),
+            "optimizer": states, "scaler": scaler.state_dict(), "dtype": dtype, "loop": loop.state_dict(),
+            "world_size": procs.world}
 
 
 def _upgrade_v1(ckpt):
@@ -156,7 +195,23 @@ def load_checkpoint(path, map_location="cpu", mmap=False):
         raise CheckpointError(f"{path} is checkpoint version {ckpt.get('version')!r}, this code reads versions 1 "
                               f"and {CKPT_VERSION}; use the version of this toolkit that wrote it")
     ckpt.setdefault("loop", {})
+    if isinstance(ckpt.get("model"), dict) and "window" in ckpt["model"]:  # before issue 34 the window was a buffer
+        ckpt["window"] = int(ckpt["model"].pop("window"))
     return ckpt
+
+
+def trained_window(ckpt):
+    """The long attention window the checkpoint's run had reached (window_start grows it: schedules.window_at at
+    the checkpoint's iteration): what its evals used, so what sample, eval and export run it with."""
+    from types import SimpleNamespace
+
+    from .schedules import window_at
+    args, cfg = ckpt["model_args"], ckpt.get("config") or {}
+    if "window" in ckpt:  # read from a checkpoint written before issue 34
+        return ckpt["window"]
+    run = SimpleNamespace(attn_window=args.get("attn_window", 0), window_start=cfg.get("window_start", 0),
+                          max_iters=cfg.get("max_iters", 1))
+    return window_at(ckpt.get("loop", {}).get("iter_num", 0), run)
 
 
 # ----------------------------------------------------------------------------- nanoGPT's checkpoints
@@ -225,9 +280,11 @@ def find_checkpoint(out_dir, prefer_best=True):
 
 
 def model_from_checkpoint(ckpt):
+    """The checkpoint's model, for inference: a run stopped while its window grew attends as it did then."""
     from model import GPT, GPTConfig
     try:
-        model = GPT(GPTConfig(**ckpt["model_args"]))
+        args = ckpt["model_args"]
+        model = GPT(GPTConfig(**{**args, "attn_window": trained_window(ckpt)} if args.get("attn_window") else args))
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError, KeyError) as e:  # a newer toolkit's settings, or mismatched weights
         raise CheckpointError(f"the checkpoint's model cannot be built by this model.py ({short(e, 160)}); "

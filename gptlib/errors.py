@@ -40,6 +40,11 @@ class OutOfMemory(UserError):
     """A batch that does not fit in device memory."""
 
 
+class Diverged(UserError):
+    """Too many skipped (NaN/inf or spiking) updates in a row."""
+    exit_code = EXIT_DIVERGED
+
+
 class Interrupted(UserError):
     """Ctrl-C (a second one, in train.py) or a signal: the command stopped before it finished."""
     exit_code = EXIT_INTERRUPTED

@@ -81,21 +81,22 @@ def eval_windows(total_tokens, block_size, max_tokens=0):
 # Evals run under no_grad, not inference_mode: under sharding='fsdp' FSDP2 gathers the weights inside the eval's
 # forward, and inference tensors there could not be updated by training afterwards.
 @torch.no_grad()
-def window_losses(model, loader, starts, batch_size, block_size, device, autocast_ctx):
+def window_losses(model, loader, starts, batch_size, block_size, device, autocast_ctx, window=None):
     """(windows done, mean loss of each window in the batch (B,) float64 on the device), batch_size windows of
-    block_size inputs at a time, read from loader (an unshuffled 'stream' TokenLoader) at token offsets starts."""
+    block_size inputs at a time, read from loader (an unshuffled 'stream' TokenLoader) at token offsets starts.
+    window: the attention window a run has grown to (model.GPT.forward's; None: the model's own)."""
     with _eval_mode(model):
         for b in range(0, len(starts), batch_size):
             rows = np.stack([loader.read_tokens(s, block_size + 1) for s in starts[b:b + batch_size]])  # (B, T+1)
             x = torch.from_numpy(rows[:, :-1]).to(device, non_blocking=True)  # inputs (B, T)
             y = torch.from_numpy(rows[:, 1:]).to(device, non_blocking=True)  # targets shifted by one (B, T)
             with autocast_ctx:
-                yield min(b + batch_size, len(starts)), model.token_losses(x, y).double().mean(dim=1)  # (B, T) -> (B,)
+                yield min(b + batch_size, len(starts)), model.token_losses(x, y, window=window).double().mean(dim=1)  # (B, T) -> (B,)
 
 
 @torch.no_grad()
 def split_loss(model, data_dir, split, batch_size, block_size, max_tokens, device, autocast_ctx,
-               rank=0, world_size=1, verify=True, progress=None):
+               rank=0, world_size=1, verify=True, progress=None, window=None):
     """Mean cross-entropy per token over eval_windows(split, block_size, max_tokens), batch_size windows at a
     time, as a SplitLoss. Under DDP (call it on every rank) rank r scores windows r, r + world, ... and the
     sums are combined, so every rank returns the same figure. progress(done, total) after each batch."""
@@ -110,7 +111,7 @@ def split_loss(model, data_dir, split, batch_size, block_size, max_tokens, devic
     # sharding='fsdp', so a rank with one window less would leave the others waiting for it
     real, padded = len(mine), mine + (mine or starts)[-1:] * (-(-len(starts) // world_size) - len(mine))
     stats = torch.zeros(2, dtype=torch.float64, device=device)  # sum and sum of squares of window losses, on the device
-    for done, per_window in window_losses(model, loader, padded, batch_size, block_size, device, autocast_ctx):
+    for done, per_window in window_losses(model, loader, padded, batch_size, block_size, device, autocast_ctx, window):
         per_window = per_window[:max(0, real - (done - len(per_window)))]  # the padding's windows are not counted
         stats += torch.stack([per_window.sum(), per_window.square().sum()])
         if progress:
@@ -170,11 +171,28 @@ def check_primary_val(primary_val, val_sets):
 
 
 def eval_val_sets(model, val_sets, batch_size, block_size, max_tokens, device, autocast_ctx, rank=0, world_size=1,
-                  verify=True):
+                  verify=True, window=None):
     """{name: SplitLoss} over the parsed val_sets (see parse_val_sets)."""
     return {name: split_loss(model, data_dir, split, batch_size, block_size, max_tokens, device, autocast_ctx,
-                             rank=rank, world_size=world_size, verify=verify)
+                             rank=rank, world_size=world_size, verify=verify, window=window)
             for name, data_dir, split in val_sets}
+
+
+def evals_of_run(model, cfg, it, val_sets, hellaswag_items, device, autocast_ctx, rank, world_size, window):
+    """The evals of a training run at iteration it, on the raw model (train.py): ({name: SplitLoss} of every val
+    set, {'val/NAME': loss, 'hellaswag/acc_norm': ..., 'humaneval/loss': ...} for the logs and trackers).
+    HellaSwag and HumanEval run when `it` is a multiple of their intervals."""
+    scored = eval_val_sets(model, val_sets, cfg.eval_batch_size or cfg.batch_size, cfg.block_size, cfg.eval_tokens,
+                           device, autocast_ctx, rank, world_size, verify=cfg.verify_data, window=window)
+    record = {f"val/{k}": r.loss for k, r in scored.items()}
+    if cfg.hellaswag_interval and it % cfg.hellaswag_interval == 0:
+        record["hellaswag/acc_norm"] = hellaswag(model, device, autocast_ctx, items=hellaswag_items,
+                                                 limit=cfg.hellaswag_limit or None, rank=rank, world_size=world_size,
+                                                 window=window)["acc_norm"]
+    if cfg.humaneval_interval and it % cfg.humaneval_interval == 0:
+        record["humaneval/loss"] = humaneval(model, device, autocast_ctx, cfg.humaneval_path, rank=rank,
+                                             world_size=world_size, window=window)["loss"]
+    return scored, record
 
 
 # ----------------------------------------------------------------------------- scoring token spans
@@ -215,7 +233,7 @@ def _strided_windows(context, continuation, block_size):
 
 
 @torch.no_grad()  # (see window_losses)
-def _row_losses(model, rows, device, autocast_ctx, batch_rows, progress=None):
+def _row_losses(model, rows, device, autocast_ctx, batch_rows, progress=None, window=None):
     """Summed cross-entropy and token count of the masked targets of each row.
 
     Rows are right-padded to the longest row of their batch; with causal attention the
@@ -235,7 +253,7 @@ def _row_losses(model, rows, device, autocast_ctx, batch_rows, progress=None):
             m[i, :n] = torch.tensor(mask, dtype=torch.bool)
         x, y, m = x.to(device), y.to(device), m.to(device)
         with autocast_ctx:  # per-position losses in chunks: never (B, T, vocab) logits (issue 12)
-            per_row = model.token_losses(x, y.masked_fill(~m, -1)).sum(dim=1)  # (B, T) -> (B,)
+            per_row = model.token_losses(x, y.masked_fill(~m, -1), window=window).sum(dim=1)  # (B, T) -> (B,)
         sums += per_row.tolist()
         counts += m.sum(dim=1).tolist()
         if progress:
@@ -306,7 +324,7 @@ def hellaswag_predict(sums, counts):
 
 
 def hellaswag(model, device, autocast_ctx, path=None, limit=None, batch_items=HELLASWAG_BATCH_ITEMS, rank=0, world_size=1,
-              block_size=None, items=None, progress=None):
+              block_size=None, items=None, progress=None, window=None):
     """Completion-style HellaSwag accuracy, as in the published GPT-2 / GPT-3 small-model numbers.
 
     For each item every ending (with a leading space) is appended to the context and the
@@ -330,7 +348,7 @@ def hellaswag(model, device, autocast_ctx, path=None, limit=None, batch_items=HE
             for item in batch:
                 ctx = enc.encode(item["ctx"])
                 rows += [_window(ctx, enc.encode(" " + ending), T) for ending in item["endings"]]
-            sums, counts = _row_losses(model, rows, device, autocast_ctx, len(rows))
+            sums, counts = _row_losses(model, rows, device, autocast_ctx, len(rows), window=window)
             sums = torch.tensor(sums).view(-1, HELLASWAG_ENDINGS)  # (items, 4)
             counts = torch.tensor(counts, dtype=torch.float).view(-1, HELLASWAG_ENDINGS)
             pred, pred_norm = hellaswag_predict(sums, counts)
@@ -364,7 +382,7 @@ def load_humaneval(path):
 
 
 def humaneval(model, device, autocast_ctx, path, limit=None, batch_rows=HUMANEVAL_BATCH_ROWS, rank=0, world_size=1,
-              block_size=None, progress=None):
+              block_size=None, progress=None, window=None):
     """Loss and perplexity of HumanEval's canonical solutions given their prompts.
 
     loss = summed cross-entropy over all solution tokens / number of solution tokens
@@ -381,7 +399,7 @@ def humaneval(model, device, autocast_ctx, path, limit=None, batch_rows=HUMANEVA
     for item in mine:
         rows += _strided_windows(enc.encode(item["prompt"]), enc.encode(item["canonical_solution"]), T)
     with _eval_mode(model):
-        sums, counts = _row_losses(model, rows, device, autocast_ctx, batch_rows, progress)
+        sums, counts = _row_losses(model, rows, device, autocast_ctx, batch_rows, progress, window)
     total, tokens, n = _all_reduce_sum([sum(sums), sum(counts), len(mine)], device, world_size)
     loss = total / max(tokens, 1)
     return {"loss": loss, "ppl": math.exp(loss), "n": int(n), "tokens": int(tokens)}

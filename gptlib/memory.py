@@ -11,6 +11,7 @@ and of its fit check (issue 27). Measured against on CPU by benchmarks/bench_mem
 import dataclasses
 
 from . import head_loss, monitor, optim
+from .errors import ConfigError
 
 # Values kept per token by one block, in units of n_embd, counted from model.Block's forward (GPT-2 shape, MLP 4x):
 # the residual stream into each norm (2, kept in fp32 under autocast), the norms' outputs (2), q, k, v (3), the
@@ -90,6 +91,14 @@ def plan_lines(model, cfg, dtype, world=1):
     if cfg.memory_gib:
         lines.append(fit_line(model, cfg, dtype, parts["total"], world))
     return lines
+
+
+def check_fits(model, cfg, dtype, world=1):
+    """A run given memory_gib that would not fit on such a card stops at its start, not at its first step, in one
+    line naming the options that make it fit (issue 27)."""
+    need = step_bytes(model, cfg, dtype, world)["total"]
+    if cfg.memory_gib and need > (1 - FIT_MARGIN) * cfg.memory_gib * GIB:
+        raise ConfigError(fit_line(model, cfg, dtype, need, world))
 
 
 def fit_options(cfg, world):

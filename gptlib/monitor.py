@@ -255,6 +255,41 @@ def gpt2_quality(recipe, shape_124m, tokens_per_step, tokens_per_sec=None):
     return lines
 
 
+# ----------------------------------------------------------------------------- the run's log lines
+
+def step_line(it, loss, lr, norm, ms, tok_s, mfu, eta):
+    """train.py's fixed-width line of one step (or the mean since the previous line)."""
+    return (f"iter {it:7d} | loss {loss:.4f} | lr {lr:.2e} | norm {norm:7.4f} | {ms:8.1f} ms | {tok_s:9,.0f} tok/s | "
+            f"mfu {'   n/a' if mfu is None else f'{100 * mfu:5.1f}%'} | eta {fmt_duration(eta)}")
+
+
+def eval_line(it, train_loss, record, scored, improved, best):
+    """train.py's line of one eval: the train loss since the previous eval, each val set's loss with its standard
+    error and the tokens it rests on (scored: evals.SplitLoss by name), HellaSwag/HumanEval, and the best."""
+    def part(k, v):
+        r = scored.get(k[4:]) if k.startswith("val/") else None
+        return f"{k} {v:.4f}" + (f" {r.plus_minus()} ({human_count(r.tokens)} tok)" if r else "")
+    return (f"eval {it:7d} | train {'   n/a' if train_loss is None else f'{train_loss:.4f}'} | "
+            + " | ".join(part(k, v) for k, v in record.items()) + (" | new best" if improved else f" | best {best:.4f}"))
+
+
+def run_plan_lines(model, cfg, iter_num=0, train_tokens=None):
+    """The plan a run prints (train.py --plan, and every run at its start): tokens, tokens per parameter, epochs,
+    wall times, and how long GPT-2 small's quality takes with this recipe."""
+    plan = plan_run(n_params=model.get_num_params(), n_params_non_embedding=model.get_num_params(True),
+                    tokens_per_step=cfg.total_batch_size, max_iters=cfg.max_iters, iter_num=iter_num,
+                    train_tokens=train_tokens, tokens_per_sec=cfg.tokens_per_sec or None,
+                    n_params_extra_embeds=model.extra_embed_params())
+    return format_plan(plan) + quality_lines(model, cfg)
+
+
+def quality_lines(model, cfg):
+    """The plan's lines on how long GPT-2 small's quality takes with this run's recipe (TOKENS_TO_GPT2)."""
+    c = model.config
+    return gpt2_quality(recipe_of(c, cfg.optimizer), (c.n_layer, c.n_embd) == (12, 768), cfg.total_batch_size,
+                        cfg.tokens_per_sec or None)
+
+
 # ----------------------------------------------------------------------------- pace and ETA
 
 PACE_WINDOW = 20  # steps in the running mean behind tok/s, MFU and the ETA
@@ -466,6 +501,15 @@ class MetricsLog:
         fields = {f"val/{name}": loss for name, loss in val_losses.items()}
         return self.log("eval", iter, tokens=tokens, train_loss=train_loss, best=bool(best), **fields, **extra)
 
+    def log_evals(self, iter, tokens, scored, record, train_loss, best, primary):
+        """log_eval of train.py's evals (evals.evals_of_run's scored and record), with each val set's tokens and
+        standard error."""
+        extra = {k: v for k, v in record.items() if not k.startswith("val/")}
+        extra.update({f"val_tokens/{k}": r.tokens for k, r in scored.items()})
+        extra.update({f"val_stderr/{k}": r.stderr for k, r in scored.items()})
+        return self.log_eval(iter, tokens, {k: r.loss for k, r in scored.items()}, train_loss=train_loss, best=best,
+                             primary=primary, **extra)
+
     def close(self):
         self._f.close()
 
@@ -539,6 +583,14 @@ class MultiTracker:
     def close(self):
         for t in self.trackers:
             t.close()
+
+
+def tracker_for(cfg):
+    """The trackers train.py's settings ask for (wandb, TensorBoard in out_dir/tb), or NullTracker."""
+    import dataclasses
+    return make_tracker(cfg.wandb_log, cfg.tensorboard_log, cfg.wandb_project,
+                        cfg.wandb_run_name or os.path.basename(os.path.abspath(cfg.out_dir)), dataclasses.asdict(cfg),
+                        os.path.join(cfg.out_dir, "tb"))
 
 
 def make_tracker(wandb_log=False, tensorboard_log=False, project="nanogpt", run_name=None, config=None, log_dir=None):

@@ -1,15 +1,11 @@
-"""Optimizers and learning-rate schedules, the one place train.py and bench.py get them from.
+"""Optimizers, the one place train.py and bench.py get them from.
 
     make_optimizer(model, cfg, device)   AdamW alone ('adamw'), or Muon + AdamW ('muon'), as one Optimizers; their
                                          states in fp32 or lean (adamw_states, muon_states), whole or sharded
                                          across ranks (sharding)
-    lr_at(it, cfg)                       the peak-relative schedule: cosine (GPT-3) or warmup-stable-decay
-    window_at(it, cfg)                   the attention window of an iteration (its warmup: record #13)
-    set_lr(optimizer, it, cfg)           apply the schedule (and Muon's momentum warmup) to every group
+    apply_schedule(optimizer, values, cfg)  an iteration's scheduled values (gptlib/schedules.py) into every group
     state_bytes(model, cfg, world)       the optimizer states' bytes on one rank
     checkpoint_bytes(model, cfg)         the size of one training checkpoint
-Schedules are pure functions of the iteration and the current settings, so a resumed run needs no
-schedule state and a run extended with a larger max_iters recomputes its schedule.
 """
 import importlib
 import inspect
@@ -19,9 +15,9 @@ import warnings
 
 import torch
 
+from . import schedules
 from .errors import ConfigError
 
-MUON_MOMENTUM_START = 0.85  # Muon's momentum at iteration 0, rising to muon_momentum (modded-nanogpt)
 # AdamW's two moments: fp32, or torchao's block-quantized states (Dettmers et al. 2022 for 8-bit; Li et al. 2023
 # for 4-bit), (class, values per block, bits a value). torchao keeps a tensor under 4,096 values, or one that is no
 # whole number of blocks, in fp32 (as bitsandbytes does); each block adds one fp32 scale.
@@ -115,7 +111,7 @@ def _fsdp_load(model, opt, state):
 
 def _by_name(state, model, opt):
     """An index-keyed state (one process's) keyed by parameter name, as torch.distributed.checkpoint loads it."""
-    names = {id(p): n for n, p in model.named_parameters()}
+    names = {id(p): n.replace("_checkpoint_wrapped_module.", "") for n, p in model.named_parameters()}  # torch's names
     order = [names[id(p)] for g in opt.param_groups for p in g["params"]]
     return {"state": {order[i]: s for i, s in state["state"].items()},
             "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]]}
@@ -316,57 +312,14 @@ def _build(cls, groups, shard, **options):
     return opt
 
 
-def decay_start(cfg):
-    """wsd: the iteration where the linear decay to min_lr begins."""
-    return cfg.max_iters - max(1, round(cfg.decay_frac * cfg.max_iters))
-
-
-def lr_at(it, cfg):
-    """The learning rate of iteration `it` (AdamW's; Muon's is muon_lr times the same ratio).
-    cosine: linear warmup to learning_rate, then cosine decay to min_lr at lr_decay_iters (GPT-3 paper, app. B).
-    wsd: linear warmup, constant, then linear decay to min_lr over the last decay_frac of max_iters
-    (warmup-stable-decay; Hu et al. 2024, MiniCPM; Hagele et al. 2024)."""
-    if it < cfg.warmup_iters:
-        return cfg.learning_rate * (it + 1) / cfg.warmup_iters
-    if cfg.lr_schedule == "wsd":
-        start = decay_start(cfg)
-        if it < start:
-            return cfg.learning_rate
-        frac = min(1.0, (it - start) / max(1, cfg.max_iters - start))
-        return cfg.learning_rate + frac * (cfg.min_lr - cfg.learning_rate)
-    decay_iters = cfg.lr_decay_iters or cfg.max_iters
-    if it >= decay_iters:
-        return cfg.min_lr
-    ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
-
-
-def muon_momentum_at(it, cfg):
-    """Muon's momentum rises linearly from 0.85 over muon_momentum_warmup iterations (modded-nanogpt)."""
-    frac = min(1.0, it / cfg.muon_momentum_warmup) if cfg.muon_momentum_warmup else 1.0
-    return MUON_MOMENTUM_START + frac * (cfg.muon_momentum - MUON_MOMENTUM_START)
-
-
-def window_at(it, cfg):
-    """The long attention window of iteration `it`: attn_window, or with window_start it grows linearly from
-    window_start at iteration 0 to attn_window at max_iters, in multiples of window_start (record #13, the
-    attention-window warmup: 128 -> 1792 in steps of 128). Short ('S') blocks use half. A pure function of the
-    iteration and the settings, like lr_at, so a resumed run continues on exactly the same windows."""
-    if not cfg.window_start or not cfg.attn_window:
-        return cfg.attn_window
-    frac = min(it, cfg.max_iters) / cfg.max_iters
-    grown = cfg.window_start + frac * (cfg.attn_window - cfg.window_start)
-    return min(cfg.attn_window, cfg.window_start * math.ceil(grown / cfg.window_start))
-
-
-def set_lr(optimizer, it, cfg):
-    """Set every group's learning rate (and Muon's momentum) for iteration `it`; returns AdamW's rate.
-    The peaks come from the settings, never from a loaded state, so a resume may change them."""
-    lr = lr_at(it, cfg)
+def apply_schedule(optimizer, values, cfg):
+    """Set every group's learning rate (and Muon's momentum) to this iteration's values (schedules.at); returns
+    AdamW's rate. The peaks come from the settings, never from a loaded state, so a resume may change them."""
+    lr = values.lr
     for group in optimizer.param_groups:
         if group.get("kind") == "muon":
             rate = cfg.muon_lr * lr / cfg.learning_rate
-            group["momentum"] = muon_momentum_at(it, cfg)
+            group["momentum"] = values.muon_momentum
         elif group.get("kind") == "tables":
             rate = table_lr(cfg) * lr / cfg.learning_rate
         else:
@@ -376,6 +329,11 @@ def set_lr(optimizer, it, cfg):
         else:
             group["lr"] = rate
     return lr
+
+
+def set_lr(optimizer, it, cfg):
+    """apply_schedule with iteration `it`'s values."""
+    return apply_schedule(optimizer, schedules.at(it, cfg), cfg)
 
 
 def state_bytes(model, cfg, world=1):

@@ -287,20 +287,28 @@ def _closest(key, known):
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
+GROUP_MARK = "# ---"  # a comment line `# --- heading` in a settings class starts a group of --help
+
+
 def field_comments(cls):
-    """Field name -> its one-line comment, read from the class source (declared once, documented once)."""
-    comments = {}
+    """(field name -> its one-line comment, field name -> its group heading or ''), read from the class source
+    (declared once, documented once)."""
+    comments, groups = {}, {}
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass):
             continue
-        src = inspect.getsource(klass)
-        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        heading = ""
+        for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(klass)).readline):
             if tok.type == tokenize.COMMENT:
                 line = tok.line.strip()
+                if line.startswith(GROUP_MARK):
+                    heading = line[len(GROUP_MARK):].strip(" -")
+                    continue
                 name = line.split(":", 1)[0].strip()
                 if name.isidentifier() and not line.startswith("#"):
                     comments[name] = tok.string.lstrip("# ").strip()
-    return comments
+                    groups[name] = heading
+    return comments, groups
 
 
 def defaults(cls):
@@ -309,13 +317,16 @@ def defaults(cls):
 
 
 def config_help(cls):
-    comments = field_comments(cls)
-    lines = []
+    """--help: every setting with its default, meaning and valid range, under its group's heading (in the order
+    the groups are declared; a class without headings is one list)."""
+    comments, groups = field_comments(cls)
+    by_group = {}
     for f in dataclasses.fields(cls):
         rule = describe_rules(f.metadata)
         comment = comments.get(f.name, "") + (f" [{rule}]" if rule else "")
-        lines.append(f"  --{f.name}={defaults(cls)[f.name]!r}".ljust(34) + f"  {comment}")
-    return "\n".join(lines)
+        by_group.setdefault(groups.get(f.name, ""), []).append(
+            f"  --{f.name}={defaults(cls)[f.name]!r}".ljust(34) + f"  {comment}")
+    return "\n\n".join((f"{heading}:\n" if heading else "") + "\n".join(lines) for heading, lines in by_group.items())
 
 
 def nanogpt_names(cls):
@@ -359,7 +370,7 @@ def load_config(cls, argv, positional=None, foreign=None, notes=None):
         i += 1
         if arg in ("-h", "--help"):
             usage = f"[{positional} ...]" if positional else "[config/file.py ...]"
-            print(f"usage: {os.path.basename(sys.argv[0])} {usage} [--key=value ...]\n\nsettings (default, meaning):")
+            print(f"usage: {os.path.basename(sys.argv[0])} {usage} [--key=value ...]\n\nsettings (default, meaning):\n")
             print(config_help(cls))
             sys.exit(0)
         if arg.startswith("--"):

@@ -10,7 +10,7 @@ from typing import ClassVar
 from model import GPTConfig
 
 from .errors import ConfigError
-from .optim import decay_start
+from .schedules import decay_start
 from .settings import DEVICE_PATTERN, DTYPES, MAX_CPU_THREADS, setting
 
 INIT_FROM = ["scratch", "resume", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
@@ -86,19 +86,39 @@ NANOGPT_SAMPLE = {"compile": _unused("sample.py runs eager (a few hundred small 
 class TrainConfig(GPTConfig):
     """train.py's settings: model.GPTConfig's, then these."""
     NANOGPT: ClassVar[dict] = NANOGPT_TRAIN  # nanoGPT's names, translated (above)
-    # I/O
-    out_dir: str = setting("out", path="dir")  # checkpoints, log.txt, metrics.jsonl and config.json go here
+    # --- data
     data_dir: str = setting("data/fineweb")  # dataset directory of train_*/val_* shards and manifest.json
-    init_from: str = setting("scratch")  # 'scratch', 'resume' (from out_dir/ckpt.pt), OpenAI's 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a checkpoint file (.pt, nanoGPT's too) whose run continues in out_dir
-    resume_from: str = setting("")  # init_from='resume': the checkpoint to continue, in out_dir or a path; '': ckpt.pt
-    overwrite: bool = setting(False)  # allow init_from='scratch' to replace checkpoints already in out_dir
-    log_interval: int = setting(1, ge=1)  # print a log line every this many iterations
-    ckpt_interval: int = setting(1000, ge=1)  # write out_dir/ckpt.pt every this many iterations (and at the end)
-    keep_last_n: int = setting(0, ge=0)  # also keep this many numbered step checkpoints ckpt_NNNNNNN.pt (0: none)
-    plan: bool = setting(False)  # print the run plan (tokens, Chinchilla ratio, epochs, wall time) and exit
-    tokens_per_sec: float = setting(0.0, ge=0)  # throughput for the plan's wall-time estimates (from bench.py); 0: measure as the run goes
-    peak_tflops: float = setting(0.0, ge=0)  # the GPU's dense bf16/fp16 peak for MFU; 0: look it up in monitor.PEAK_TFLOPS
-    # evaluation
+    batch_size: int = setting(8, ge=1)  # micro-batch size per GPU, in sequences
+    total_batch_size: int = setting(524288, ge=1)  # tokens per optimizer step (2**19, ~0.5M as GPT-3 Small); sets gradient accumulation
+    seed: int = setting(1337, ge=0)  # seeds the model init, dropout and the shard order
+    data_order: str = setting("windows", choices=["stream", "windows"])  # within a shard: block_size windows shuffled per epoch (windows; lower val loss for both recipes, BENCHMARKS.md) or front to back (stream)
+    verify_data: bool = setting(True)  # check each shard against manifest.json's checksum when first read (~0.1 s per 100M tokens)
+    # --- optimizer and schedule (gptlib/optim.py, gptlib/schedules.py)
+    max_iters: int = setting(19073, ge=1)  # total optimizer steps (10B tokens at 2**19 tokens/step)
+    optimizer: str = setting("adamw", choices=["adamw", "muon"])  # 'adamw', or 'muon': Muon for the hidden matrices, AdamW for the rest
+    learning_rate: float = setting(6e-4, gt=0)  # peak learning rate of AdamW (GPT-3 Small's 6e-4)
+    min_lr: float = setting(6e-5, ge=0)  # final learning rate, ~learning_rate/10 per Chinchilla
+    lr_schedule: str = setting("cosine", choices=["cosine", "wsd"])  # 'cosine' (GPT-3), or 'wsd': warmup, stable, then linear decay
+    warmup_iters: int = setting(715, ge=0)  # linear warmup steps (375M tokens at 2**19 tokens/step, as GPT-3)
+    lr_decay_iters: int = setting(0, ge=0)  # cosine: iteration where it reaches min_lr; 0: max_iters (follows an extended run)
+    decay_frac: float = setting(0.2, gt=0, le=1)  # wsd: the last fraction of max_iters over which the rate decays to min_lr
+    weight_decay: float = setting(0.1, ge=0)  # AdamW weight decay on 2-D weights only
+    table_lr: float = setting(0.0, ge=0)  # AdamW peak rate of the value-embedding and bigram tables (std-1 init); 0: learning_rate / 0.02, the token embedding's pace relative to its init
+    beta1: float = setting(0.9, ge=0, lt=1)  # AdamW beta1
+    beta2: float = setting(0.95, ge=0, lt=1)  # AdamW beta2
+    muon_lr: float = setting(0.02, gt=0)  # Muon's peak learning rate (it follows the same schedule as learning_rate)
+    muon_momentum: float = setting(0.95, ge=0, lt=1)  # Muon's momentum once warmed up
+    muon_momentum_warmup: int = setting(300, ge=0)  # iterations over which Muon's momentum rises from 0.85 to muon_momentum
+    muon_weight_decay: float = setting(0.0, ge=0)  # Muon's decoupled weight decay (multiplied by its learning rate)
+    grad_clip: float = setting(1.0, ge=0)  # clip the global gradient norm to this (0: off)
+    window_start: int = setting(0, ge=0)  # attention window at iteration 0, growing to attn_window at max_iters in multiples of this (record #13: 128); 0: attn_window throughout
+    # --- memory (gptlib/memory.py: train.py --plan --memory_gib=N)
+    memory_gib: float = setting(0.0, ge=0)  # GiB of the GPU planned for (12: a 4070, 24: a 3090): --plan says whether the run fits and with which options; bench.py acts as such a card by capping the allocator; 0: no plan, the whole card
+    activation_checkpointing: str = setting("none", choices=["none", "selective", "full"])  # recompute in the backward pass instead of keeping: 'full' each block (~+33% FLOPs, least memory), 'selective' the pointwise work only (gptlib/runtime.py CHECKPOINTING)
+    adamw_states: str = setting("fp32", choices=["fp32", "8bit", "4bit"])  # AdamW's two moments: fp32 (8 bytes a parameter), or torchao's block-quantized 8bit (~2) or 4bit (~1); needs torchao
+    muon_states: str = setting("fp32", choices=["fp32", "bf16"])  # Muon's momentum: fp32 (4 bytes a parameter) or bf16 (2)
+    sharding: str = setting("none", choices=["none", "optimizer", "fsdp"])  # torchrun: 'none' (a whole replica per rank, DDP), 'optimizer' (each rank keeps ~1/world of the states: ZeRO-1), 'fsdp' (~1/world of the weights, gradients and states: FSDP2; AdamW only)
+    # --- evaluation
     eval_interval: int = setting(250, ge=1)  # evaluate every this many iterations
     eval_tokens: int = setting(1048576, ge=0)  # val tokens per val set per eval: block_size windows at even strides over the whole split, the same every eval (0: the whole split)
     eval_batch_size: int = setting(0, ge=0)  # eval micro-batch; 0: same as batch_size (never larger: eval must fit where training fits)
@@ -110,48 +130,29 @@ class TrainConfig(GPTConfig):
     hellaswag_limit: int = setting(0, ge=0)  # evaluate only the first N HellaSwag items (0: all 10,042)
     humaneval_interval: int = setting(0, ge=0)  # HumanEval solution loss every this many iterations (0: never)
     humaneval_path: str = setting("")  # HumanEval.jsonl.gz path (required when humaneval_interval > 0)
-    # logging services
+    # --- output, and where the run starts from
+    out_dir: str = setting("out", path="dir")  # checkpoints, log.txt, metrics.jsonl and config.json go here
+    init_from: str = setting("scratch")  # 'scratch', 'resume' (from out_dir/ckpt.pt), OpenAI's 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a checkpoint file (.pt, nanoGPT's too) whose run continues in out_dir
+    resume_from: str = setting("")  # init_from='resume': the checkpoint to continue, in out_dir or a path; '': ckpt.pt
+    overwrite: bool = setting(False)  # allow init_from='scratch' to replace checkpoints already in out_dir
+    ckpt_interval: int = setting(1000, ge=1)  # write out_dir/ckpt.pt every this many iterations (and at the end)
+    keep_last_n: int = setting(0, ge=0)  # also keep this many numbered step checkpoints ckpt_NNNNNNN.pt (0: none)
+    log_interval: int = setting(1, ge=1)  # print a log line every this many iterations
+    # --- logging and planning
+    plan: bool = setting(False)  # print the run plan (tokens, Chinchilla ratio, epochs, wall time) and exit
+    tokens_per_sec: float = setting(0.0, ge=0)  # throughput for the plan's wall-time estimates (from bench.py); 0: measure as the run goes
+    peak_tflops: float = setting(0.0, ge=0)  # the GPU's dense bf16/fp16 peak for MFU; 0: look it up in monitor.PEAK_TFLOPS
     wandb_log: bool = setting(False)  # log to Weights & Biases (needs the wandb package)
     wandb_project: str = setting("gpt2")  # wandb project
     wandb_run_name: str = setting("")  # wandb run name; '': out_dir's name
     tensorboard_log: bool = setting(False)  # write TensorBoard events to out_dir/tb (needs the tensorboard package)
-    # data
-    batch_size: int = setting(8, ge=1)  # micro-batch size per GPU, in sequences
-    total_batch_size: int = setting(524288, ge=1)  # tokens per optimizer step (2**19, ~0.5M as GPT-3 Small); sets gradient accumulation
-    seed: int = setting(1337, ge=0)  # seeds the model init, dropout and the shard order
-    data_order: str = setting("windows", choices=["stream", "windows"])  # within a shard: block_size windows shuffled per epoch (windows; lower val loss for both recipes, BENCHMARKS.md) or front to back (stream)
-    verify_data: bool = setting(True)  # check each shard against manifest.json's checksum when first read (~0.1 s per 100M tokens)
-    # optimizer and schedule (gptlib/optim.py)
-    optimizer: str = setting("adamw", choices=["adamw", "muon"])  # 'adamw', or 'muon': Muon for the hidden matrices, AdamW for the rest
-    learning_rate: float = setting(6e-4, gt=0)  # peak learning rate of AdamW (GPT-3 Small's 6e-4)
-    min_lr: float = setting(6e-5, ge=0)  # final learning rate, ~learning_rate/10 per Chinchilla
-    lr_schedule: str = setting("cosine", choices=["cosine", "wsd"])  # 'cosine' (GPT-3), or 'wsd': warmup, stable, then linear decay
-    warmup_iters: int = setting(715, ge=0)  # linear warmup steps (375M tokens at 2**19 tokens/step, as GPT-3)
-    max_iters: int = setting(19073, ge=1)  # total optimizer steps (10B tokens at 2**19 tokens/step)
-    lr_decay_iters: int = setting(0, ge=0)  # cosine: iteration where it reaches min_lr; 0: max_iters (follows an extended run)
-    decay_frac: float = setting(0.2, gt=0, le=1)  # wsd: the last fraction of max_iters over which the rate decays to min_lr
-    weight_decay: float = setting(0.1, ge=0)  # AdamW weight decay on 2-D weights only
-    table_lr: float = setting(0.0, ge=0)  # AdamW peak rate of the value-embedding and bigram tables (std-1 init); 0: learning_rate / 0.02, the token embedding's pace relative to its init
-    beta1: float = setting(0.9, ge=0, lt=1)  # AdamW beta1
-    beta2: float = setting(0.95, ge=0, lt=1)  # AdamW beta2
-    muon_lr: float = setting(0.02, gt=0)  # Muon's peak learning rate (it follows the same schedule as learning_rate)
-    muon_momentum: float = setting(0.95, ge=0, lt=1)  # Muon's momentum once warmed up
-    muon_momentum_warmup: int = setting(300, ge=0)  # iterations over which Muon's momentum rises from 0.85 to muon_momentum
-    muon_weight_decay: float = setting(0.0, ge=0)  # Muon's decoupled weight decay (multiplied by its learning rate)
-    adamw_states: str = setting("fp32", choices=["fp32", "8bit", "4bit"])  # AdamW's two moments: fp32 (8 bytes a parameter), or torchao's block-quantized 8bit (~2) or 4bit (~1); needs torchao
-    muon_states: str = setting("fp32", choices=["fp32", "bf16"])  # Muon's momentum: fp32 (4 bytes a parameter) or bf16 (2)
-    sharding: str = setting("none", choices=["none", "optimizer", "fsdp"])  # torchrun: 'none' (a whole replica per rank, DDP), 'optimizer' (each rank keeps ~1/world of the states: ZeRO-1), 'fsdp' (~1/world of the weights, gradients and states: FSDP2; AdamW only)
-    grad_clip: float = setting(1.0, ge=0)  # clip the global gradient norm to this (0: off)
-    window_start: int = setting(0, ge=0)  # attention window at iteration 0, growing to attn_window at max_iters in multiples of this (record #13: 128); 0: attn_window throughout
-    # faults
+    # --- faults
     spike_factor: float = setting(0.0, ge=0)  # skip an update whose loss exceeds this times the running mean (0: only NaN/inf are skipped)
     max_bad_steps: int = setting(5, ge=1)  # stop after this many skipped updates in a row
-    # system
+    # --- devices and processes
     device: str = setting("auto", pattern=DEVICE_PATTERN)  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'mps'
     dtype: str = setting("auto", choices=DTYPES)  # 'auto' (bf16 where supported, else fp16 on GPU, fp32 on CPU), 'bfloat16', 'float16', 'float32'
     compile: bool = setting(True)  # torch.compile the model (switched off where Triton is unavailable)
-    memory_gib: float = setting(0.0, ge=0)  # GiB of the GPU planned for (12: a 4070, 24: a 3090): --plan says whether the run fits and with which options; bench.py acts as such a card by capping the allocator; 0: no plan, the whole card
-    activation_checkpointing: str = setting("none", choices=["none", "selective", "full"])  # recompute in the backward pass instead of keeping: 'full' each block (~+33% FLOPs, least memory), 'selective' the pointwise work only (model.py CHECKPOINTING)
     cpu_threads: int = setting(0, ge=0, le=MAX_CPU_THREADS)  # threads torch uses on CPU (torch.set_num_threads); 0: torch's default, one per core
     backend: str = setting("", choices=["", "nccl", "gloo"])  # torch.distributed backend under torchrun; '': nccl on GPU, gloo on CPU
     dist_timeout_min: int = setting(30, ge=1)  # torchrun: minutes a rank waits for the others (a long eval or checkpoint) before failing

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import bench
-from gptlib import monitor
+from gptlib import checkpoint, monitor
 from gptlib import shards
 from gptlib.settings import load_config
 from conftest import shakespeare
@@ -71,15 +71,15 @@ def test_batch_search_stops_at_out_of_memory_and_frees_between_tries():
     """A real Bench whose micro-step runs out of memory above B=5 (what a GPU does) -> 5 is found."""
     cfg = load_config(bench.BenchConfig, TINY)
     b = bench.Bench(cfg)
-    real_micro_step, tried = b.micro_step, []
+    real_train_step, tried = b.train_step, []
 
-    def micro_step(B, grad_accum):
+    def train_step(B, micro_steps):
         tried.append(B)
         if B > 5:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        real_micro_step(B, grad_accum)
+        return real_train_step(B, micro_steps)
 
-    b.micro_step = micro_step
+    b.train_step = train_step
     assert bench.find_max_batch(b, cap=64)[0] == 5
     assert tried == [1, 2, 4, 8, 6, 5]  # doubling, then binary search between 4 and 8
     assert all(p.grad is None for p in b.raw_model.parameters())  # nothing left allocated after a failed try
@@ -144,10 +144,10 @@ def test_compiled_batch_search_compiles_the_model_once():
 def test_non_oom_errors_are_not_swallowed_by_the_search():
     b = bench.Bench(load_config(bench.BenchConfig, TINY))
 
-    def broken(B, grad_accum):
+    def broken(B, micro_steps):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
-    b.micro_step = broken
+    b.train_step = broken
     with pytest.raises(RuntimeError, match="shapes"):
         b.fits(2)
 
@@ -163,6 +163,25 @@ def test_use_data_reads_real_shards(tmp_path, corpus):
     assert res["data"] == f"shards in {tmp_path}" and res["tokens_per_sec"] > 0
     with pytest.raises(shards.DataError, match="does not exist"):
         bench.run_bench(load_config(bench.BenchConfig, args[:-1] + [f"--data_dir={tmp_path / 'nope'}"]))
+
+
+def test_bench_times_the_step_train_py_runs(tmp_path):
+    """bench.py's step is gptlib/step.py's, the one train.py runs (issue 34): on the same shards, settings and
+    seed, one step gives train.py's loss and gradient norm, and the same weights after the update."""
+    import train
+    from test_train import make_dataset
+    data = make_dataset(tmp_path, shakespeare()[:30_000], val_docs=5)
+    args = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=2", "--total_batch_size=128",
+            "--compile=False", "--device=cpu", "--dtype=float32", "--warmup_iters=0", "--optimizer=muon",
+            f"--data_dir={data}"]
+    assert train.run(args + [f"--out_dir={tmp_path / 'run'}", "--max_iters=1", "--eval_tokens=64"]) == 0
+    logged = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    step = next(r for r in logged if r["kind"] == "train")
+    b = bench.Bench(load_config(bench.BenchConfig, args + ["--use_data"]))
+    result = b.trainer(2)(lambda: b.batch(2), b.values)  # 128 tokens = 2 micro-steps of 2 x 32
+    assert (result.loss, result.norm) == (step["loss"], step["grad_norm"])
+    trained = checkpoint.load_checkpoint(str(tmp_path / "run" / "ckpt.pt"))["model"]
+    assert all(torch.equal(trained[k], v) for k, v in b.raw_model.state_dict().items())
 
 
 def test_cli_error_is_one_line():

@@ -1,10 +1,12 @@
 """Memory options (issue 27): activation checkpointing gives the same loss and gradients as keeping every
 activation, in each recipe, end to end in train.py, and under torchrun with 2 ranks."""
+import copy
+
 import pytest
 import torch
 
-import model as model_module
 import train
+from gptlib import runtime
 from conftest import shakespeare
 from model import GPT, GPTConfig
 from test_ddp import COMMON, assert_close, losses, torchrun
@@ -20,13 +22,22 @@ RECIPES = {
 }
 
 
+def checkpointed(m, mode):
+    """A copy of m with its blocks wrapped for `mode`, as train.py wraps them (gptlib/runtime.py)."""
+    return runtime.checkpoint_blocks(copy.deepcopy(m), mode)
+
+
+def grads_of(m):
+    """Parameter name (the state_dict's, without the checkpoint wrapper's part) -> its gradient."""
+    return {n.replace("_checkpoint_wrapped_module.", ""): p.grad for n, p in m.named_parameters() if p.grad is not None}
+
+
 def loss_and_grads(m, idx, mode):
-    m.checkpointing = mode
-    m.zero_grad(set_to_none=True)
+    m = checkpointed(m, mode)
     torch.manual_seed(1)  # dropout's masks: checkpointing replays the RNG, so they are the same as without it
     _, loss = m(idx, idx)
     loss.backward()
-    return loss.detach(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+    return loss.detach(), grads_of(m)
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
@@ -64,10 +75,14 @@ def test_train_py_with_checkpointing_matches_without_and_on_two_ranks(data, tmp_
     assert_close(losses(tmp_path / "two"), losses(tmp_path / "one"))
 
 
-def test_the_modes_are_the_models_table():
-    assert set(model_module.CHECKPOINTING) == {"none", "selective", "full"}
+def test_the_modes_are_the_wrappers_table_and_checkpoints_keep_their_names():
+    assert set(runtime.CHECKPOINTING) == {"none", "selective", "full"}
     assert set(train.TrainConfig.__dataclass_fields__["activation_checkpointing"].metadata["choices"]) == \
-        set(model_module.CHECKPOINTING)
+        set(runtime.CHECKPOINTING)
+    m = GPT(GPTConfig(**SHAPES))
+    wrapped = checkpointed(m, "full")
+    assert wrapped.state_dict().keys() == m.state_dict().keys()  # a checkpoint is the same with or without it
+    wrapped.load_state_dict(m.state_dict())
 
 
 def test_the_plan_gives_each_part_and_the_options_that_make_a_run_fit(capsys):
@@ -103,14 +118,12 @@ def test_checkpointing_compiled_gives_the_compiled_loss_and_gradients(mode):
     torch.manual_seed(0)
     m = GPT(GPTConfig(**{**SHAPES, "dropout": 0.0}, **RECIPES["modern"])).train()
     idx = torch.randint(0, 256, (3, 64))
-    compiled = torch.compile(m)
 
     def step(checkpointing):
-        m.checkpointing = checkpointing
-        m.zero_grad(set_to_none=True)
-        _, loss = compiled(idx, idx)
+        wrapped = checkpointed(m, checkpointing)
+        _, loss = torch.compile(wrapped)(idx, idx)
         loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+        return loss.detach(), grads_of(wrapped)
     loss, grads = step("none")
     loss2, grads2 = step(mode)
     assert torch.allclose(loss2, loss, rtol=1e-6)

@@ -317,7 +317,7 @@ def test_eta_in_the_log_is_within_10_percent_of_the_real_remaining_time(tmp_path
     """A run whose steps take 1 s (the first two 30 s: compilation), evals 8 s and checkpoints 3 s, on a fake
     clock: from the first checkpoint on, every logged ETA is within 10% of the time that really remained."""
     import train
-    from gptlib import checkpoint as ckpt_mod, evals, runtime
+    from gptlib import checkpoint as ckpt_mod, evals, run_dir, runtime
     from test_train import TINY, make_dataset
     from conftest import shakespeare
     (tmp_path / "data").mkdir()
@@ -329,7 +329,7 @@ def test_eta_in_the_log_is_within_10_percent_of_the_real_remaining_time(tmp_path
         steps[0] += 1
         clock.now += 30.0 if steps[0] <= 2 else 1.0
     monkeypatch.setattr(runtime, "synchronize", synchronize)
-    real_eval, real_save = evals.eval_val_sets, train.save_checkpoint
+    real_eval, real_save = evals.eval_val_sets, run_dir.save_checkpoint
 
     def eval_val_sets(*a, **k):
         clock.now += 8.0
@@ -339,7 +339,7 @@ def test_eta_in_the_log_is_within_10_percent_of_the_real_remaining_time(tmp_path
         clock.now += 3.0
         return real_save(*a, **k)
     monkeypatch.setattr(evals, "eval_val_sets", eval_val_sets)
-    monkeypatch.setattr(train, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(run_dir, "save_checkpoint", save_checkpoint)
     real_log_step = monitor.MetricsLog.log_step
     monkeypatch.setattr(monitor.MetricsLog, "log_step",
                         lambda self, it, *a, **k: at_log.append((it, clock.now)) or real_log_step(self, it, *a, **k))

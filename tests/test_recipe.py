@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import train
 from conftest import REPO, shakespeare
-from gptlib import checkpoint, monitor, optim, shards
+from gptlib import checkpoint, monitor, optim, runtime, schedules, shards
 from gptlib.loader import TokenLoader
 from gptlib.settings import load_config
 from gptlib.train_settings import TrainConfig
@@ -149,24 +149,25 @@ def test_flops_and_params_of_the_modern_model():
 def test_wsd_schedule_and_muon_momentum():
     cfg = load_config(TrainConfig, ["--lr_schedule=wsd", "--warmup_iters=10", "--max_iters=100", "--decay_frac=0.2",
                                     "--learning_rate=1e-3", "--min_lr=0", "--muon_momentum_warmup=50"])
-    lrs = [optim.lr_at(i, cfg) for i in range(101)]
+    lrs = [schedules.lr_at(i, cfg) for i in range(101)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)  # linear warmup
     assert set(lrs[10:80]) == {1e-3}  # stable
     assert lrs[90] == pytest.approx(5e-4) and lrs[100] == 0.0  # linear decay over the last 20 iterations
-    assert optim.decay_start(cfg) == 80
-    assert optim.muon_momentum_at(0, cfg) == 0.85 and optim.muon_momentum_at(25, cfg) == pytest.approx(0.90)
-    assert optim.muon_momentum_at(500, cfg) == pytest.approx(0.95)
+    assert schedules.decay_start(cfg) == 80
+    assert schedules.muon_momentum_at(0, cfg) == 0.85 and schedules.muon_momentum_at(25, cfg) == pytest.approx(0.90)
+    assert schedules.muon_momentum_at(500, cfg) == pytest.approx(0.95)
 
 
 def stop_at(monkeypatch, it):
-    """SIGTERM this process when the run reaches iteration `it`: it finishes that step, checkpoints and stops."""
-    set_lr = optim.set_lr
+    """SIGTERM this process when the run starts the step of iteration `it` (train.py seeds each step first): it
+    finishes that step, checkpoints and stops."""
+    step_seed = runtime.step_seed
 
-    def patched(optimizer, i, cfg):
+    def patched(seed, rank, i):
         if i == it:
             os.kill(os.getpid(), signal.SIGTERM)
-        return set_lr(optimizer, i, cfg)
-    monkeypatch.setattr(optim, "set_lr", patched)
+        return step_seed(seed, rank, i)
+    monkeypatch.setattr(runtime, "step_seed", patched)
 
 
 def test_muon_wsd_exact_resume(data, tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import torch
 
 import train
 from conftest import REPO, TEST_DATA, shakespeare
-from gptlib import attention, checkpoint, monitor, optim
+from gptlib import attention, checkpoint, monitor, optim, schedules
 from gptlib.errors import ConfigError
 from gptlib.settings import load_config
 from gptlib.train_settings import TrainConfig
@@ -80,8 +80,8 @@ def test_a_token_outside_the_window_has_no_effect_and_one_inside_does():
         near[:, 55] = (near[:, 55] + 1) % 64  # 3 before position 58
         assert torch.equal(model(far)[0][:, 58:], base[:, 58:])
         assert (model(near)[0][:, 58] - base[:, 58]).abs().max() > 1e-3
-        model.window.fill_(4)  # what train.py sets as the window grows: the same module, another window
-        assert torch.equal(model(near)[0][:, 59:], model(idx)[0][:, 59:])
+        # what train.py passes as the window grows: the same module, another window
+        assert torch.equal(model(near, window=4)[0][:, 59:], model(idx, window=4)[0][:, 59:])
 
 
 def test_windows_by_block_and_value_embedding_sharing_follow_the_record():
@@ -176,17 +176,17 @@ def test_value_and_bigram_tables_get_their_own_adamw_rate():
         opt = optim.make_optimizer(model, cfg, "cpu")
         (tables,) = [g for g in opt.param_groups if g["kind"] == "tables"]
         assert [id(p) for p in tables["params"]] == [id(p) for p in optim.table_params(model)] and len(tables["params"]) == 3
-        for it, frac in ((cfg.warmup_iters, 1.0), (cfg.max_iters - 1, optim.lr_at(cfg.max_iters - 1, cfg) / cfg.learning_rate)):
+        for it, frac in ((cfg.warmup_iters, 1.0), (cfg.max_iters - 1, schedules.lr_at(cfg.max_iters - 1, cfg) / cfg.learning_rate)):
             optim.set_lr(opt, it, cfg)
             assert tables["lr"] == pytest.approx(peak * frac)
 
 
 def test_the_window_schedule_grows_like_record_13():
     cfg = load_config(TrainConfig, [SPEEDRUN, "--max_iters=1390"])
-    ws = [optim.window_at(it, cfg) for it in range(cfg.max_iters + 1)]
+    ws = [schedules.window_at(it, cfg) for it in range(cfg.max_iters + 1)]
     assert ws[0] == 128 and ws[-1] == 1792 and ws == sorted(ws) and all(w % 128 == 0 for w in ws)
     assert len(set(ws)) == 14  # 128, 256, ..., 1792: one value per 128, each a tensor value, never a new graph
-    assert optim.window_at(500, load_config(TrainConfig, [SPEEDRUN, "--window_start=0"])) == 1792
+    assert schedules.window_at(500, load_config(TrainConfig, [SPEEDRUN, "--window_start=0"])) == 1792
 
 
 # ----------------------------------------------------------------------------- the training run
@@ -200,14 +200,28 @@ def test_exact_resume_continues_the_window_warmup(data, tmp_path, monkeypatch):
         stop_at(m, 5)
         assert train.run(args + [f"--out_dir={tmp_path / 'b'}"]) == 128 + signal.SIGTERM
     stopped = checkpoint.load_checkpoint(str(tmp_path / "b" / "ckpt.pt"))
-    assert stopped["loop"]["iter_num"] == 6 and stopped["model"]["window"].item() == 24  # mid-warmup
+    assert stopped["loop"]["iter_num"] == 6 and checkpoint.trained_window(stopped) == 24  # mid-warmup
+    assert checkpoint.model_from_checkpoint(stopped).config.attn_window == 24  # sample/eval/export attend as it did
     assert train.run(args + [f"--out_dir={tmp_path / 'b'}", "--init_from=resume"]) == 0
     assert [(r["iter"], r["loss"]) for r in metrics(tmp_path / "a")] == [(r["iter"], r["loss"]) for r in metrics(tmp_path / "b")]
     assert [(r["iter"], r["val/val"]) for r in metrics(tmp_path / "a", "eval")] == \
         [(r["iter"], r["val/val"]) for r in metrics(tmp_path / "b", "eval") if r["iter"] != 6]
-    wa = checkpoint.load_checkpoint(str(tmp_path / "a" / "ckpt.pt"))["model"]
-    wb = checkpoint.load_checkpoint(str(tmp_path / "b" / "ckpt.pt"))["model"]
-    assert all(torch.equal(wa[k], wb[k]) for k in wa) and wa["window"].item() == 32
+    ca = checkpoint.load_checkpoint(str(tmp_path / "a" / "ckpt.pt"))
+    wa, wb = ca["model"], checkpoint.load_checkpoint(str(tmp_path / "b" / "ckpt.pt"))["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa) and checkpoint.trained_window(ca) == 32
+
+
+def test_a_checkpoint_with_the_old_window_buffer_still_loads(data, tmp_path):
+    """Before issue 34 the grown window was a buffer in the model's state ('window'); such a checkpoint loads, and
+    sample/eval/export run it with that window."""
+    args = SMALL + [f"--data_dir={data}", "--max_iters=4", "--eval_interval=4", "--warmup_iters=1"]
+    assert train.run(args + [f"--out_dir={tmp_path}"]) == 0
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    ckpt["model"]["window"] = torch.tensor(16)
+    torch.save(ckpt, tmp_path / "old.pt")
+    old = checkpoint.load_checkpoint(str(tmp_path / "old.pt"))
+    assert "window" not in old["model"] and checkpoint.trained_window(old) == 16
+    assert checkpoint.model_from_checkpoint(old).config.attn_window == 16
 
 
 def test_two_ranks_match_one_process_with_the_speedrun_recipe(data, tmp_path):
@@ -273,7 +287,7 @@ COMPILE_COUNT = """
 import json, torch
 from torch._dynamo.utils import counters
 from model import GPT, GPTConfig
-from gptlib import optim
+from gptlib import schedules
 from gptlib.settings import load_config
 from gptlib.train_settings import TrainConfig
 cfg = load_config(TrainConfig, ["config/recipe_speedrun.py", "--n_layer=2", "--n_head=2", "--n_embd=32",
@@ -287,10 +301,10 @@ idx = torch.randint(0, 512, (1, 256))
 idx[:, ::50] = 7  # documents start here
 windows, graphs = [], []
 for it in range(cfg.max_iters + 1):
-    model.window.fill_(optim.window_at(it, cfg))
-    _, loss = compiled(idx, idx)
+    window = torch.tensor(schedules.window_at(it, cfg))  # as gptlib/step.py passes it: a tensor
+    _, loss = compiled(idx, idx, window=window)
     loss.backward()
-    windows.append(model.window.item())
+    windows.append(window.item())
     graphs.append(counters["stats"]["unique_graphs"])
 print(json.dumps({"windows": windows, "graphs": graphs}))
 """

@@ -10,7 +10,7 @@ import pytest
 import tiktoken
 import torch
 
-from gptlib import checkpoint, optim
+from gptlib import checkpoint, optim, schedules
 from gptlib.settings import load_config
 from gptlib.train_settings import TrainConfig
 from gptlib import shards
@@ -94,7 +94,7 @@ def test_exact_resume(shakespeare, tmp_path):
 
 def test_extend_run_recomputes_schedule(shakespeare, tmp_path):
     assert run_train(shakespeare, tmp_path, "--max_iters=6", "--eval_interval=3") == 0
-    assert optim.lr_at(6, load_config(TrainConfig, TINY + ["--max_iters=6"])) == pytest.approx(3e-4)
+    assert schedules.lr_at(6, load_config(TrainConfig, TINY + ["--max_iters=6"])) == pytest.approx(3e-4)
     assert run_train(shakespeare, tmp_path, "--max_iters=12", "--eval_interval=3", "--init_from=resume") == 0
     lrs = [r["lr"] for r in metrics(tmp_path)]
     assert len(lrs) == 12 and lrs[6] > lrs[11] > 3e-4 * 0.999  # decays again over the longer run
