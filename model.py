@@ -4,10 +4,10 @@ modern recipe, each off by default so the defaults are exactly GPT-2.
 References:
 1) GPT-2 paper, "Language Models are Unsupervised Multitask Learners" (Radford et al. 2019)
 2) OpenAI's GPT-2 TensorFlow code: https://github.com/openai/gpt-2/blob/master/src/model.py
-3) The switches (README "The modern recipe"): rotary positions (Su et al. 2021, RoFormer), RMSNorm
+3) The switches (docs/recipes.md, "The modern recipe"): rotary positions (Su et al. 2021, RoFormer), RMSNorm
    (Zhang & Sennrich 2019), QK-norm (Dehghani et al. 2023), ReLU^2 (So et al. 2021, Primer), zero-init
    projections and head, and logit soft-capping (Gemma 2, 2024), as combined by modded-nanogpt.
-4) The speedrun switches (README "Which recipe"; KellerJordan/modded-nanogpt records #9-#18): document masks and
+4) The speedrun switches (docs/recipes.md, "Which recipe"; KellerJordan/modded-nanogpt records #9-#18): document masks and
    sliding windows (gptlib/attention.py), value residual (Zhou et al. 2024), embedding and U-net skips, value
    embeddings.
 Only the model lives here: optimizer policy, FLOP/MFU accounting and hardware tables are elsewhere.

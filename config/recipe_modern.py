@@ -4,7 +4,7 @@
     python train.py config/train_tiny_cpu.py config/recipe_modern.py
     python train.py config/train_gpt2_124m_4070.py config/recipe_modern.py
 
-What each switch does and where it comes from: README, "The modern recipe". Learning rates were tuned
+What each switch does and where it comes from: docs/recipes.md, "The modern recipe". Learning rates were tuned
 on the CPU benchmark (python -m benchmarks.bench_recipes; BENCHMARKS.md).
 """
 # model (model.py): rotary positions, RMSNorm, QK-norm, ReLU^2, no biases, an untied head, zero-init projections

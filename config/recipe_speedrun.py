@@ -1,5 +1,5 @@
 """The speedrun recipe: the modern recipe plus the architecture of modded-nanogpt's records #9-#18, as settings
-(README, "Which recipe"). Like recipe_modern.py it layers on any size config:
+(docs/recipes.md, "Which recipe"). Like recipe_modern.py it layers on any size config:
 
     python train.py config/train_gpt2_124m_4070.py config/recipe_speedrun.py
     python train.py config/train_tiny_cpu.py config/recipe_speedrun.py --value_embeds=2     # 4 blocks: 2 tables

@@ -1,6 +1,6 @@
 """Where a run starts from, decided once: a new model, OpenAI's weights, its own checkpoint (--init_from=resume),
 or another run's checkpoint file (nanoGPT's too) continued in a new out_dir. What a resume may change, what it
-keeps, and what it refuses (README "Resuming and extending a run") all live here.
+keeps, and what it refuses (docs/training.md, "Resuming and extending a run") all live here.
 
     model_args_for(cfg, ckpt, adopt)   the GPTConfig fields the run trains
     build_model(cfg, ckpt, from_file, log)   the model, loaded and cropped as the run needs it
