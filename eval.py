@@ -99,6 +99,14 @@ def check_json_out(path):
                           f"give a new file, e.g. --json_out={os.path.splitext(path)[0]}-eval.json")
 
 
+def check_finite(what, loss, dtype, described):
+    """A loss that is NaN/inf is exit 1 with one line, never a result (issue 37)."""
+    if not math.isfinite(loss):
+        fix = ("run it in float32 with --dtype=float32" if dtype != "float32" else
+               "its weights are finite, so its activations overflow: use another checkpoint of the run")
+        raise DataError(f"the {what} of {described} is {loss}: the model's outputs are not finite numbers; {fix}")
+
+
 def run(cfg):
     check_json_out(cfg.json_out)
     device = pick_device(cfg.device)
@@ -144,6 +152,7 @@ def run(cfg):
             continue
         r = evals.split_loss(model, data_dir, split, cfg.batch_size, block_size, cfg.max_tokens, device, ctx,
                              verify=cfg.verify_data, progress=bar(split))
+        check_finite(f"loss on {split}", r.loss, dtype, described)
         results[split] = {"loss": r.loss, "ppl": math.exp(r.loss), "tokens": r.tokens, "stderr": r.stderr,
                           "split_tokens": total}
         share = "the whole split" if r.tokens >= (total - 1) // block_size * block_size else \
@@ -165,6 +174,7 @@ def run(cfg):
     if cfg.humaneval:
         r = evals.humaneval(model, device, ctx, cfg.humaneval_path, limit=cfg.humaneval_limit or None,
                             progress=bar("humaneval"))
+        check_finite("HumanEval loss", r["loss"], dtype, described)
         results["humaneval"] = r
         print(f"{'humaneval':<16} loss {r['loss']:.4f}  ppl {r['ppl']:10.2f}  "
               f"({r['n']} problems, {r['tokens']} solution tokens)")

@@ -52,7 +52,7 @@ def make_spec(cfg):
 
 def make_sources(cfg):
     if cfg.data_files:
-        return local_sources(cfg.data_files, cfg.txt_documents), {}
+        return local_sources(cfg.data_files, cfg.txt_documents, cfg.encoding), {}
     repo = HUB_REPOS[cfg.dataset]
     sources, commit = hub_sources(repo, hub_folder(cfg.subset), cfg.num_files, pinned_revision(cfg, repo))
     return sources, {"hub": {"repo": repo, "folder": hub_folder(cfg.subset), "revision": cfg.revision, "commit": commit}}

@@ -50,7 +50,7 @@ class GithubCodeConfig(PrepareConfig):
     max_file_bytes: int = setting(1_000_000, ge=1)  # files larger than this are skipped and counted (github-code's own cap is 1 MB)
 
     def problems(self):
-        out = []
+        out = super().problems()
         if self.source_dir and self.data_files:
             out.append(f"--source_dir and --data_files name two inputs, and a dataset reads one: drop --data_files "
                        f"to tokenize {self.source_dir}, or --source_dir to read {self.data_files}")
@@ -155,7 +155,7 @@ def make_sources(cfg):
     if cfg.source_dir:
         return [DirectorySource(cfg.source_dir, cfg.skip_dirs, cfg.max_file_bytes)], {}
     if cfg.data_files:
-        return local_sources(cfg.data_files, cfg.txt_documents), {}
+        return local_sources(cfg.data_files, cfg.txt_documents, cfg.encoding), {}
     sources, commit = hub_sources(cfg.dataset, HUB_FOLDER, cfg.num_files, pinned_revision(cfg, cfg.dataset))
     return sources, {"hub": {"repo": cfg.dataset, "folder": HUB_FOLDER, "revision": cfg.revision, "commit": commit}}
 

@@ -48,7 +48,7 @@ def main(argv):
 
 def print_plan(cfg, procs, dtype, grad_accum):
     """--plan: the run's arithmetic (tokens, time, memory), from the settings alone: no data read, nothing written."""
-    ckpt = checkpoint.load_checkpoint(resume.resume_path(cfg)) if cfg.init_from == "resume" else None
+    ckpt = resume.load_start(cfg)[0] if cfg.init_from == "resume" else None
     with torch.device("meta"):  # parameter counts without allocating a byte
         model = GPT(GPTConfig(**resume.model_args_for(cfg, ckpt)))
     manifest = shards.read_manifest(cfg.data_dir, required=False) if os.path.isdir(cfg.data_dir) else None
@@ -98,7 +98,8 @@ def log_plan(run, model, cfg, optimizer, iter_num, train_tokens, device, dtype, 
         run.log(line)
     run.log(f"optimizer: {optimizer.describe()}; {optim.state_bytes(model, cfg, world) / memory.GIB:.2f} GiB of "
             f"states per {'GPU' if device.startswith('cuda') else 'process'}")
-    run.log(f"checkpoints: {optim.checkpoint_bytes(model, cfg) / 1e9:.2f} GB each (ckpt.pt, ckpt_best.pt"
+    run.checkpoint_bytes = optim.checkpoint_bytes(model, cfg)
+    run.log(f"checkpoints: {run.checkpoint_bytes / 1e9:.2f} GB each (ckpt.pt, ckpt_best.pt"
             + (f", {cfg.keep_last_n} numbered" if cfg.keep_last_n else "") + ")")
     peak_flops, peak_note = monitor.peak_flops(device.split(":")[0], dtype, override_tflops=cfg.peak_tflops)
     if peak_note:

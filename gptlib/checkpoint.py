@@ -15,6 +15,8 @@ import glob
 import math
 import os
 import shutil
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 
 import torch
@@ -126,9 +128,11 @@ def remove_stale_temps(out_dir):
         os.remove(p)
 
 
-def save_checkpoint(path, obj):
+def save_checkpoint(path, obj, need_bytes=0):
     """torch.save to a temporary file, fsync, then rename: a crash leaves the previous checkpoint intact.
-    A full disk is a one-line CheckpointError that says how much space a checkpoint needs."""
+    A full disk is a one-line CheckpointError that says how much space a checkpoint needs: need_bytes, the size of
+    one with its optimizer state (optim.checkpoint_bytes), when this one is smaller (the first one, before any
+    step, holds none: freeing only its size would fail again at the next)."""
     obj = {"format": CKPT_FORMAT, "version": CKPT_VERSION, **obj}
     tmp = temp_name(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -153,9 +157,10 @@ def save_checkpoint(path, obj):
         # torch's zip writer reports a full disk as a RuntimeError ('unexpected pos ...'), not as an OSError
         writer_failed = isinstance(e, RuntimeError) and ("PytorchStreamWriter" in str(e) or "unexpected pos" in str(e))
         full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
-        if full or (writer_failed and shutil.disk_usage(folder).free < _tensor_bytes(obj)):
+        need = max(_tensor_bytes(obj), need_bytes)
+        if full or (writer_failed and shutil.disk_usage(folder).free < need):
             raise CheckpointError(f"disk full while writing {path} ({kept}): each checkpoint needs about "
-                                  f"{_tensor_bytes(obj) / 1e9:.2f} GB in {folder}; free space there, then {then}") from None
+                                  f"{need / 1e9:.3g} GB in {folder}; free space there, then {then}") from None
         if writer_failed:
             raise CheckpointError(f"could not write {path} ({short(e, 120)}); {kept}; check the disk at {folder}, "
                                   f"then {then}") from None
@@ -171,22 +176,29 @@ def resume_advice(folder):
     return "run the same command again"
 
 
-def load_checkpoint(path, map_location="cpu", mmap=False):
-    """Load with weights_only=True, so a downloaded checkpoint cannot run code; upgrade older versions.
-    mmap: tensors stay on disk until touched (reading the loop state of a large file)."""
+def load_checkpoint(path, map_location="cpu", mmap=False, use_instead=None, alternatives=True):
+    """Load with weights_only=True, so a downloaded checkpoint cannot run code; verify it (every record against its
+    stored CRC-32, every weight finite); upgrade older versions. mmap: read the loop state of a large file without
+    its tensors (nothing is verified: nothing is used but the loop). use_instead(path) -> the settings that make
+    this command use another checkpoint, named when this one is damaged ('--init_from=PATH' by default);
+    alternatives=False: name none (the search for them loads each)."""
     bad = paths.problem(path, "file")
     if bad and bad[0] == "missing":
         raise CheckpointError(f"no checkpoint at {path}; train one first, or check out_dir")
     if bad:  # never "corrupt, move it away": that could be the user's dataset folder
         raise CheckpointError(f"checkpoint: {bad[1]}; give a checkpoint file (.pt)")
+    damaged = None if mmap else damaged_record(path)
+    if damaged:
+        raise CheckpointError(f"{path} is damaged: {damaged} (a disk error, or a copy cut short)"
+                              + other_checkpoints(path, use_instead, alternatives))
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # a corrupt file fails in many ways (UnpicklingError, EOFError, IndexError, KeyError...)
         raise CheckpointError(f"{path} is corrupt or not a checkpoint this code can load safely "
                               f"({short(e, 160) or type(e).__name__}); move it away and use another checkpoint") from None
     if is_nanogpt(ckpt):
-        return from_nanogpt(ckpt)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
+        ckpt = from_nanogpt(ckpt)
+    elif not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this toolkit nor of nanoGPT; use one written by "
                               f"train.py (or by nanoGPT's train.py)")
     if ckpt.get("version") == 1:
@@ -197,7 +209,58 @@ def load_checkpoint(path, map_location="cpu", mmap=False):
     ckpt.setdefault("loop", {})
     if isinstance(ckpt.get("model"), dict) and "window" in ckpt["model"]:  # before issue 34 the window was a buffer
         ckpt["window"] = int(ckpt["model"].pop("window"))
+    nonfinite = None if mmap else nonfinite_weight(ckpt)
+    if nonfinite:
+        raise CheckpointError(f"{path} holds {nonfinite}: a model that diverged, or a damaged file"
+                              + other_checkpoints(path, use_instead, alternatives))
     return ckpt
+
+
+def damaged_record(path):
+    """Why the checkpoint file at path is damaged, or None: each record torch.save writes into its zip carries a
+    CRC-32, which torch.load does not check (a few flipped bytes inside a weight load silently); read every record
+    against it (zipfile's testzip; ~0.6 s a GB here). A file that is not a zip (torch's pre-1.6 format) is left
+    to torch.load."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as z:
+            name = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as e:
+        return f"its zip structure cannot be read ({short(e, 80)})"
+    return f"its record {name} does not match the checksum stored with it" if name else None
+
+
+def nonfinite_weight(ckpt):
+    """'NaN/inf in transformer.h.0.attn.c_attn.weight (3 of 1,769,472 values)' for the first weight that is not
+    all finite, else None."""
+    for name, t in (ckpt.get("model") or {}).items():
+        if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            return f"NaN/inf in {name} ({bad:,} of {t.numel():,} values)"
+    return None
+
+
+def other_checkpoints(path, use_instead=None, search=True):
+    """'; use the intact ckpt_best.pt beside it (iter 300): --resume_from=ckpt_best.pt' naming every other
+    checkpoint in path's folder that verifies (ckpt.pt, ckpt_best.pt, ckpt_predecay.pt, numbered and final ones),
+    newest first, or '; move it away and use another checkpoint' when there is none."""
+    folder = os.path.dirname(os.path.abspath(path))
+    intact = []
+    for other in glob.glob(os.path.join(glob.escape(folder), "ckpt*.pt")) if search else ():
+        if os.path.samefile(other, path):  # (a hard link: ckpt_predecay.pt, ckpt_NNNNNNN.pt share ckpt.pt's bytes)
+            continue
+        try:
+            ckpt = load_checkpoint(other, alternatives=False)
+        except CheckpointError:
+            continue
+        intact.append((ckpt["loop"].get("iter_num", 0), other))
+    if not intact:
+        return "; move it away and use another checkpoint"
+    intact.sort(reverse=True)
+    fix = use_instead or (lambda p: f"--init_from={p}")
+    return "; use an intact one beside it: " + ", or ".join(
+        f"{os.path.basename(p)} (iter {it}) with {fix(p)}" for it, p in intact)
 
 
 def trained_window(ckpt):

@@ -18,6 +18,7 @@ input order.
 The scripts supply a DatasetSpec (columns, filters, how val documents are chosen) and a
 list of sources; everything else lives here once.
 """
+import codecs
 import contextlib
 import dataclasses
 import errno
@@ -58,6 +59,7 @@ class PrepareConfig:
     out_dir: str = setting("", path="dir")  # output directory of shards and manifest.json; '': data/<dataset>
     data_files: str = setting("")  # local .parquet, .jsonl or .txt files or directories of them, comma-separated paths or globs; never touches the network
     txt_documents: str = setting("paragraphs", choices=["paragraphs", "lines", "file"])  # .txt inputs: what one document is (blank-line-separated blocks, single lines, or the whole file)
+    encoding: str = setting("utf-8")  # text encoding of .txt and .jsonl inputs (Python's codec names: utf-16 for a file with a byte-order mark or NULs between its characters, latin-1, cp1252, ...)
     num_files: int = setting(1, ge=1)  # download mode (no data_files): how many parquet files of the dataset to fetch
     revision: str = setting("main")  # download mode: hub branch, tag or commit; the resolved commit goes in manifest.json
     shard_tokens: int = setting(shards.DEFAULT_SHARD_TOKENS, ge=1)  # tokens per shard (2 bytes each)
@@ -69,8 +71,18 @@ class PrepareConfig:
     progress_interval: float = setting(10.0, gt=0)  # seconds between plain progress lines when stderr is not a terminal
 
 
+    def problems(self):
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            return [f"encoding={self.encoding!r} is not a text encoding Python knows; use e.g. --encoding=utf-16 or "
+                    f"--encoding=latin-1"]
+        return []
+
+
 # settings that do not change the output: a resumed run may change them
-NON_DATA_SETTINGS = ("out_dir", "num_threads", "batch_rows", "overwrite", "stats", "progress_interval")
+NON_DATA_SETTINGS = ("out_dir", "num_threads", "batch_rows", "overwrite", "stats", "progress_interval",
+                     "encoding")  # (the encoding is part of each text source's identity, as its documents are)
 
 
 @dataclass
@@ -156,17 +168,72 @@ class ParquetSource:
         return total / BYTES_PER_TOKEN
 
 
-class JsonlSource:
+SNIFF_BYTES = 1 << 16  # bytes read from the start of a text input to tell its encoding
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16"))  # longest first: UTF-32 LE's begins with UTF-16 LE's
+NUL_SHARE = 0.2  # text whose bytes are this much NUL is UTF-16/32 (each ASCII character carries 1 or 3 NULs)
+
+
+def sniffed_encoding(path):
+    """'utf-16' or 'utf-32' when the start of the file says so with a byte-order mark, 'utf-16-le' (and the like)
+    when it holds NULs between its characters (which UTF-8 text never does: ASCII in UTF-16 is a NUL a character),
+    else None."""
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    for bom, name in BOMS:
+        if head.startswith(bom):
+            return name
+    nul = head.count(0) / max(1, len(head))
+    if nul < NUL_SHARE:
+        return None
+    width = 4 if nul > 0.6 else 2
+    little = head[::width].count(0) < head[width - 1::width].count(0)  # ASCII's NULs follow its byte (LE)
+    return f"utf-{8 * width}-{'le' if little else 'be'}"
+
+
+def text_lines(path, encoding):
+    """(line number, line as UTF-8 bytes) of a text file in `encoding`; UTF-8 files are read as bytes, so a line
+    that is not valid UTF-8 is skipped later, not the whole file."""
+    if codecs.lookup(encoding).name == "utf-8":
+        with open(path, "rb") as f:
+            yield from enumerate(f, 1)
+        return
+    try:
+        with open(path, encoding=encoding, newline="") as f:
+            for n, line in enumerate(f, 1):
+                yield n, line.encode("utf-8")
+    except UnicodeError as e:
+        raise DataError(f"{path} is not {encoding} text ({short(e, 100)}); give its encoding with --encoding") from None
+
+
+class TextInput:
+    """What .txt and .jsonl inputs share: their encoding, checked first (issue 37: a UTF-16 file read as UTF-8
+    is NULs between characters, and was diagnosed by its document count)."""
+
+    def check_encoding(self):
+        found = sniffed_encoding(self.path)
+        if found and codecs.lookup(self.encoding).name == "utf-8":
+            raise DataError(f"{self.path} is {found.upper()} text (a byte-order mark, or NULs between its characters), "
+                            f"not UTF-8; read it with --encoding={found}, or convert it: iconv -f {found.upper()} "
+                            f"-t UTF-8 {self.path} > {os.path.splitext(self.path)[0]}.utf8{os.path.splitext(self.path)[1]}")
+
+    def not_utf8(self):
+        """The error for an input none of whose documents is valid UTF-8 (a latin-1 file, say): named as such,
+        before any count of its documents."""
+        return DataError(f"no document of {self.path} is valid UTF-8: it is in another encoding; give it with "
+                         f"--encoding (e.g. --encoding=latin-1 or --encoding=cp1252)")
+
+
+class JsonlSource(TextInput):
     """One .jsonl file: a JSON object per line, e.g. {"text": "..."}; read batch_rows lines at a time."""
 
-    def __init__(self, path):
-        self.path, self.size = path, os.path.getsize(path)
+    def __init__(self, path, encoding="utf-8"):
+        self.path, self.size, self.encoding = path, os.path.getsize(path), encoding
 
     def _lines(self):
-        with open(self.path, "rb") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    yield n, line
+        for n, line in text_lines(self.path, self.encoding):
+            if line.strip():
+                yield n, line
 
     def check(self, columns):
         """Every line parsed once before anything is written, so a bad line is an error, not a half dataset."""
@@ -182,6 +249,9 @@ class JsonlSource:
     def _parse(self, n, line):
         try:
             row = json.loads(line)
+        except UnicodeDecodeError as e:  # (a ValueError too: named as what it is, not as bad JSON)
+            raise DataError(f"{self.path} line {n} is not UTF-8 ({short(e, 80)}); give the file's encoding with "
+                            f"--encoding (e.g. --encoding=latin-1)") from None
         except ValueError as e:
             raise DataError(f"{self.path} line {n} is not valid JSON ({getattr(e, 'msg', e)}); fix or remove that line") from None
         if not isinstance(row, dict):
@@ -203,44 +273,55 @@ class JsonlSource:
             yield pa.RecordBatch.from_pylist(rows)
 
     def identity(self):
-        return {"name": os.path.abspath(self.path), "bytes": self.size}
+        return {"name": os.path.abspath(self.path), "bytes": self.size, **encoding_of(self)}
 
     def estimated_tokens(self, column):
         return self.size / BYTES_PER_TOKEN
 
 
-class TextSource:
-    """One plain-text file (UTF-8), as documents: blank-line-separated blocks ('paragraphs'), single lines
-    ('lines') or the whole file ('file'). It has one column, the text."""
+def encoding_of(source):
+    """The encoding in a text source's identity (manifest.json), when it is not UTF-8 (older manifests have none)."""
+    return {} if codecs.lookup(source.encoding).name == "utf-8" else {"encoding": source.encoding}
 
-    def __init__(self, path, documents="paragraphs"):
-        self.path, self.documents, self.size = path, documents, os.path.getsize(path)
+
+class TextSource(TextInput):
+    """One plain-text file (UTF-8, or --encoding), as documents: blank-line-separated blocks ('paragraphs'),
+    single lines ('lines') or the whole file ('file'). It has one column, the text."""
+
+    def __init__(self, path, documents="paragraphs", encoding="utf-8"):
+        self.path, self.documents, self.size, self.encoding = path, documents, os.path.getsize(path), encoding
 
     def _docs(self):
-        """The documents as bytes: each is decoded later, and one that is not valid UTF-8 is skipped and counted
-        (column_texts), not the whole file."""
-        with open(self.path, "rb") as f:
-            if self.documents == "file":
-                yield f.read()
-                return
-            block = []
-            for line in f:
-                if self.documents == "lines":
-                    if line.strip():
-                        yield line.rstrip(b"\r\n")
-                elif line.strip():
-                    block.append(line)
-                elif block:
-                    yield b"".join(block).rstrip(b"\r\n")
-                    block = []
-            if block:
+        """The documents as UTF-8 bytes: each is decoded later, and one that is not valid UTF-8 is skipped and
+        counted (column_texts), not the whole file."""
+        lines = (line for _, line in text_lines(self.path, self.encoding))
+        if self.documents == "file":
+            yield b"".join(lines)
+            return
+        block = []
+        for line in lines:
+            if self.documents == "lines":
+                if line.strip():
+                    yield line.rstrip(b"\r\n")
+            elif line.strip():
+                block.append(line)
+            elif block:
                 yield b"".join(block).rstrip(b"\r\n")
+                block = []
+        if block:
+            yield b"".join(block).rstrip(b"\r\n")
 
     def check(self, columns):
         if len(columns) != 1:
             raise DataError(f"{self.path}: a .txt file holds only text, and this dataset needs the columns "
                             f"{', '.join(columns)}; use parquet or jsonl inputs")
-        self.num_rows = sum(1 for doc in self._docs() if doc.strip())  # 0: an empty input (check_not_all_empty)
+        self.num_rows = valid = 0  # 0 rows: an empty input (check_not_all_empty)
+        for doc in self._docs():
+            if doc.strip():
+                self.num_rows += 1
+                valid += _is_utf8(doc)
+        if self.num_rows and not valid:
+            raise self.not_utf8()
 
     def batches(self, columns, start_row, batch_rows):
         import pyarrow as pa
@@ -255,7 +336,7 @@ class TextSource:
             yield pa.RecordBatch.from_pydict({columns[0]: pa.array(texts, pa.binary())})
 
     def identity(self):
-        return {"name": os.path.abspath(self.path), "bytes": self.size, "documents": self.documents}
+        return {"name": os.path.abspath(self.path), "bytes": self.size, "documents": self.documents, **encoding_of(self)}
 
     def estimated_tokens(self, column):
         return self.size / BYTES_PER_TOKEN
@@ -264,7 +345,15 @@ class TextSource:
 INPUT_KINDS = (".parquet", ".jsonl", ".txt")
 
 
-def local_sources(data_files, txt_documents="paragraphs"):
+def _is_utf8(data):
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def local_sources(data_files, txt_documents="paragraphs", encoding="utf-8"):
     """Sources of comma-separated paths, globs and directories (every .parquet/.jsonl/.txt below them),
     sorted within each, so a dataset is made in the same order every time."""
     paths = []
@@ -287,9 +376,9 @@ def local_sources(data_files, txt_documents="paragraphs"):
     out = []
     for p in paths:
         if p.endswith(".jsonl"):
-            out.append(JsonlSource(p))
+            out.append(JsonlSource(p, encoding))
         elif p.endswith(".txt"):
-            out.append(TextSource(p, txt_documents))
+            out.append(TextSource(p, txt_documents, encoding))
         elif p.endswith(".parquet"):
             out.append(ParquetSource(p))
         else:
@@ -696,6 +785,9 @@ def prepare(cfg, spec, sources, extra=None, enc=None):
         if paths_mod.inside(src, out_dir):
             raise ConfigError(f"--out_dir={out_dir} holds the input {src}; write the dataset to a folder of its own, "
                               f"e.g. --out_dir={os.path.join(os.path.dirname(os.path.abspath(out_dir)), 'tokens')}")
+    for s in sources:  # the input checks in a fixed order, specific before generic: encoding, structure, counts
+        if hasattr(s, "check_encoding"):
+            s.check_encoding()
     for s in sources:
         s.check(list(dict.fromkeys(spec.columns)))
     check_not_all_empty(sources)

@@ -40,11 +40,19 @@ def check_out_dir(cfg):
                           f"{CKPT_NAME} is kept as ckpt_final_*.pt), or pick another out_dir")
 
 
+def use_instead(cfg):
+    """The settings that make this train.py use the checkpoint at another path (a damaged one's intact sibling)."""
+    if cfg.init_from != "resume":
+        return lambda path: f"--init_from={path}"
+    out = os.path.realpath(cfg.out_dir)
+    return lambda path: f"--resume_from={os.path.relpath(os.path.realpath(path), out) if paths.inside(path, out) else path}"
+
+
 def load_start(cfg):
     """(the checkpoint the run starts from or None, whether it is another run's file continued here)."""
     from_file = cfg.init_from not in INIT_FROM  # a checkpoint file (nanoGPT's too) whose run continues in out_dir
     path = resume_path(cfg) if cfg.init_from == "resume" else cfg.init_from
-    ckpt = load_checkpoint(path) if cfg.init_from == "resume" or from_file else None
+    ckpt = load_checkpoint(path, use_instead=use_instead(cfg)) if cfg.init_from == "resume" or from_file else None
     if ckpt is not None and not from_file and ckpt.get("imported_from"):
         raise CheckpointError(f"{path} was written by {ckpt['imported_from']}, not by this train.py; continue "
                               f"it with --init_from={path} and a new --out_dir")

@@ -60,6 +60,7 @@ class RunDir:
         self.created = []  # files this run created (removed if it fails before its first checkpoint)
         self.wrote_checkpoint = False
         self.last_good = None  # the checkpoint a failure can go back to
+        self.checkpoint_bytes = 0  # a checkpoint's size with its optimizer state, for a full disk's message
         self.log_file = None
 
     def lock(self):
@@ -109,7 +110,7 @@ class RunDir:
         if not all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point()):
             self.log(f"not saving {path}: the model holds NaN/inf values")
             return False
-        save_checkpoint(path, state)
+        save_checkpoint(path, state, self.checkpoint_bytes)
         self.wrote_checkpoint = True
         if path == self.ckpt_path:
             self.last_good = path

@@ -256,7 +256,7 @@ CASES = [
      1, "no document was kept (1 not code (no known language extension) (--source_dir))"),
     ("jsonl bad line", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'bad.jsonl'}", f"--out_dir={tmp / 'ds'}", "--val_tokens=1"], 1, "line 2 is not valid JSON"),
     ("jsonl without text", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'nofield.jsonl'}", f"--out_dir={tmp / 'ds'}"], 1, "line 1 has no field 'text' (it has body)"),
-    ("txt not utf-8", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'latin1.txt'}", f"--out_dir={tmp / 'ds'}", "--val_tokens=1"], 1, "no document was kept (100 not valid UTF-8)"),
+    ("txt not utf-8", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'latin1.txt'}", f"--out_dir={tmp / 'ds'}", "--val_tokens=1"], 1, "is valid UTF-8: it is in another encoding; give it with --encoding"),
     # ---- issue 18: refused prepares leave nothing; settings that contradict each other; advice that works
     ("prepare int64 text column", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'textint.parquet'}", f"--out_dir={tmp / 'ds'}", "--val_tokens=10"], 1, "text column has type int64"),
     ("prepare list text column", "prepare_fineweb", lambda e, tmp: [f"--data_files={e.root / 'textlist.parquet'}", f"--out_dir={tmp / 'ds'}", "--val_tokens=10"], 1, "text column has type list<"),

@@ -116,13 +116,14 @@ def test_an_os_error_nobody_listed_is_one_line_with_its_name(capsys):
 
 def test_a_jsonl_line_in_latin_1_is_one_line_naming_the_file_and_line(tmp_path, capsys):
     """json.loads of bytes that are not UTF-8 raises UnicodeDecodeError, which has no .msg: the handler that
-    formatted its message raised AttributeError instead (issue 28)."""
+    formatted its message raised AttributeError instead (issue 28). It is named as the encoding it is (issue 37)."""
     src = tmp_path / "docs.jsonl"
     src.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
     before = snapshot(tmp_path)
     code = run_command(prepare_fineweb.main, [f"--data_files={src}", f"--out_dir={tmp_path / 'out'}"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1 and err[0].startswith(f"error: {src} line 2 is not valid JSON ('utf-8' codec")
+    assert code == 1 and len(err) == 1 and err[0].startswith(f"error: {src} line 2 is not UTF-8 ('utf-8' codec")  # issue 37
+    assert "--encoding=latin-1" in err[0]
     assert {p: h for p, h in snapshot(tmp_path).items() if p in before} == before
 
 
