@@ -308,9 +308,12 @@ def run_bench(cfg):
         if bench.compiled:  # the batch to be timed, compiled for its own shape as train.py will compile it
             bench.recompile()
         progress(f"checking micro-batch {cfg.batch_size} again for its memory figures")
-        if not bench.fits(cfg.batch_size):
-            raise OutOfMemory(f"micro-batch {cfg.batch_size} fit during the search but not compiled for its own shape; "
-                              f"use --batch_size={max(1, cfg.batch_size // 2)} and check it with bench.py --batch_size")
+        if not bench.fits(cfg.batch_size):  # the cause seen, named as such (issue 37: an eager run was told 'compiled')
+            why = ("compiled for its own shape" if bench.compiled else
+                   "on a second try (the allocator's memory is fragmented, or another process took some)")
+            smaller = monitor.suggest_batch_size(max(1, cfg.batch_size // 2), cfg.total_batch_size, cfg.block_size)[0]
+            raise OutOfMemory(f"micro-batch {cfg.batch_size} fit during the search but not {why}; bench a smaller one "
+                              f"with --find_batch_size=False --batch_size={smaller}")
         result.update(max_batch_size_fits=max_fit, batch_size_cap=cap, cap_reached=max_fit == cap,
                       search=[[B, ok] for B, ok in tried],
                       search_graphs=search_graphs,

@@ -15,13 +15,13 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
-from gptlib import evals, shards
+from gptlib import evals, paths, shards
 from gptlib import checkpoint
 from gptlib.checkpoint import init_from_problem
 from gptlib.errors import ConfigError, DataError, run_command
 from gptlib import runtime
 from gptlib.runtime import autocast, pick_device, pick_dtype
-from gptlib.settings import DEVICE_PATTERN, DTYPES, MAX_CPU_THREADS, load_config, setting
+from gptlib.settings import DEVICE_PATTERN, DTYPES, MAX_CPU_THREADS, load_config, no_effect_notes, setting
 from gptlib.train_settings import NANOGPT_EVAL, TrainConfig
 
 
@@ -53,6 +53,15 @@ class EvalConfig:
         if self.ckpt and self.init_from != "resume":  # one would be ignored: say so instead (issue 28)
             out.append(f"--ckpt={self.ckpt} and --init_from={self.init_from} both name a model; give one of them")
         return out + [p for p in [init_from_problem(self.init_from)] if p]
+
+    def no_effect(self):
+        """Settings this command ignores, setting -> why (settings.no_effect_notes)."""
+        out = {"out_dir": f"init_from={self.init_from!r} names the model"} if self.init_from != "resume" or self.ckpt else {}
+        if not self.hellaswag:
+            out.update(dict.fromkeys(("hellaswag_path", "hellaswag_limit"), "HellaSwag runs with --hellaswag"))
+        if not self.humaneval:
+            out.update(dict.fromkeys(("humaneval_path", "humaneval_limit"), "HumanEval runs with --humaneval"))
+        return out
 
 
 def load_model(cfg):
@@ -96,7 +105,7 @@ def check_json_out(path):
         earlier = None
     if not (isinstance(earlier, dict) and {"model", "results"} <= set(earlier)):
         raise ConfigError(f"--json_out={path} exists and is not a result of eval.py, which it would replace; "
-                          f"give a new file, e.g. --json_out={os.path.splitext(path)[0]}-eval.json")
+                          f"give a new file, {paths.elsewhere(path, os.path.splitext(path)[0] + '-eval.json', 'json_out')}")
 
 
 def check_finite(what, loss, dtype, described):
@@ -185,7 +194,10 @@ def run(cfg):
 
 
 def main(argv):
-    run(load_config(EvalConfig, argv, foreign=TrainConfig))
+    cfg = load_config(EvalConfig, argv, foreign=TrainConfig)
+    for note in no_effect_notes(cfg):
+        print(note, file=sys.stderr)
+    run(cfg)
 
 
 if __name__ == "__main__":

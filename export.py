@@ -20,7 +20,7 @@ from gptlib import checkpoint, exports, monitor, paths
 from gptlib.checkpoint import init_from_problem
 from gptlib.errors import run_command
 from gptlib.exports import ExportError  # noqa: F401  (the error this command raises, for tests and callers)
-from gptlib.settings import load_config, setting
+from gptlib.settings import load_config, no_effect_notes, setting
 from gptlib.shards import VOCAB_SIZE
 from gptlib.train_settings import TrainConfig
 
@@ -44,6 +44,10 @@ class ExportConfig:
     def problems(self):
         out = [] if self.to else ["--to is required: the folder to write the model into"]
         return out + [p for p in [init_from_problem(self.init_from)] if p]
+
+    def no_effect(self):
+        """Settings this command ignores, setting -> why (settings.no_effect_notes)."""
+        return {"out_dir": f"init_from={self.init_from!r} names the model"} if self.init_from != "resume" else {}
 
 
 def tokenizer_files():
@@ -107,10 +111,12 @@ def export(model, to, overwrite=False, facts=None):
 
 def main(argv):
     cfg = load_config(ExportConfig, argv, foreign=TrainConfig)
+    for note in no_effect_notes(cfg):
+        print(note, file=sys.stderr)
     read = cfg.init_from if cfg.init_from.endswith(".pt") else cfg.out_dir if cfg.init_from == "resume" else ""
     if read and paths.inside(read, cfg.to):  # writing `to` replaces the folder: never the one being read
         raise ExportError(f"--to={cfg.to} holds what is being exported ({read}): exporting there would delete it; "
-                          f"choose another folder, e.g. --to={os.path.normpath(cfg.to)}-hf")
+                          f"choose another folder, {paths.elsewhere(cfg.to, os.path.normpath(cfg.to) + '-hf', 'to')}")
     # a character-level model (nanoGPT's shakespeare_char) exports too, without GPT-2's tokenizer files
     model, described, ckpt = checkpoint.load_model(cfg.init_from, cfg.out_dir, gpt2_tokens=False)
     written, target = export(model, cfg.to, cfg.overwrite, facts_of(model, ckpt, cfg.out_dir))

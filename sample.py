@@ -19,7 +19,7 @@ from gptlib import checkpoint
 from gptlib.checkpoint import init_from_problem
 from gptlib.errors import ConfigError, run_command
 from gptlib.runtime import autocast, pick_device, pick_dtype
-from gptlib.settings import DEVICE_PATTERN, DTYPES, load_config, setting
+from gptlib.settings import DEVICE_PATTERN, DTYPES, load_config, no_effect_notes, setting
 from gptlib.train_settings import NANOGPT_SAMPLE, TrainConfig
 from gptlib.shards import EOT, VOCAB_SIZE, gpt2_encoding
 
@@ -46,6 +46,13 @@ class SampleConfig:
 
     def problems(self):
         return [p for p in [init_from_problem(self.init_from)] if p]
+
+    def no_effect(self):
+        """Settings this command ignores, setting -> why (settings.no_effect_notes)."""
+        out = {"out_dir": f"init_from={self.init_from!r} names the model"} if self.init_from != "resume" else {}
+        if self.temperature == 0:
+            out.update(dict.fromkeys(("top_k", "top_p", "seed"), "temperature=0 always picks the most likely token"))
+        return out
 
 
 class StreamDecoder:
@@ -85,6 +92,8 @@ def load_model(cfg):
 
 def main(argv, out=sys.stdout):
     cfg = load_config(SampleConfig, argv, foreign=TrainConfig)
+    for note in no_effect_notes(cfg):
+        print(note, file=sys.stderr)
     enc = gpt2_encoding()
     prompt = read_prompt(cfg.start)
     device = pick_device(cfg.device)

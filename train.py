@@ -24,7 +24,7 @@ from gptlib.errors import ConfigError, Diverged, Interrupted, run_command
 from gptlib.loader import TokenLoader
 from gptlib.locks import DirLock
 from gptlib.run_dir import RunDir, StopRequest
-from gptlib.settings import format_config, load_config
+from gptlib.settings import format_config, load_config, no_effect_notes
 from gptlib.step import TrainStep
 from gptlib.train_settings import TrainConfig
 from model import GPT, GPTConfig
@@ -129,7 +129,7 @@ def run_training(cfg, procs, cleanup, notes=()):
     ctx = runtime.autocast(device, dtype)
     grad_accum = monitor.grad_accum_steps(cfg.total_batch_size, cfg.batch_size, cfg.block_size, world)
     run = RunDir(cfg, master, cleanup)
-    for note in notes:  # the plan prints; a run also keeps it in log.txt
+    for note in list(notes) + no_effect_notes(cfg, world=world):  # the plan prints; a run also keeps it in log.txt
         if cfg.plan and master:
             print(note)
         else:

@@ -127,7 +127,7 @@ def fit_line(model, cfg, dtype, total, world=1):
                     continue
                 trial = dataclasses.replace(cfg, activation_checkpointing=mode, batch_size=b, **options)
                 need = step_bytes(model, trial, dtype, world)["total"]
-                if need <= room:
+                if need <= room and not trial.problems():  # never options the settings' own checks refuse
                     fix = " ".join(f"--{k}={getattr(trial, k)}" for k in OPTION_NAMES if getattr(trial, k) != getattr(cfg, k))
                     if b < cfg.batch_size:
                         fix += (f" (gradient accumulation {monitor.grad_accum_steps(cfg.total_batch_size, b, cfg.block_size, world)}"

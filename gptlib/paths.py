@@ -48,3 +48,19 @@ def inside(path, folder):
     """True when path is folder itself or anything under it, symbolic links resolved."""
     p, f = os.path.realpath(path), os.path.realpath(folder)
     return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
+
+
+def can_create(path):
+    """Whether path could be made: its nearest existing folder is one this process may write into (access(2) also
+    says no for a read-only mount). For advice that names another destination (issue 37)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    return os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)
+
+
+def elsewhere(path, alternative, what):
+    """'e.g. --{what}={alternative}' where that could be made, else where to look for one."""
+    if can_create(alternative):
+        return f"e.g. --{what}={alternative}"
+    return f"on a writable disk ({os.path.dirname(os.path.abspath(alternative))} is not one)"

@@ -783,8 +783,9 @@ def prepare(cfg, spec, sources, extra=None, enc=None):
     for s in sources:  # a dataset folder is re-created whole (--overwrite): never around its own inputs (issue 28)
         src = getattr(s, "root", None) or s.path
         if paths_mod.inside(src, out_dir):
+            alt = os.path.join(os.path.dirname(os.path.abspath(out_dir)), "tokens")
             raise ConfigError(f"--out_dir={out_dir} holds the input {src}; write the dataset to a folder of its own, "
-                              f"e.g. --out_dir={os.path.join(os.path.dirname(os.path.abspath(out_dir)), 'tokens')}")
+                              f"{paths_mod.elsewhere(out_dir, alt, 'out_dir')}")
     for s in sources:  # the input checks in a fixed order, specific before generic: encoding, structure, counts
         if hasattr(s, "check_encoding"):
             s.check_encoding()

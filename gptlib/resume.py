@@ -15,6 +15,7 @@ from model import GPT, GPTConfig
 from . import paths, pretrained, schedules
 from .checkpoint import BEST_NAME, CKPT_NAME, PREDECAY_NAME, LoopState, load_checkpoint, peek_loop
 from .errors import CheckpointError, ConfigError
+from .settings import checked_fix
 from .train_settings import INIT_FROM, TrainConfig
 
 MODEL_KEYS = [f.name for f in dataclasses.fields(GPTConfig)]  # the settings that define the model
@@ -98,10 +99,10 @@ def check_adopted(cfg, saved):
              and getattr(cfg, k) != saved.get(k, getattr(gpt, k))]
     if asked:
         differ = ", ".join(f"{k}={getattr(cfg, k)!r} (it has {saved.get(k, getattr(gpt, k))!r})" for k in asked)
-        keep = " ".join(f"--{k}={saved.get(k, getattr(gpt, k))}" for k in asked)
+        keep = checked_fix(cfg, {k: saved.get(k, getattr(gpt, k)) for k in asked})  # with the settings tied to them
         raise ConfigError(f"--init_from={cfg.init_from} continues that checkpoint's model, but the settings ask for "
-                          f"another: {differ}; keep its model with {keep} (optimizer and schedule settings may "
-                          f"stay), or train a new model without --init_from")
+                          f"another: {differ}; " + (f"keep its model with {keep} (optimizer and schedule settings "
+                          f"may stay), or " if keep else "") + "train a new model without --init_from")
 
 
 def build_model(cfg, ckpt, model_args, log):
@@ -164,15 +165,15 @@ def changed_settings(cfg, saved, it):
                      f"its warmup follows the new settings")
     lr_old, lr_new = schedules.lr_at(it, old), schedules.lr_at(it, cfg)
     if not math.isclose(lr_old, lr_new, rel_tol=1e-9):
-        keep = []  # the old schedule, as it was: lr_decay_iters alone is cosine's, not a wsd run's (issue 28)
+        keep = {}  # the old schedule, as it was: lr_decay_iters alone is cosine's, not a wsd run's (issue 28)
         if cfg.lr_schedule != old.lr_schedule:
-            keep.append(f"--lr_schedule={old.lr_schedule}")
+            keep["lr_schedule"] = old.lr_schedule
         if old.lr_schedule == "cosine" and cfg.max_iters != old.max_iters and not cfg.lr_decay_iters:
-            keep.append(f"--lr_decay_iters={old.lr_decay_iters or old.max_iters}")
+            keep["lr_decay_iters"] = old.lr_decay_iters or old.max_iters
+        keep = checked_fix(cfg, keep) if lr_new > lr_old else ""
         lines.append(f"resume: the learning rate at iter {it} is now {lr_new:.2e} (it would have been {lr_old:.2e}), "
                      f"because the schedule follows the new settings"
-                     + (f"; to keep decaying as before instead, resume with {' '.join(keep)}" if lr_new > lr_old and keep
-                        else ""))
+                     + (f"; to keep decaying as before instead, resume with {keep}" if keep else ""))
     return lines
 
 

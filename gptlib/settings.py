@@ -417,5 +417,53 @@ def _set(key, value, at, fields, hints, values, nano, given):
         nano[key] = (value, at)
 
 
+# ----------------------------------------------------------------------------- advice that works when followed
+
+FIX = re.compile(r"(?<![\w.])--([a-z_][a-z0-9_]*)=([^\s;,)]+)")  # a concrete '--name=value' in an error line
+MAX_FIX_STEPS = 4  # completions of a fix (each adds what the settings' checks then ask for)
+
+
+def cli_value(value):
+    """A setting's value as one writes it after --name= (lists comma-joined)."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def checked_fix(cfg, changes, check=None):
+    """'--name=value ...' that applies `changes` (setting -> value) to the settings cfg, completed with the
+    concrete fixes its checks then ask for (validate, and check(trial) when given, which raises ConfigError), or
+    '' when no such fix passes them. So an error line never prints a fix that would fail again (issue 37): none
+    that repeats what is already in force, none that trips another rule without naming its fix too."""
+    hints, applied = typing.get_type_hints(type(cfg)), {}
+    for k, v in changes.items():
+        if getattr(cfg, k) != v:
+            applied[k] = v
+    for _ in range(MAX_FIX_STEPS):
+        if not applied:
+            return ""
+        trial = dataclasses.replace(cfg, **applied)
+        try:
+            validate(trial)
+            if check:
+                check(trial)
+            return " ".join(f"--{k}={cli_value(v)}" for k, v in applied.items())
+        except ConfigError as e:
+            more = {k: _check_type(k, parse_override(v), hints[k]) for k, v in FIX.findall(str(e))
+                    if k in hints and k not in applied}
+            if not more:
+                return ""
+            applied.update(more)
+    return ""
+
+
+def no_effect_notes(cfg, **context):
+    """One 'note: ...' line for each setting given a value other than its default that does nothing in this run
+    (issue 37: no setting is ignored silently): cfg.no_effect(**context) names them, setting -> why."""
+    if not hasattr(cfg, "no_effect"):
+        return []
+    default = defaults(type(cfg))
+    return [f"note: {name}={getattr(cfg, name)!r} has no effect here: {why}"
+            for name, why in cfg.no_effect(**context).items() if getattr(cfg, name) != default[name]]
+
+
 def format_config(cfg):
     return "\n".join(f"  {k} = {v!r}" for k, v in dataclasses.asdict(cfg).items())

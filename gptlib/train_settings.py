@@ -157,6 +157,33 @@ class TrainConfig(GPTConfig):
     backend: str = setting("", choices=["", "nccl", "gloo"])  # torch.distributed backend under torchrun; '': nccl on GPU, gloo on CPU
     dist_timeout_min: int = setting(30, ge=1)  # torchrun: minutes a rank waits for the others (a long eval or checkpoint) before failing
 
+    def no_effect(self, world=1):
+        """Settings this run ignores, setting -> why (settings.no_effect_notes logs those given a value)."""
+        out = {}
+        if world == 1:
+            out.update(dict.fromkeys(("sharding", "backend", "dist_timeout_min"), "this run is one process; it applies "
+                                     "under torchrun (torchrun --nproc_per_node=N train.py ...)"))
+        if self.optimizer != "muon":
+            out.update(dict.fromkeys(("muon_lr", "muon_momentum", "muon_momentum_warmup", "muon_weight_decay"),
+                                     "optimizer='adamw' has no Muon (--optimizer=muon)"))
+        if not (self.value_embeds or self.bigram_embeds):
+            out["table_lr"] = "the model has no value-embedding or bigram tables"
+        out["decay_frac" if self.lr_schedule == "cosine" else "lr_decay_iters"] = \
+            f"lr_schedule={self.lr_schedule!r} does not read it"
+        if not self.hellaswag_interval:
+            out.update(dict.fromkeys(("hellaswag_path", "hellaswag_limit"), "hellaswag_interval=0 runs no HellaSwag"))
+        if not self.humaneval_interval:
+            out["humaneval_path"] = "humaneval_interval=0 runs no HumanEval"
+        if not self.wandb_log:
+            out.update(dict.fromkeys(("wandb_project", "wandb_run_name"), "wandb_log=False"))
+        if self.pos_emb != "rope":
+            out["rope_base"] = f"pos_emb={self.pos_emb!r} has no rotary angles"
+        if not self.doc_mask:
+            out["eot_token"] = "only doc_mask reads it (documents start at it)"
+        if self.init_from == "resume":
+            out["overwrite"] = "a resume replaces only what its own run wrote"
+        return out
+
     def problems(self):
         model = {f.name: getattr(self, f.name) for f in fields(GPTConfig)}
         model["zero_init"] &= self.init_from == "scratch"  # it shapes new weights only: a loaded model is past it
@@ -182,7 +209,7 @@ class TrainConfig(GPTConfig):
                        f"(wsd, decay_frac={self.decay_frac:g}); lower warmup_iters or decay_frac")
         if self.window_start and not self.attn_window:
             out.append(f"window_start={self.window_start} grows the attention window, but attn_window=0 (every earlier "
-                       f"token is seen); set attn_window, or window_start=0")
+                       f"token is seen); set --attn_window (e.g. the record's 1792), or --window_start=0")
         elif self.window_start > self.attn_window:
             out.append(f"window_start={self.window_start} is above attn_window={self.attn_window}, the window it grows "
                        f"to; lower window_start")
@@ -196,6 +223,9 @@ class TrainConfig(GPTConfig):
             out.append("sharding='fsdp' needs every rank to run the same forward passes, which HellaSwag and HumanEval "
                        "during training do not; set --hellaswag_interval=0 --humaneval_interval=0 and run eval.py on "
                        "the checkpoints")
+        if self.resume_from and self.init_from != "resume":  # it would start from scratch, which it never means
+            out.append(f"resume_from={self.resume_from!r} names the checkpoint a resume continues, but init_from="
+                       f"{self.init_from!r}; continue from it with --init_from=resume")
         if not self.val_sets:
             out.append("val_sets is empty; give at least one validation split, e.g. --val_sets=val")
         if self.humaneval_interval and not self.humaneval_path:

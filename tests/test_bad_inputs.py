@@ -25,6 +25,7 @@ import sample
 import train
 from conftest import REPO, shakespeare
 from gptlib import checkpoint, shards
+from advice import assert_advice_works
 from gptlib.errors import run_command
 from test_train import TINY, make_dataset
 
@@ -323,7 +324,7 @@ def assert_advice_is_accepted(command, line):
     import re
     fields = {f.name: f for f in dataclasses.fields(CONFIGS[command])}
     fields["help"] = dataclasses.field()  # every command takes --help
-    for m in re.finditer(r"(\w+\.py\s+)?--([a-z_]+)(=[^\s;,)]+)?", line):
+    for m in re.finditer(r"(\w+\.py\s+)?--([a-z_][a-z0-9_]*)(=[^\s;,)]+)?", line):
         if m.group(1):
             continue
         name, value = m.group(2), (m.group(3) or "=")[1:].strip("'\"")
@@ -360,33 +361,7 @@ def test_bad_input_is_one_line(env, tmp_path, capsys, monkeypatch, name, command
     assert "Traceback" not in out + err
     assert not (tmp_path / MARKER).exists(), f"{name}: code ran"
     assert (snapshot(env.root), snapshot(tmp_path)) == before, f"{name}: files were changed or left behind"
-    applied = applicable_advice(lines[0])
-    if applied:  # the advice, applied as written, gets past this error (issue 28)
-        rc = run_command(COMMANDS[command], SHORT.get(command, []) + args + applied)
-        after = capsys.readouterr().err.strip().splitlines()
-        assert rc == 0 or lines[0] not in after, f"{name}: {applied} did not help: {after[-3:]}"
-
-
-SHORT = {"train": ["--max_iters=2"], "sample": ["--max_new_tokens=2", "--num_samples=1"], "eval": ["--max_tokens=64"],
-         "bench": ["--iters=1", "--warmup_iters_bench=0"]}  # given first: a case's own values and the advice win
-
-
-def applicable_advice(line):
-    """The --name=value settings an error line's fix (after 'problem; ') tells the user to add, where they are
-    concrete: what a user would paste. Not: placeholders ('N', '...'), another script's flags, a syntax example
-    ('write --x="[...]"'), or the value in force named as the thing to change ('change --x=4')."""
-    import re
-    fix = line.split("; ", 1)[1] if "; " in line else ""
-    if fix.startswith(("write ", "quote ")):
-        return []
-    out = []
-    for m in re.finditer(r"(\w+\.py\s+|change\s+)?--([a-z_]+)=([^\s;,)]+)", fix):
-        value = m.group(3).strip("'\"")
-        if m.group(1) or not value or value in ("N", "...", "DIR", "PATH", "FILE") or "..." in value or \
-                value.endswith(".") or value[:1] in "[(\"'":
-            continue
-        out.append(f"--{m.group(2)}={value}")
-    return out
+    assert_advice_works(COMMANDS[command], command, args, lines[0])  # applied as written, it gets past (issue 28)
 
 
 def test_divergence_before_any_checkpoint_says_so(env, tmp_path, capsys, monkeypatch):

@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import os
 import pathlib
+import tempfile
 
 import pytest
 
@@ -16,6 +17,7 @@ import prepare_fineweb
 import prepare_github_code
 import sample
 import train
+from advice import assert_advice_works
 from gptlib.errors import run_command
 from conftest import shakespeare
 from test_train import make_dataset
@@ -92,6 +94,7 @@ def test_a_bad_path_is_one_error_line_and_nothing_changes(tmp_path, capsys, monk
     assert SAYS[kind] in err[0].lower(), err  # and what is wrong with it
     after = snapshot(tmp_path)
     assert {p: h for p, h in after.items() if p in before} == before  # nothing there before was touched
+    assert_advice_works(MAINS[command], command, argv, err[0])  # (issue 37)
 
 
 def test_an_os_error_nobody_listed_is_one_line_with_its_name(capsys):
@@ -233,10 +236,13 @@ def test_a_destination_on_a_full_disk_or_that_is_its_own_input_is_one_line(input
         assert code != 0 and len(err) == 1 and err[0].startswith("error:"), err
         assert "No space left on device" in err[0] or "disk full" in err[0], err
         assert sorted(os.listdir(full)) == ["filler"]
-    code = run_command(MAINS[command], [form.format(fill(inputs, own))] + argv)
+    own_argv = [form.format(fill(inputs, own))] + argv
+    code = run_command(MAINS[command], own_argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and err[0].startswith("error:") and "--overwrite" not in err[0], err
     assert snapshot(pathlib.Path(inputs["run"]).parent) == before
+    with tempfile.TemporaryDirectory() as elsewhere, contextlib.chdir(elsewhere):  # its advice, pasted (issue 37)
+        assert_advice_works(MAINS[command], command, own_argv, err[0])
 
 
 RUNNER = """import contextlib, io, json, sys

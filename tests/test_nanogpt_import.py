@@ -173,3 +173,32 @@ def test_a_recipe_that_asks_for_another_model_is_refused_with_overrides_that_wor
     ours = checkpoint.load_checkpoint(str(tmp_path / "run" / "ckpt.pt"))
     assert ours["loop"]["iter_num"] == 7 and ours["model_args"]["pos_emb"] == "learned"
     assert ours["config"]["optimizer"] == "muon"
+
+
+def test_the_docs_paragraph_on_init_from_says_what_the_code_does(nano, tmp_path, capsys):
+    """docs/training.md's paragraph on --init_from with a nanoGPT checkpoint (issue 37: it said 'whatever the size
+    settings say', which the code no longer did): each claim it makes, checked against a run."""
+    from conftest import REPO
+    text = " ".join((REPO / "docs" / "training.md").read_text().split())
+    for claim in ("Its model is the checkpoint's", "a model setting left at its default takes the checkpoint's value",
+                  "is refused in one line that names the overrides keeping its model", "its iteration and best val loss",
+                  "its AdamW moments when they fit this optimizer exactly", "with Muon", "the optimizer starts afresh",
+                  "one that holds no run yet"):
+        assert claim in text, claim
+    work, path, data = nano
+    base = TINY + [f"--data_dir={data}", f"--init_from={path}", "--warmup_iters=0", "--max_iters=8"]
+    # a setting at its default takes the checkpoint's value (nanoGPT's bias=False, against our default True)
+    assert train.run(base + [f"--out_dir={tmp_path / 'a'}"]) == 0
+    ours = checkpoint.load_checkpoint(str(tmp_path / "a" / "ckpt.pt"))
+    assert ours["model_args"]["bias"] is False and ours["loop"]["iter_num"] == 8
+    assert "at iter 6 (best val" in (tmp_path / "a" / "log.txt").read_text()  # its iteration and best val loss
+    # a setting given another value is refused, naming the overrides that keep its model
+    assert run_command(train.main, base + [f"--out_dir={tmp_path / 'b'}", "--n_embd=64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "n_embd=64 (it has 32)" in err[0] and "keep its model with --n_embd=32" in err[0]
+    # with Muon the AdamW moments cannot continue: afresh, in one line
+    assert train.run(base + [f"--out_dir={tmp_path / 'c'}", "--optimizer=muon"]) == 0
+    assert "the optimizer starts afresh" in (tmp_path / "c" / "log.txt").read_text()
+    # an out_dir that holds a run is not a new one
+    assert run_command(train.main, base + [f"--out_dir={tmp_path / 'a'}"]) == 2
+    assert "already holds a run" in capsys.readouterr().err

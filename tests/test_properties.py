@@ -20,6 +20,7 @@ import prepare_fineweb
 import prepare_github_code
 import sample
 import train
+from advice import assert_advice_works
 from gptlib.errors import run_command
 from test_fault_matrix import MAINS, TINY, inputs  # noqa: F401 (a fixture)
 
@@ -69,6 +70,8 @@ def check_one(command, inputs, tmp, key, text):
     errors = [line for line in err.getvalue().splitlines() if line.startswith("error")]
     assert "Traceback" not in err.getvalue(), (argv, err.getvalue()[-2000:])
     assert (code == 0 and not errors) or (code != 0 and len(errors) == 1), (argv, code, err.getvalue()[-2000:])
+    if errors:  # its advice, pasted, gets past it (issue 37)
+        assert_advice_works(MAINS[command], command, argv, errors[0])
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="caps the address space from /proc's figure")
