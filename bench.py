@@ -91,6 +91,7 @@ class Bench:
         self.device = runtime.pick_device(cfg.device)
         self.device_type = self.device.split(":")[0]
         self.dtype = runtime.pick_dtype(self.device, cfg.dtype)
+        runtime.check_fp8(self.device, cfg.fp8_head)
         self.threads = runtime.prepare_device(self.device, cfg.cpu_threads)  # as train.py
         self.ctx = runtime.autocast(self.device, self.dtype)
         if cfg.use_data:  # the data's problems before any warm-up, not after it

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from gptlib.attention import attend, doc_layout, flex_runs, make_masks  # document and window masks, attention
+from gptlib.attention import attend, doc_layout, flex_runs, make_masks, padded_length  # masks, attention
 from gptlib.head_loss import head_loss, head_row_losses  # the loss op (chunked head + cross-entropy)
 
 INIT_STD = 0.02  # GPT-2's weight init std (OpenAI's model.py, `normal_initializer(0.02)`)
@@ -48,6 +48,7 @@ class GPTConfig:
     eot_token: int = field(default=50256, metadata={"ge": 0})  # the token that starts every document in the shards (GPT-2's <|endoftext|>)
     attn_window: int = field(default=0, metadata={"ge": 0})  # sliding-window attention: a query sees at most this many latest tokens (0: all); train.py may grow it (window_start)
     window_pattern: str = field(default="L", metadata={"pattern": "[LS]+"})  # per block, L: attn_window, S: half of it; tiled over the first half of the blocks, mirrored over the second
+    attn_block: int = field(default=0, metadata={"ge": 0})  # windows in whole blocks of this many tokens (record #16 on: 128): a query sees every block its window reaches, whole; 0: token by token
     value_residual: bool = False  # mix the first block's attention values into every later block's (learned weights)
     x0_skip: bool = False  # feed the normalised token embedding into every block's input (learned weights)
     unet_skips: bool = False  # blocks of the second half add the outputs of the first half in mirror order (learned weights)
@@ -97,13 +98,17 @@ class GPTConfig:
         if self.bigram_embeds == 1:
             out.append("bigram_embeds=1 leaves no row for the pairs (the last row is kept for a row's first token); "
                        "use bigram_embeds >= 2 (the record: 5 x vocab_size), or 0")
+        if self.attn_block and self.attn_window % self.attn_block:
+            out.append(f"attn_window={self.attn_window} is not a whole number of attn_block={self.attn_block} blocks; "
+                       f"use --attn_window={max(1, round(self.attn_window / self.attn_block)) * self.attn_block}")
         if "S" in self.window_pattern and self.attn_window < 2:
             out.append(f"window_pattern={self.window_pattern!r} gives some blocks half of attn_window, but attn_window="
                        f"{self.attn_window}; set attn_window (e.g. 1792, the record's) or window_pattern='L'")
         return out
 
 
-SPEEDRUN_KEYS = ("doc_mask", "attn_window", "value_residual", "x0_skip", "unet_skips", "value_embeds", "bigram_embeds")
+SPEEDRUN_KEYS = ("doc_mask", "attn_window", "attn_block", "value_residual", "x0_skip", "unet_skips", "value_embeds",
+                 "bigram_embeds")
 BIGRAM_MULTS = (36313, 27191)  # record #62's multipliers for the current and the previous token: pairs spread over the rows
 
 
@@ -216,7 +221,8 @@ class CausalSelfAttention(nn.Module):
             q, k = qk.unbind(2)
         raw_v = v
         if v_mix is not None:  # value residual (Zhou et al. 2024) or a value embedding: records #9, #14
-            v = self.v_lambdas[0] * v + self.v_lambdas[1] * v_mix.view_as(v)
+            # in q's dtype: an fp32 table under autocast made v fp32, which FlexAttention before torch 2.11 refuses
+            v = (self.v_lambdas[0] * v + self.v_lambdas[1] * v_mix.view_as(v)).to(q.dtype)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, T, nh, hs) -> (B, nh, T, hs)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, past + T, hs)
@@ -389,9 +395,15 @@ class GPT(nn.Module):
         window = cfg.attn_window if window is None else window
         windows = {kind: None if not cfg.attn_window else window if kind == "L" else window // 2
                    for kind in set(cfg.windows())}
-        flex = (flex_runs(idx.device)[0] if self.flex is None else self.flex) and kv_cache is None \
-            and not (self.training and cfg.dropout)  # FlexAttention has no dropout
-        return pos, make_masks(docs, k_docs, past, windows, flex)
+        flex = self.uses_flex(idx.device) and kv_cache is None
+        return pos, make_masks(docs, k_docs, past, windows, flex, cfg.attn_block if cfg.attn_window else 0)
+
+    def uses_flex(self, device):
+        """Whether a forward without a KV cache masks through FlexAttention on device (a compiled kernel per input
+        shape): the document masks or windows on CUDA with Triton (self.flex forces it either way), not in training
+        with dropout (FlexAttention has none)."""
+        cfg, flex = self.config, flex_runs(device)[0] if self.flex is None else self.flex
+        return bool(flex and (cfg.doc_mask or cfg.attn_window) and not (self.training and cfg.dropout))
 
     def _logits(self, x):
         logits = self.lm_head(x)
@@ -464,7 +476,10 @@ class GPT(nn.Module):
                 else:
                     logits = self.forward_cached(idx[:, -1:], kv_cache)
             else:  # only the last position's logits (B, vocab_size), never (B, T, vocab_size)
-                logits = self._logits(self._hidden(idx[:, -block_size:])[:, -1, :])
+                ctx = idx[:, -block_size:]
+                n = ctx.size(1)  # padded on the right to one of a few lengths: causal attention leaves the logits of
+                ctx = F.pad(ctx, (0, padded_length(n, block_size, self.uses_flex(idx.device)) - n))  # the n-th alone
+                logits = self._logits(self._hidden(ctx)[:, n - 1, :])
             next_id = self._pick(logits[:, :n_vocab].float(), temperature, top_k, top_p)  # (B, 1)
             if eot_token is not None:
                 next_id = torch.where(done[:, None], torch.full_like(next_id, eot_token), next_id)

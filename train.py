@@ -125,6 +125,7 @@ def run_training(cfg, procs, cleanup, notes=()):
     if procs.ddp and cfg.sharding == "fsdp" and dtype == "float16":  # GradScaler unscales whole gradients, not slices
         raise ConfigError("sharding='fsdp' trains in bfloat16 or float32 here, not float16 (its loss scaler needs "
                           "whole gradients); use --dtype=float32 or --sharding=optimizer on this GPU")
+    runtime.check_fp8(device, cfg.fp8_head)
     threads = runtime.prepare_device(device, cfg.cpu_threads)
     ctx = runtime.autocast(device, dtype)
     grad_accum = monitor.grad_accum_steps(cfg.total_batch_size, cfg.batch_size, cfg.block_size, world)

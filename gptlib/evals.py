@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import shards
+from .attention import padded_length
 from .errors import ConfigError
 from .loader import TokenLoader
 
@@ -86,12 +87,16 @@ def window_losses(model, loader, starts, batch_size, block_size, device, autocas
     block_size inputs at a time, read from loader (an unshuffled 'stream' TokenLoader) at token offsets starts.
     window: the attention window a run has grown to (model.GPT.forward's; None: the model's own)."""
     with _eval_mode(model):
+        full = _flex_shapes(model, device)  # a last short batch is filled up: compiled FlexAttention sees one shape
         for b in range(0, len(starts), batch_size):
-            rows = np.stack([loader.read_tokens(s, block_size + 1) for s in starts[b:b + batch_size]])  # (B, T+1)
+            batch = starts[b:b + batch_size]
+            batch = batch + batch[-1:] * (batch_size - len(batch)) * full
+            rows = np.stack([loader.read_tokens(s, block_size + 1) for s in batch])  # (B, T+1)
             x = torch.from_numpy(rows[:, :-1]).to(device, non_blocking=True)  # inputs (B, T)
             y = torch.from_numpy(rows[:, 1:]).to(device, non_blocking=True)  # targets shifted by one (B, T)
             with autocast_ctx:
-                yield min(b + batch_size, len(starts)), model.token_losses(x, y, window=window).double().mean(dim=1)  # (B, T) -> (B,)
+                per_window = model.token_losses(x, y, window=window).double().mean(dim=1)  # (B, T) -> (B,)
+            yield min(b + batch_size, len(starts)), per_window[:len(starts[b:b + batch_size])]
 
 
 @torch.no_grad()
@@ -233,19 +238,30 @@ def _strided_windows(context, continuation, block_size):
 
 
 @torch.no_grad()  # (see window_losses)
-def _row_losses(model, rows, device, autocast_ctx, batch_rows, progress=None, window=None):
+def _flex_shapes(model, device):
+    """Whether the model's forward goes through compiled FlexAttention on device, so that evals keep to a few
+    input shapes (one compiled graph each: issue 36)."""
+    return hasattr(model, "uses_flex") and model.uses_flex(torch.device(device))
+
+
+def _row_losses(model, rows, device, autocast_ctx, batch_rows, progress=None, window=None, full_batch=None, limit=None):
     """Summed cross-entropy and token count of the masked targets of each row.
 
-    Rows are right-padded to the longest row of their batch; with causal attention the
-    padding cannot change the logits of the real tokens, and the mask drops its targets.
+    Rows are right-padded to the longest row of their batch; with causal attention the padding cannot change the
+    logits of the real tokens, and the mask drops its targets. Through compiled FlexAttention a batch is padded to
+    one of a few lengths up to limit (attention.padded_length) and to full_batch rows, so every batch is one of
+    a few shapes.
     """
     sums, counts = [], []
+    flex = _flex_shapes(model, device)
     for b in range(0, len(rows), batch_rows):
         batch = rows[b:b + batch_rows]
-        T = max(len(r[0]) for r in batch)
-        x = torch.zeros(len(batch), T, dtype=torch.long)
-        y = torch.zeros(len(batch), T, dtype=torch.long)
-        m = torch.zeros(len(batch), T, dtype=torch.bool)
+        longest = max(len(r[0]) for r in batch)
+        T = padded_length(longest, limit or longest, flex)
+        n = max(len(batch), full_batch or 0) if flex else len(batch)
+        x = torch.zeros(n, T, dtype=torch.long)
+        y = torch.zeros(n, T, dtype=torch.long)
+        m = torch.zeros(n, T, dtype=torch.bool)
         for i, (inputs, targets, mask) in enumerate(batch):
             n = len(inputs)
             x[i, :n] = torch.tensor(inputs)
@@ -254,8 +270,8 @@ def _row_losses(model, rows, device, autocast_ctx, batch_rows, progress=None, wi
         x, y, m = x.to(device), y.to(device), m.to(device)
         with autocast_ctx:  # per-position losses in chunks: never (B, T, vocab) logits (issue 12)
             per_row = model.token_losses(x, y.masked_fill(~m, -1), window=window).sum(dim=1)  # (B, T) -> (B,)
-        sums += per_row.tolist()
-        counts += m.sum(dim=1).tolist()
+        sums += per_row[:len(batch)].tolist()
+        counts += m.sum(dim=1)[:len(batch)].tolist()
         if progress:
             progress(b + len(batch), len(rows))
     return sums, counts
@@ -348,7 +364,8 @@ def hellaswag(model, device, autocast_ctx, path=None, limit=None, batch_items=HE
             for item in batch:
                 ctx = enc.encode(item["ctx"])
                 rows += [_window(ctx, enc.encode(" " + ending), T) for ending in item["endings"]]
-            sums, counts = _row_losses(model, rows, device, autocast_ctx, len(rows), window=window)
+            sums, counts = _row_losses(model, rows, device, autocast_ctx, len(rows), window=window,
+                                       full_batch=batch_items * HELLASWAG_ENDINGS, limit=T)
             sums = torch.tensor(sums).view(-1, HELLASWAG_ENDINGS)  # (items, 4)
             counts = torch.tensor(counts, dtype=torch.float).view(-1, HELLASWAG_ENDINGS)
             pred, pred_norm = hellaswag_predict(sums, counts)
@@ -399,7 +416,7 @@ def humaneval(model, device, autocast_ctx, path, limit=None, batch_rows=HUMANEVA
     for item in mine:
         rows += _strided_windows(enc.encode(item["prompt"]), enc.encode(item["canonical_solution"]), T)
     with _eval_mode(model):
-        sums, counts = _row_losses(model, rows, device, autocast_ctx, batch_rows, progress, window)
+        sums, counts = _row_losses(model, rows, device, autocast_ctx, batch_rows, progress, window, batch_rows, T)
     total, tokens, n = _all_reduce_sum([sum(sums), sum(counts), len(mine)], device, world_size)
     loss = total / max(tokens, 1)
     return {"loss": loss, "ppl": math.exp(loss), "n": int(n), "tokens": int(tokens)}

@@ -5,6 +5,7 @@
 
 model.py's GPT calls these for its loss; they know nothing about the model around them.
 """
+import contextlib
 import hashlib
 import pathlib
 
@@ -13,6 +14,25 @@ import torch
 LOSS_CHUNK = 2048  # rows of logits the loss holds at a time: (2048, 50304) bf16 is 0.2 GB, never (B*T, vocab)
 SOFTMAX_ROWS = 512  # eager mode: rows of a chunk whose fp32 softmax exists at once ((512, 50304) fp32: 0.1 GB)
 GRAD_W_BLOCK = 4096  # CPU, bf16: vocab rows of the head's gradient per product, so no (vocab, C) temporary
+# fp8(): the training head's three matmuls in FP8 (modded-nanogpt record #19, torch._scaled_mm: 2x bf16's tensor-core
+# rate on RTX 40xx and H100). Each operand is scaled into FP8's range, then the product scaled back: x and the
+# weight in e4m3 (record #19's 2 and 32: a normed hidden state of |x| < 224, a head weight of |w| < 14), the
+# softmax gradient in e5m2 (its range; |g| <= 1 here, where the record's held the mean's 1/n: its 2**29 is ours
+# 2**15). Evals keep the head in the compute dtype, as the record does.
+FP8_X_SCALE, FP8_W_SCALE, FP8_G_SCALE = 2.0, 32.0, 2.0 ** 15
+FP8 = torch.float8_e4m3fn
+_fp8 = False  # set by fp8() around a training forward (gptlib/step.py); read where the op is called
+
+
+@contextlib.contextmanager
+def fp8(on=True):
+    """The training loss's head matmuls in FP8 inside the block (a precision choice of the step, as autocast is)."""
+    global _fp8
+    before, _fp8 = _fp8, on
+    try:
+        yield
+    finally:
+        _fp8 = before
 
 # The head matmul and the cross-entropy are one op that works LOSS_CHUNK rows at a time and makes its gradients
 # in the forward pass (the loss is the graph's last op, so the backward only scales them): full (B*T, vocab)
@@ -110,6 +130,24 @@ def _add_grad_w(grad_w, g, xc):
             grad_w[lo:lo + GRAD_W_BLOCK] += g[:, lo:lo + GRAD_W_BLOCK].t() @ xc  # (block, C)
 
 
+def _to_fp8(t, scale, dtype=FP8):
+    return (t * scale).to(dtype)
+
+
+def _mm_fp8(a, b, scale_a, scale_b, out_dtype, fast=True):
+    """a @ b of FP8 operands (a row-major, b column-major, as torch._scaled_mm takes them), scaled back."""
+    one = torch.ones((), dtype=torch.float32, device=a.device)
+    return torch._scaled_mm(a, b, scale_a=one / scale_a, scale_b=one / scale_b, out_dtype=out_dtype, use_fast_accum=fast)
+
+
+def _fp8_grads(g, x8, w8, grad_x, grad_w):
+    """A chunk's gradients from its softmax gradient g (n, V) in FP8 e5m2: grad_x (n, C) written in place, and
+    g.T @ x accumulated into grad_w (V, C) fp32 (record #19's layouts: each operand in the order _scaled_mm wants)."""
+    g8 = _to_fp8(g, FP8_G_SCALE, torch.float8_e5m2)
+    grad_x.copy_(_mm_fp8(g8, w8.t().contiguous().t(), FP8_G_SCALE, FP8_W_SCALE, torch.bfloat16, fast=False))
+    grad_w += _mm_fp8(x8.t().contiguous(), g8.t().contiguous().t(), FP8_X_SCALE, FP8_G_SCALE, torch.float32, fast=False).t()
+
+
 def _head_chunks(x, weight, targets, softcap, compute_dtype, fuse, want_grads):
     """Loop over chunks of rows: per-row losses (N,) fp32, and with want_grads the gradients of their sum
     over targets != -1 w.r.t. x (x's dtype) and weight (weight's dtype), made in the same pass.
@@ -120,17 +158,20 @@ def _head_chunks(x, weight, targets, softcap, compute_dtype, fuse, want_grads):
     with torch.autocast(x.device.type, enabled=False):  # the dtypes below are explicit
         chunk_loss = _chunk_fn(fuse)
         scale = (targets != -1).float()  # (N,): 0 on rows that do not count
-        w = weight.to(compute_dtype)  # (V, C), cast once for every chunk
+        f8 = compute_dtype == FP8
+        w = _to_fp8(weight, FP8_W_SCALE) if f8 else weight.to(compute_dtype)  # (V, C), cast once for every chunk
         row_loss = torch.empty(x.size(0), dtype=torch.float32, device=x.device)
         grad_x = torch.empty_like(x) if want_grads else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grads else None
         for lo in range(0, x.size(0), LOSS_CHUNK):
             rows = slice(lo, lo + LOSS_CHUNK)
-            xc = x[rows].to(compute_dtype)  # (n, C)
-            z = xc @ w.t()  # (n, V) logits in the compute dtype
+            xc = _to_fp8(x[rows], FP8_X_SCALE) if f8 else x[rows].to(compute_dtype)  # (n, C)
+            z = _mm_fp8(xc, w.t(), FP8_X_SCALE, FP8_W_SCALE, torch.bfloat16) if f8 else xc @ w.t()  # (n, V) logits
             row_loss[rows], g = chunk_loss(z, targets[rows], scale[rows], softcap, want_grads)
             del z  # (eager: g is z's buffer, overwritten)
-            if want_grads:  # g: d (sum of row losses) / d logits, (n, V)
+            if want_grads and f8:
+                _fp8_grads(g, xc, w, grad_x[rows], grad_w)
+            elif want_grads:  # g: d (sum of row losses) / d logits, (n, V)
                 grad_x[rows] = g @ w  # (n, C)
                 _add_grad_w(grad_w, g, xc)
             del g  # before the next chunk's logits: kept, it made 3 (n, V) buffers at once instead of 2
@@ -196,7 +237,7 @@ def head_loss(x, weight, targets, softcap=0.0):
     weight (V, C), targets (N,). Inside a compiled model the per-chunk softmax runs as inductor kernels."""
     dtype, fuse = _compute_dtype(x), torch.compiler.is_compiling()
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return _head_loss_op(x, weight, targets, float(softcap), dtype, fuse)[0]
+        return _head_loss_op(x, weight, targets, float(softcap), FP8 if _fp8 else dtype, fuse)[0]
     return _row_losses_op(x, weight, targets, float(softcap), dtype, fuse).sum() / _count(targets)
 
 

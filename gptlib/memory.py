@@ -1,7 +1,8 @@
 """What a training step holds in memory, by part, under the memory options: the arithmetic of train.py --plan
 and of its fit check (issue 27). Measured against on CPU by benchmarks/bench_memory.py (ckpt-* cases).
 
-    weights      4 bytes a parameter (fp32 master weights; autocast makes bf16 copies per matmul, counted below)
+    weights      4 bytes a parameter (fp32 master weights, the tables 2 with table_dtype=bf16; autocast makes bf16
+                 copies per matmul, counted below)
     gradients    4 bytes a parameter
     optimizer    AdamW 8 bytes a parameter (two fp32 moments; ~2 in 8 bits, ~1 in 4), Muon 4 (one momentum; 2 in
                  bf16), a 1/world share of them under sharding: optim.state_bytes
@@ -59,11 +60,13 @@ def step_bytes(model, cfg, dtype, world=1):
     parameters outside the blocks (the root module's: embeddings, head, final norm) for the whole step, and two
     blocks' (the one computing, the next one prefetched) with their gradients before the reduce-scatter."""
     n, B, T = model.get_num_params(), cfg.batch_size, cfg.block_size
-    weights = gradients = 4 * n
+    weights = gradients = optim.weight_bytes(model, cfg)  # fp32, the tables in table_dtype
     if cfg.sharding == "fsdp" and world > 1:
         block = max(sum(p.numel() for p in b.parameters()) for b in model.transformer.h)
         root = n - sum(p.numel() for b in model.transformer.h for p in b.parameters())
-        weights, gradients = 4 * n / world + 4 * (root + 2 * block), 4 * n / world + 4 * (root + block)
+        gathered = 2 if cfg.fsdp_dtype == "bf16" else 4  # bytes of a gathered weight (and of its unreduced gradient)
+        weights = 4 * n / world + gathered * (root + 2 * block)
+        gradients = 4 * n / world + gathered * (root + block)
     parts = {"weights": weights, "gradients": gradients, "optimizer": optim.state_bytes(model, cfg, world),
              "activations": activation_bytes(model.config, B, T, cfg.activation_checkpointing, dtype, cfg.compile)}
     parts["total"] = sum(parts.values())

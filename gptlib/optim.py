@@ -8,6 +8,7 @@
     checkpoint_bytes(model, cfg)         the size of one training checkpoint
 """
 import importlib
+import importlib.util
 import inspect
 import logging
 import math
@@ -279,6 +280,9 @@ def make_optimizer(model, cfg, device):
     else:
         adamw = getattr(_torchao(f"adamw_states={cfg.adamw_states}"), TORCHAO_ADAMW[cfg.adamw_states][0])
         options = {}
+        if device.startswith("cuda") and importlib.util.find_spec("triton") is None:  # at the start, not the first step
+            raise ConfigError(f"adamw_states={cfg.adamw_states} compiles torchao's optimizer step with Triton, which "
+                              f"this machine lacks (Windows, or not installed); use --adamw_states=fp32")
     parts = {"adamw": _build(adamw, [g for g in groups if g["params"]], cfg.sharding == "optimizer", lr=cfg.learning_rate,
                              betas=(cfg.beta1, cfg.beta2), **options)}
     if hidden:
@@ -341,16 +345,24 @@ def state_bytes(model, cfg, world=1):
     codes, block scales and code table where it quantizes), per Muon matrix one momentum (fp32 or bf16); a 1/world
     share under sharding (ZeRO hands out whole parameters, so a rank's share is about that)."""
     hidden = {id(p) for p in muon_params(model)} if cfg.optimizer == "muon" else set()
+    tables = {id(p) for p in table_params(model)}
     total = sum(p.numel() * MUON_DTYPES[cfg.muon_states].itemsize if id(p) in hidden
-                else 2 * _moment_bytes(p.numel(), cfg.adamw_states)
+                else 2 * _moment_bytes(p.numel(), cfg.adamw_states, id(p) in tables and cfg.table_dtype == "bf16")
                 for p in model.parameters() if p.requires_grad)
     return total / world if cfg.sharding != "none" else total
 
 
-def _moment_bytes(n, kind):
-    """One AdamW moment of an n-value parameter under adamw_states=kind (torchao's rule for what it quantizes)."""
+def weight_bytes(model, cfg):
+    """The parameters' bytes (and their gradients'): fp32, the tables in table_dtype."""
+    tables = sum(p.numel() for p in table_params(model))
+    return 4 * model.get_num_params() - (2 * tables if cfg.table_dtype == "bf16" else 0)
+
+
+def _moment_bytes(n, kind, bf16=False):
+    """One AdamW moment of an n-value parameter under adamw_states=kind (torchao's rule for what it quantizes); a
+    bf16 parameter's fp32-kind moment is bf16 (AdamW keeps them in the parameter's dtype)."""
     if kind == "fp32":
-        return 4 * n
+        return (2 if bf16 else 4) * n
     _, block, bits = TORCHAO_ADAMW[kind]
     if n < TORCHAO_MIN_VALUES or n % block:
         return 4 * n
@@ -358,8 +370,8 @@ def _moment_bytes(n, kind):
 
 
 def checkpoint_bytes(model, cfg):
-    """One training checkpoint: fp32 weights plus the optimizers' whole state (as kept: lean states stay lean)."""
-    return 4 * model.get_num_params() + state_bytes(model, cfg)
+    """One training checkpoint: the weights plus the optimizers' whole state (as kept: lean states stay lean)."""
+    return weight_bytes(model, cfg) + state_bytes(model, cfg)
 
 
 def fit_state_to_params(optimizer):

@@ -69,6 +69,22 @@ def prepare_device(device, threads=0):
     return cpu_threads(threads)
 
 
+FP8_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (RTX 40xx, L4) and Hopper (H100) on
+
+
+def check_fp8(device, fp8_head):
+    """fp8_head where the GPU has no FP8 tensor cores (RTX 30xx, A100, a CPU, MPS) is one line at the start."""
+    if not fp8_head:
+        return
+    if not device.startswith("cuda"):
+        raise ConfigError(f"fp8_head runs the head in FP8 on GPUs with FP8 tensor cores (compute capability 8.9+: "
+                          f"RTX 40xx, L4, H100), not on {device}; use --fp8_head=False")
+    cap = torch.cuda.get_device_capability(device)
+    if cap < FP8_CAPABILITY:
+        raise ConfigError(f"fp8_head needs FP8 tensor cores (compute capability 8.9+: RTX 40xx, L4, H100); "
+                          f"{torch.cuda.get_device_name(device)} is {cap[0]}.{cap[1]}; use --fp8_head=False")
+
+
 def c_compiler():
     """The C compiler inductor and Triton would build with ($CC, else cc, gcc or clang on PATH), or None."""
     import shutil
@@ -237,7 +253,8 @@ SAVED_OPS = [torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.
                                                        "_scaled_dot_product_efficient_attention",
                                                        "_scaled_dot_product_cudnn_attention",
                                                        "_scaled_dot_product_flash_attention_for_cpu")
-    if hasattr(torch.ops.aten, name)]
+    if hasattr(torch.ops.aten, name)] + (
+    [torch.ops.higher_order.flex_attention] if hasattr(torch.ops.higher_order, "flex_attention") else [])  # CUDA's masks
 
 
 def _keep_matmuls(ctx, op, *args, **kwargs):
@@ -269,6 +286,20 @@ def checkpoint_blocks(model, mode):
     return model
 
 
+TABLE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # table_dtype
+
+
+def cast_tables(model, table_dtype):
+    """The value-embedding and bigram tables in table_dtype, in place (the same Parameter objects: build the
+    optimizer afterwards, and AdamW keeps their moments in that dtype too). modded-nanogpt keeps its embeddings in
+    bf16 (record #18: `m.bfloat16()` for every nn.Embedding); a checkpoint then holds them in bf16, and sample,
+    eval and export load them into the fp32 model exactly."""
+    from .optim import table_params
+    for p in table_params(model):
+        p.data = p.data.to(TABLE_DTYPES[table_dtype])
+    return model
+
+
 @dataclass
 class Wrapped:
     """The model a training step calls (compiled, DDP-wrapped), and the modules under it."""
@@ -287,11 +318,12 @@ def wrap_model(model, cfg, procs, log):
     if procs.device.startswith("cuda") and (c.doc_mask or c.attn_window) and not flex_runs(torch.device(procs.device))[0]:
         log(f"attention: {flex_runs(torch.device(procs.device))[1]}: SDPA with a dense mask instead (the same results; "
             f"memory grows with block_size^2 per row, so keep rows short)")
+    cast_tables(model, cfg.table_dtype)
     checkpoint_blocks(model, cfg.activation_checkpointing)
     fsdp = procs.ddp and cfg.sharding == "fsdp"
     ddp = None
     if fsdp:  # it all-gathers and reduce-scatters itself
-        shard_model(model, procs.device)
+        shard_model(model, procs.device, TABLE_DTYPES[cfg.fsdp_dtype])
     elif procs.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         ddp = DDP(model, device_ids=[procs.local_rank] if procs.device.startswith("cuda") else None)
@@ -306,11 +338,15 @@ def wrap_model(model, cfg, procs, log):
     return Wrapped(model=outer, raw=model, ddp=ddp, fsdp=fsdp)
 
 
-def shard_model(model, device):
+def shard_model(model, device, param_dtype=torch.float32):
     """FSDP2 (torch.distributed.fsdp.fully_shard) over every rank: each block one unit, then the root (embeddings,
     head, final norm). Each rank keeps 1/world of every parameter, its gradient and its optimizer state; a unit's
-    weights are all-gathered for its forward and backward and its gradients reduce-scattered. The fp32 weights are
-    gathered as they are and autocast casts them in the matmuls, as under DDP, so the run is a replica's run."""
+    weights are all-gathered for its forward and backward and its gradients reduce-scattered. fp32: the weights are
+    gathered as they are and autocast casts them in the matmuls, as under DDP, so the run is a replica's run.
+    bf16 (fsdp_dtype): gathered in bf16 (half the traffic), gradients reduce-scattered in fp32. What that changes:
+    every weight is used as its bf16 rounding, which under bf16 autocast the matmuls did anyway; the rest (norm
+    gains, embeddings, the value and skip weights, the head in the loss) computes in bf16 too, and the gradients are
+    made in bf16 before their fp32 reduction and fp32 update."""
     import warnings
 
     import torch.distributed as dist
@@ -319,10 +355,12 @@ def shard_model(model, device):
     # a block returns its attention values (a view of its qkv projection) for the value residual; model.py never
     # changes a block's outputs in place, and the 2-rank tests match one process, so this warning is noise here
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    from torch.distributed.fsdp import MixedPrecisionPolicy
     mesh = init_device_mesh(torch.device(device).type, (dist.get_world_size(),))
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for block in model.transformer.h:
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     register_fsdp_forward_method(model, "token_losses")  # the evals' entry point gathers the root's weights too
     return model
 

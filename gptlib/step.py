@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from . import optim, runtime
+from . import head_loss, optim, runtime
 
 
 @dataclass
@@ -74,7 +74,7 @@ class TrainStep:
         # fsdp reduce-scatters every micro-step: accumulating whole gradients would undo its memory saving
         sync = w.ddp.no_sync() if w.ddp is not None and not last else contextlib.nullcontext()
         with sync:  # gradients are all-reduced once per step, on the last micro-step
-            with self.ctx:
+            with self.ctx, head_loss.fp8(self.cfg.fp8_head):
                 loss = w.model(x, y, **window)[1] / self.grad_accum
             self.scaler.scale(loss).backward()
         return loss.detach()

@@ -117,6 +117,8 @@ class TrainConfig(GPTConfig):
     activation_checkpointing: str = setting("none", choices=["none", "selective", "full"])  # recompute in the backward pass instead of keeping: 'full' each block (~+33% FLOPs, least memory), 'selective' the pointwise work only (gptlib/runtime.py CHECKPOINTING)
     adamw_states: str = setting("fp32", choices=["fp32", "8bit", "4bit"])  # AdamW's two moments: fp32 (8 bytes a parameter), or torchao's block-quantized 8bit (~2) or 4bit (~1); needs torchao
     muon_states: str = setting("fp32", choices=["fp32", "bf16"])  # Muon's momentum: fp32 (4 bytes a parameter) or bf16 (2)
+    fsdp_dtype: str = setting("fp32", choices=["fp32", "bf16"])  # sharding='fsdp': the dtype weights are all-gathered in: fp32 (a replica's numerics) or bf16 (half the traffic; runtime.shard_model says what it changes)
+    table_dtype: str = setting("fp32", choices=["fp32", "bf16"])  # the value-embedding and bigram tables' weights, gradients and AdamW moments: fp32, or bf16 as the records keep their embeddings (half the memory and traffic of 116M parameters at 124M)
     sharding: str = setting("none", choices=["none", "optimizer", "fsdp"])  # torchrun: 'none' (a whole replica per rank, DDP), 'optimizer' (each rank keeps ~1/world of the states: ZeRO-1), 'fsdp' (~1/world of the weights, gradients and states: FSDP2; AdamW only)
     # --- evaluation
     eval_interval: int = setting(250, ge=1)  # evaluate every this many iterations
@@ -153,6 +155,7 @@ class TrainConfig(GPTConfig):
     device: str = setting("auto", pattern=DEVICE_PATTERN)  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'mps'
     dtype: str = setting("auto", choices=DTYPES)  # 'auto' (bf16 where supported, else fp16 on GPU, fp32 on CPU), 'bfloat16', 'float16', 'float32'
     compile: bool = setting(True)  # torch.compile the model (switched off where Triton is unavailable)
+    fp8_head: bool = setting(False)  # the training loss's head matmuls in FP8 (record #19, torch._scaled_mm): GPUs with FP8 tensor cores only (compute capability 8.9+: RTX 40xx, L4, H100)
     cpu_threads: int = setting(0, ge=0, le=MAX_CPU_THREADS)  # threads torch uses on CPU (torch.set_num_threads); 0: torch's default, one per core
     backend: str = setting("", choices=["", "nccl", "gloo"])  # torch.distributed backend under torchrun; '': nccl on GPU, gloo on CPU
     dist_timeout_min: int = setting(30, ge=1)  # torchrun: minutes a rank waits for the others (a long eval or checkpoint) before failing
@@ -167,7 +170,7 @@ class TrainConfig(GPTConfig):
             out.update(dict.fromkeys(("muon_lr", "muon_momentum", "muon_momentum_warmup", "muon_weight_decay"),
                                      "optimizer='adamw' has no Muon (--optimizer=muon)"))
         if not (self.value_embeds or self.bigram_embeds):
-            out["table_lr"] = "the model has no value-embedding or bigram tables"
+            out.update(dict.fromkeys(("table_lr", "table_dtype"), "the model has no value-embedding or bigram tables"))
         out["decay_frac" if self.lr_schedule == "cosine" else "lr_decay_iters"] = \
             f"lr_schedule={self.lr_schedule!r} does not read it"
         if not self.hellaswag_interval:
@@ -176,6 +179,8 @@ class TrainConfig(GPTConfig):
             out["humaneval_path"] = "humaneval_interval=0 runs no HumanEval"
         if not self.wandb_log:
             out.update(dict.fromkeys(("wandb_project", "wandb_run_name"), "wandb_log=False"))
+        if self.sharding != "fsdp" or world == 1:
+            out["fsdp_dtype"] = "only sharding='fsdp' under torchrun gathers weights"
         if self.pos_emb != "rope":
             out["rope_base"] = f"pos_emb={self.pos_emb!r} has no rotary angles"
         if not self.doc_mask:
@@ -223,6 +228,13 @@ class TrainConfig(GPTConfig):
             out.append("sharding='fsdp' needs every rank to run the same forward passes, which HellaSwag and HumanEval "
                        "during training do not; set --hellaswag_interval=0 --humaneval_interval=0 and run eval.py on "
                        "the checkpoints")
+        if self.fp8_head and (self.n_embd % 16 or self.vocab_size % 16 or (self.batch_size * self.block_size) % 16):
+            out.append(f"fp8_head multiplies in tiles of 16: n_embd={self.n_embd}, vocab_size={self.vocab_size} and "
+                       f"batch_size x block_size={self.batch_size * self.block_size} must each be a multiple of 16; "
+                       f"use --fp8_head=False")
+        if self.table_dtype != "fp32" and self.sharding == "fsdp":
+            out.append(f"table_dtype={self.table_dtype!r} mixes dtypes in the unit FSDP2 gathers as one (it needs one "
+                       f"dtype); use --table_dtype=fp32 with --sharding=fsdp, or --sharding=optimizer")
         if self.resume_from and self.init_from != "resume":  # it would start from scratch, which it never means
             out.append(f"resume_from={self.resume_from!r} names the checkpoint a resume continues, but init_from="
                        f"{self.init_from!r}; continue from it with --init_from=resume")
