@@ -45,6 +45,7 @@ class BenchConfig(TrainConfig):
     max_batch_size: int = setting(0, ge=0)  # upper bound of the search; 0: 1024 on GPU, 16 on CPU
     use_data: bool = setting(False)  # read batches from data_dir's train shards instead of random tokens
     memory_margin: float = setting(memory.FIT_MARGIN, ge=0, lt=1)  # --find_batch_size on GPU: fraction of the card kept free (fragmentation, other processes)
+    phases: int = setting(0, ge=0, le=64)  # parts of the run timed, each at its middle iteration's window (the average and the slowest part are reported); 0: 4 when the window grows, else 1
 
     def problems(self):
         out = super().problems()
@@ -282,6 +283,13 @@ def _search(fits, cap, start=1):
     return good
 
 
+def phase_iterations(cfg):
+    """The iterations bench.py times at: the middle of each of cfg.phases equal parts of the run (0: 4 parts when
+    the attention window grows, so the average is over its schedule, else 1), the window and learning rate theirs."""
+    n = cfg.phases or (4 if cfg.window_start and cfg.attn_window else 1)
+    return [int((k + 0.5) * cfg.max_iters / n) for k in range(n)] if n > 1 else [max(cfg.warmup_iters, 0)]
+
+
 def peak_memory_gib(device):
     """(GiB, what it measures): allocator peak on CUDA, else the process's peak resident set."""
     if device.startswith("cuda"):
@@ -326,16 +334,23 @@ def run_bench(cfg):
         torch.cuda.reset_peak_memory_stats()
     B, T = cfg.batch_size, cfg.block_size
     grad_accum = monitor.grad_accum_steps(cfg.total_batch_size, B, T)
-    try:
-        micro_ms, opt_ms = bench.measure(B, grad_accum)
-    except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
-        if not is_out_of_memory(e):
-            raise
-        raise OutOfMemory(f"batch_size={B} at block_size={T} does not fit in {bench.device} memory; "
-                          f"lower --batch_size or run with --find_batch_size") from None
+    phases = []  # (the window, micro-step ms, optimizer step ms) at the middle of each part of the run
+    for it in phase_iterations(cfg):
+        bench.values = schedules.at(it, cfg)
+        try:
+            phases.append((bench.values.window,) + bench.measure(B, grad_accum))
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+            if not is_out_of_memory(e):
+                raise
+            raise OutOfMemory(f"batch_size={B} at block_size={T} does not fit in {bench.device} memory; "
+                              f"lower --batch_size or run with --find_batch_size") from None
     bench.check_compiled()
-    step_ms = grad_accum * micro_ms + opt_ms
+    # the run's average: each part takes as long as its steps do (total tokens over total time), and its slowest part
+    step_ms = statistics.fmean(grad_accum * m + o for _, m, o in phases)
+    micro_ms, opt_ms = (statistics.fmean(p[i] for p in phases) for i in (1, 2))
     tokens_per_sec = cfg.total_batch_size / (step_ms / 1000)
+    result["phases"] = [{"window": w, "micro_step_ms": m, "optimizer_step_ms": o,
+                         "tokens_per_sec": cfg.total_batch_size / ((grad_accum * m + o) / 1000)} for w, m, o in phases]
     flops_per_token = monitor.model_flops_per_token(bench.raw_model, T)
     gpu_name = torch.cuda.get_device_name(bench.device) if bench.device_type == "cuda" else None
     peak, peak_note = monitor.peak_flops(bench.device_type, bench.dtype, gpu_name, cfg.peak_tflops or None)
@@ -349,7 +364,8 @@ def run_bench(cfg):
         "dtype": bench.dtype,
         "compile": bench.compiled,
         "memory_gib": cfg.memory_gib or None,
-        "data": f"shards in {cfg.data_dir}" if cfg.use_data else "random tokens",
+        "data": f"shards in {cfg.data_dir}" if cfg.use_data else "random tokens" + (
+            " (no document ends: its mask removes nothing; --use_data for real documents)" if cfg.doc_mask else ""),
         "n_params": bench.raw_model.get_num_params(),
         "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
         "batch_size": B,
@@ -368,7 +384,8 @@ def run_bench(cfg):
         "peak_note": peak_note,
         "peak_mem_gb": mem,
         "peak_mem_kind": mem_kind,
-        "planned_mem_gb": memory.step_bytes(bench.raw_model, cfg, bench.dtype)["total"] / GIB,  # train.py --plan's figure
+        "planned_mem_gb": memory.step_bytes(bench.raw_model, cfg, bench.dtype,  # train.py --plan's figure
+                                            flex=bench.raw_model.uses_flex(torch.device(bench.device)))["total"] / GIB,
         "iters": cfg.iters,
         "warmup_iters": cfg.warmup_iters_bench,
         "max_iters": cfg.max_iters,
@@ -394,8 +411,13 @@ def format_table(r):
         ("micro-step (fwd+bwd)", f"{r['micro_step_ms']:.1f} ms"),
         ("optimizer step", f"{r['optimizer_step_ms']:.1f} ms"),
         ("ms/iter", f"{r['ms_per_iter']:.1f} ms ({monitor.plural(r['grad_accum'], 'micro-step')} + 1 optimizer step; medians of "
-                    f"{r['iters']} timed after {r['warmup_iters']} warm-up)"),
-        ("tokens/s", f"{r['tokens_per_sec']:,.0f}"),
+                    f"{r['iters']} timed steps after {r['warmup_iters']} warm-up, each up to {MAX_TIMED_MICRO_STEPS} "
+                    f"micro-steps whose gradients accumulate)"),
+        ("tokens/s", f"{r['tokens_per_sec']:,.0f}" + (
+            f" (the run's average over {len(r['phases'])} parts; slowest {min(p['tokens_per_sec'] for p in r['phases']):,.0f} "
+            f"at window {min(r['phases'], key=lambda p: p['tokens_per_sec'])['window']}: "
+            + ", ".join(f"{p['window']}: {p['tokens_per_sec']:,.0f}" for p in r["phases"]) + ")"
+            if len(r["phases"]) > 1 else "")),
         ("MFU", f"{mfu}  [{r['peak_note']}]"),
         ("peak memory", mem),
         ("whole run", f"{r['max_iters']:,} iters x {r['tokens_per_iter']:,} tokens = "

@@ -54,7 +54,32 @@ def head_bytes(config, batch_size, block_size, dtype, compiled=False):
     return chunk + softmax + V * C * (4 + (b if b != 4 else 0)) + rows * C * 4
 
 
-def step_bytes(model, cfg, dtype, world=1):
+def mask_bytes(config, batch_size, block_size, flex=True):
+    """The attention masks of one forward with document masks or windows (0 without): per window kind a
+    FlexAttention BlockMask from 128-token block bounds (a few (B, nb, nb) tensors: small), or on the dense path
+    (CPU, no Triton, training with dropout) a (B, T, T) bool kept for the backward, plus the (T, T) bool temporaries
+    that make it. Before issue 36 the BlockMask was made from all T x T positions: ~1 GB of int64 at 8,192."""
+    if not (config.doc_mask or config.attn_window):
+        return 0
+    kinds, T = len(set(config.windows())) if config.attn_window else 1, block_size
+    if flex:
+        nb = -(-T // 128)
+        return kinds * batch_size * nb * nb * 16  # counts, indices, full counts and indices (int32)
+    return kinds * batch_size * T * T + 3 * T * T
+
+
+def eval_bytes(model, cfg, dtype, flex=True):
+    """An eval batch's bytes beside the weights and optimizer states (gradients are freed by then): the residual
+    stream and one block's values at a time (no_grad keeps nothing for a backward), the head's chunk without its
+    gradients, and the masks: what train.py's evals add at eval_batch_size (bench.py checks it in its fit)."""
+    c, B = model.config, cfg.eval_batch_size or cfg.batch_size
+    tokens, b = B * cfg.block_size, DTYPE_BYTES[dtype]
+    rows = min(tokens, head_loss.LOSS_CHUNK)
+    head = rows * c.vocab_size * b + min(rows, head_loss.SOFTMAX_ROWS) * c.vocab_size * 4
+    return tokens * c.n_embd * (4 + b * BLOCK_VALUES["none"]) + head + mask_bytes(c, B, cfg.block_size, flex)
+
+
+def step_bytes(model, cfg, dtype, world=1, flex=True):
     """{part: bytes} of a training step on one of `world` ranks at cfg's micro-batch and options, and 'total'.
     sharding='fsdp' keeps 1/world of the weights and gradients, plus what FSDP2 gathers whole: the model's own
     parameters outside the blocks (the root module's: embeddings, head, final norm) for the whole step, and two
@@ -68,7 +93,8 @@ def step_bytes(model, cfg, dtype, world=1):
         weights = 4 * n / world + gathered * (root + 2 * block)
         gradients = 4 * n / world + gathered * (root + block)
     parts = {"weights": weights, "gradients": gradients, "optimizer": optim.state_bytes(model, cfg, world),
-             "activations": activation_bytes(model.config, B, T, cfg.activation_checkpointing, dtype, cfg.compile)}
+             "activations": activation_bytes(model.config, B, T, cfg.activation_checkpointing, dtype, cfg.compile)
+             + mask_bytes(model.config, B, T, flex)}
     parts["total"] = sum(parts.values())
     return parts
 
@@ -88,6 +114,10 @@ def plan_lines(model, cfg, dtype, world=1):
              f"{cfg.activation_checkpointing}, {states}{shard}): weights {parts['weights'] / GIB:.2f} + gradients "
              f"{parts['gradients'] / GIB:.2f} + optimizer {parts['optimizer'] / GIB:.2f} + activations "
              f"{parts['activations'] / GIB:.2f} = {parts['total'] / GIB:.2f} GiB (arithmetic: gptlib/memory.py)"]
+    evals = parts["weights"] + parts["optimizer"] + eval_bytes(model, cfg, dtype)
+    lines.append(f"an eval batch of {cfg.eval_batch_size or cfg.batch_size} x {cfg.block_size} between steps: weights "
+                 f"and optimizer + {eval_bytes(model, cfg, dtype) / GIB:.2f} GiB (masks included) = {evals / GIB:.2f} "
+                 f"GiB, {'under' if evals <= parts['total'] else 'OVER'} the step's")
     if cfg.sharding != "none" and world == 1:
         lines.append(f"sharding={cfg.sharding}: one process keeps everything whole; under torchrun --nproc_per_node=N "
                      f"each GPU keeps ~1/N (plan with the same torchrun command)")

@@ -158,3 +158,23 @@ def test_compiled_flex_makes_one_graph_per_padded_shape(monkeypatch):
     assert counters["stats"]["unique_graphs"] - before <= 2
     m.flex = None  # the dense mask with the KV cache: the same greedy tokens
     assert torch.equal(m.generate(torch.full((1, 5), EOT), 140, temperature=0), uncached)
+
+
+def test_the_planner_counts_the_masks_of_each_path():
+    """At 8,192 tokens a dense mask per window kind is 64 MiB kept for the backward (and 3 x 64 MiB of
+    temporaries); block bounds are a few KB. The plan's step and eval figures carry them (issue 36)."""
+    from gptlib import memory
+    from gptlib.settings import load_config
+    from gptlib.train_settings import TrainConfig
+    from conftest import REPO
+    cfg = load_config(TrainConfig, [str(REPO / "config" / "train_gpt2_124m_4070.py"),
+                                    str(REPO / "config" / "recipe_speedrun.py")])
+    c = GPTConfig(**{k: getattr(cfg, k) for k in GPTConfig.__dataclass_fields__})
+    assert memory.mask_bytes(c, 1, 8192, flex=False) == 2 * 8192 ** 2 + 3 * 8192 ** 2  # two kinds, L and S
+    assert memory.mask_bytes(c, 1, 8192, flex=True) < 2 ** 20
+    assert memory.mask_bytes(GPTConfig(), 8, 1024, flex=False) == 0  # plain causal: no mask at all
+    with torch.device("meta"):
+        model = GPT(c)
+    dense, flex = (memory.step_bytes(model, cfg, "bfloat16", flex=f)["activations"] for f in (False, True))
+    assert dense - flex == memory.mask_bytes(c, 1, 8192, False) - memory.mask_bytes(c, 1, 8192, True)
+    assert memory.eval_bytes(model, cfg, "bfloat16", flex=False) - memory.eval_bytes(model, cfg, "bfloat16") > 5 * 2 ** 26 - 2 ** 20

@@ -184,6 +184,19 @@ def test_bench_times_the_step_train_py_runs(tmp_path):
     assert all(torch.equal(trained[k], v) for k, v in b.raw_model.state_dict().items())
 
 
+def test_a_growing_window_is_timed_at_each_part_of_its_schedule():
+    """The window grows 16 -> 64 over the run: bench.py times it at the middle of 4 parts (issue 36: it timed the
+    full window only, the worst case), reports each, their average (total tokens over total time) and the slowest."""
+    args = TINY + ["--doc_mask=True", "--eot_token=7", "--attn_window=64", "--window_start=16", "--max_iters=100", "--warmup_iters=10",
+                   "--batch_size=2", "--total_batch_size=256", "--iters=1", "--warmup_iters_bench=1"]
+    res = bench.run_bench(load_config(bench.BenchConfig, args))
+    assert [p["window"] for p in res["phases"]] == [32, 48, 48, 64]  # iterations 12, 37, 62, 87 in multiples of 16
+    times = [256 / p["tokens_per_sec"] for p in res["phases"]]
+    assert res["tokens_per_sec"] == pytest.approx(256 * 4 / sum(times))
+    assert "slowest" in bench.format_table(res) and "no document ends" in res["data"]
+    assert len(bench.run_bench(load_config(bench.BenchConfig, TINY + ["--iters=1"]))["phases"]) == 1
+
+
 def test_cli_error_is_one_line():
     r = run_cli(*TINY, "--batch_size=3", "--total_batch_size=512")
     assert r.returncode == 2
