@@ -9,15 +9,15 @@
 # device time, the machine's start included (about 30 s in the fourth session); run 4 took 720 s for all items. Run 5
 # (2026-12-04) measured the three recipes12_* items (225 s, FlexAttention's compile included) but not the speedrun
 # item, whose speedrun run compiled for over 75 s and was cut off; it now trains 6M tokens (20M overfit the 4.9M-token
-# stdlib in run 5). Issue 27 (bigger models, open) comes first in the next session; carry a torchao wheel in devcheck/:
-#     ITEMS="big350_12 big760_12 big760_24" BUDGET=480 bash benchmarks/gpu_followup.sh                    # timeout_s 540
-#     ITEMS="big350_12_full speedrun" BUDGET=300 bash benchmarks/gpu_followup.sh                          # 360
-#     (then, another session: ITEMS="loss project16 nano16 profile fit12 user" BUDGET=300)
-# The second re-measures what changed after run 4: the compiled loss's gradient in a buffer of its own again (run 3's
-# form, 9.28 ms; run 4's over-the-logits form 14.70), the fixed-vocab candidate, and the step against nanoGPT's.
+# stdlib in run 5). Next session, shortest first: issue 36's speed items (about 11 min with FlexAttention's compiles;
+# carry devcheck/ with data/), then issue 35's training comparison (the speedrun item) and issue 27's bigger models
+# (carry a torchao wheel in devcheck/):
+#     ITEMS="fineweb36 real_modern real_speedrun speed_tables speed_blocks speed_heads" BUDGET=480 bash benchmarks/gpu_followup.sh   # timeout_s 540
+#     ITEMS="fineweb36 speed_fp8 speed_all consumer_tiles speedrun" BUDGET=540 bash benchmarks/gpu_followup.sh                      # 600
+#     (then: ITEMS="big350_12 big760_12 big760_24 big350_12_full" BUDGET=480; ITEMS="loss project16 nano16 profile fit12 user")
 set -u
 OUT=${OUT:-/tmp/gpu_followup}; mkdir -p "$OUT"; PY=${PY:-python}; BUDGET=${BUDGET:-420}; START=$(date +%s)  # python: as devcheck, which ran there
-ITEMS=${ITEMS:-"recipes12_classic recipes12_modern recipes12_speedrun speedrun big350_12 big760_12 big760_24 big350_12_full loss project16 nano16 profile fit12 memory fit24 user attention modern nano_eager project_eager"}  # all
+ITEMS=${ITEMS:-"fineweb36 real_modern real_speedrun speed_tables speed_blocks speed_heads speed_fp8 speed_all consumer_tiles recipes12_classic recipes12_modern recipes12_speedrun speedrun big350_12 big760_12 big760_24 big350_12_full loss project16 nano16 profile fit12 memory fit24 user attention modern nano_eager project_eager"}  # all
 # the device has tiktoken, not its BPE files, and presets TIKTOKEN_CACHE_DIR to an empty /opt/tiktoken_cache (which
 # failed the user's path in the fourth device session): the carried copy wins whenever it is there
 if [ -d devcheck/tiktoken_cache ]; then export TIKTOKEN_CACHE_DIR=$PWD/devcheck/tiktoken_cache; fi
@@ -42,18 +42,36 @@ if [ "${DRY:-0}" = 1 ]; then
   LOSS="--device=cpu --rows=512 --vocab_size=2048 --iters=2"; MEM="--device=cpu --n_layer=1 --n_embd=64 --n_head=2 --block_size=256"
   ATT="--device=cpu --batch_size=1 --n_head=2 --block_size=128 --iters=2"; B16="--batch_size=2 --compile=False"
   H="--tiny=1 --T=128 --steps=2 --warmup=1 --B=2 --compile=0"; USER="--device=cpu --tiny=True --compile=False --batch_size=4 --iters=4"
-  BENCH_SHORT="--iters=1 --warmup_iters_bench=0 --n_layer=2 --n_embd=64 --n_head=2 --compile=False"; SPEED_SHORT="--value_embeds=1"
+  BENCH_SHORT="--iters=1 --warmup_iters_bench=0 --n_layer=2 --n_embd=64 --n_head=2 --compile=False"; SPEED_SHORT="--value_embeds=1 --phases=2"
+  HEADS128="--n_head=1"; FP8=""  # (head size 64 at this width; the CPU has no FP8 tensor cores: the flag is refused)
   CFG350="$CFG4070"; CFG760_12="$CFG4070 --adamw_states=8bit --activation_checkpointing=selective"; CFG760_24="$CFG4070 --activation_checkpointing=selective"; BIG="--iters=1 --warmup_iters_bench=0 --max_batch_size=2"
   RECIPES="--device=cpu --n_layer=2 --n_head=2 --n_embd=32 --block_size=128 --batch_size=2 --tokens=2560 --eval_interval=5 --eval_tokens=512 --window=64 --window_start=16 --value_embeds=1"
 else
   CFG4070="config/train_gpt2_124m_4070.py"; CFG3090="config/train_gpt2_124m_3090.py"; CAP12="--memory_gib=12"; CAP24="--memory_gib=24"
   LOSS="--device=cuda --rows=16384"; MEM="--device=cuda --batch_size=8 --n_layer=12 --compile=True --dtype=bfloat16 --memory_gib=12"
   ATT="--device=cuda"; B16="--batch_size=16"; H="--steps=12 --warmup=3 --B=16 --compile=1"; USER="--device=cuda"
-  BENCH_SHORT="--iters=10 --warmup_iters_bench=3"; SPEED_SHORT=""
+  BENCH_SHORT="--iters=10 --warmup_iters_bench=3"; SPEED_SHORT=""; HEADS128="--n_head=6"
+  FP8=$($PY -c "import torch; print('--fp8_head=True' if torch.cuda.get_device_capability() >= (8, 9) else '')")
   # 12 x 768, rows of 8 x 1024 (as the 4070 config), 6M tokens (1.2 epochs of the device's stdlib): classic 66 s,
   # modern 92 s in run 5 (8,192-token steps: Muon's step costs more than the micro-step there), speedrun's compile ~90 s
   CFG350="config/train_gpt2_350m_4070.py"; CFG760_12="config/train_gpt2_760m_4070.py"; CFG760_24="config/train_gpt2_760m_3090.py"; BIG="--iters=3 --warmup_iters_bench=2"
   RECIPES="--device=cuda --compile=True --dtype=bfloat16 --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 --batch_size=8 --tokens=6000000 --eval_interval=100 --eval_tokens=524288 --window=1792 --window_start=128 --window_pattern=LSSSLS --value_embeds=3"
+fi
+DATA=${DATA:-devcheck/data}
+# 0. issue 36 (first in the next session): the speedrun recipe as a run does it (FineWeb documents, the window at 4 parts of its schedule, gradients
+#     that accumulate), then each of the records' speed choices on top, then all of them; the consumer tiles forced
+#     (as a 4070 sizes them, 99 KB) at head size 128; the FP8 head needs an FP8 card (H100/H200: yes; an A100: skip)
+if [ -f "$DATA/fineweb_sample.parquet" ]; then
+  item fineweb36  30 90 $PY prepare_fineweb.py --data_files="$DATA/fineweb_sample.parquet" --out_dir="$OUT/fineweb" --val_tokens=200000
+  REAL="--use_data --data_dir=$OUT/fineweb"
+  item real_modern    60 150 $PY bench.py $CFG4070 config/recipe_modern.py $CAP12 --json $BENCH_SHORT $REAL
+  item real_speedrun  90 180 $PY bench.py $CFG4070 config/recipe_speedrun.py $SPEED_SHORT $CAP12 --json $BENCH_SHORT $REAL
+  item speed_tables   90 180 $PY bench.py $CFG4070 config/recipe_speedrun.py $SPEED_SHORT $CAP12 --json $BENCH_SHORT $REAL --table_dtype=bf16
+  item speed_blocks   90 180 $PY bench.py $CFG4070 config/recipe_speedrun.py $SPEED_SHORT $CAP12 --json $BENCH_SHORT $REAL --attn_block=128
+  item speed_heads    90 180 $PY bench.py $CFG4070 config/recipe_speedrun.py $SPEED_SHORT $CAP12 --json $BENCH_SHORT $REAL $HEADS128
+  item speed_fp8      90 180 $PY bench.py $CFG4070 config/recipe_speedrun.py $SPEED_SHORT $CAP12 --json $BENCH_SHORT $REAL $FP8
+  item speed_all      90 180 $PY bench.py $CFG4070 config/recipe_speedrun.py $SPEED_SHORT $CAP12 --json $BENCH_SHORT $REAL --table_dtype=bf16 --attn_block=128 $HEADS128 $FP8
+  item consumer_tiles 90 180 env GPT2KIT_FLEX_SMEM_BYTES=101376 $PY bench.py $CFG4070 config/recipe_speedrun.py $SPEED_SHORT $CAP12 --json $BENCH_SHORT $REAL $HEADS128
 fi
 # 1. the loss op: the compiled gradient in a buffer of its own again (run 3's form), and the fixed-vocab candidate
 item loss        75 150 $PY -m benchmarks.bench_loss $LOSS --json --impls=project_compiled,project_fixed_vocab,project,full_compiled
@@ -73,7 +91,6 @@ item memory      90 200 $PY -m benchmarks.bench_memory $MEM
 item fit24       90 240 $PY bench.py $CFG3090 --find_batch_size $CAP24 --max_batch_size=64 --json --iters=5 --warmup_iters_bench=2
 # 7. the user's whole path on the GPU: train, resume from a step checkpoint, sample (cache on/off), eval against the
 #    CPU's, export and load in transformers, the same run in fp16 (all passed in run 4)
-DATA=${DATA:-devcheck/data}
 if [ -f "$DATA/fineweb_sample.parquet" ]; then
   item user      240 360 $PY -m benchmarks.gpu_user_path $USER --parquet="$DATA/fineweb_sample.parquet" \
     --hellaswag_path="$DATA/hellaswag_val.jsonl"

@@ -181,12 +181,15 @@ def flex_options(smem_per_block, head_size, elem_bytes=2):
             "BLOCK_M2": bwd[2], "BLOCK_N2": bwd[3], "bwd_num_stages": bwd[4]}
 
 
+SMEM_ENV = "GPT2KIT_FLEX_SMEM_BYTES"  # set: the shared memory to size the tiles for (a big card tries a 4070's tiles)
+
+
 def _options(q):
     """flex_options for q's device (None off CUDA)."""
     if q.device.type != "cuda":
         return None
-    return flex_options(torch.cuda.get_device_properties(q.device).shared_memory_per_block_optin, q.size(-1),
-                        q.element_size())
+    smem = int(os.environ.get(SMEM_ENV) or torch.cuda.get_device_properties(q.device).shared_memory_per_block_optin)
+    return flex_options(smem, q.size(-1), q.element_size())
 
 
 def attend(q, k, v, mask, past, dropout_p):

@@ -110,6 +110,7 @@ def test_profile_step_and_eval_sample_run_on_a_tiny_model(tmp_path):
 
 
 @pytest.mark.parametrize("items", ["loss profile attention", pytest.param("fit12 user", marks=pytest.mark.slow),
+                                   pytest.param("fineweb36 real_speedrun speed_tables speed_blocks speed_heads speed_fp8 speed_all consumer_tiles", marks=pytest.mark.slow),
                                    pytest.param("recipes12_speedrun speedrun", marks=pytest.mark.slow),
                                    pytest.param("big350_12 big760_12 big760_24 big350_12_full", marks=pytest.mark.slow)])
 def test_gpu_followup_script_dry_runs_its_items_on_cpu(tmp_path, items):
