@@ -156,16 +156,16 @@ class Bench:
             torch._dynamo.mark_dynamic(y, 0)
         return x, y
 
-    def trainer(self, micro_steps):
-        """train.py's training step (gptlib/step.py) of micro_steps micro-batches, its phases timed."""
-        return TrainStep(self.wrapped, self.optimizer, self.scaler, self.ctx, self.cfg, self.dtype, micro_steps,
-                         timer=step.clock(self.device))
+    def trainer(self):
+        """train.py's training step (gptlib/step.py), its phases timed."""
+        return TrainStep(self.wrapped, self.optimizer, self.scaler, self.ctx, self.cfg, self.dtype,
+                         self.cfg.batch_size * self.cfg.block_size, timer=step.clock(self.device))
 
     def train_step(self, B, micro_steps):
         """One training step: micro_steps micro-batches of B rows, gradients accumulating, then the update. Returns
         the clock's readings: one after each micro-step, one after the update."""
-        trainer = self.trainer(micro_steps)
-        trainer(lambda: self.batch(B), self.values)
+        trainer = self.trainer()
+        trainer(lambda: self.batch(B), self.values, micro_steps=micro_steps)
         return trainer.marks
 
     def eval_step(self, B):
@@ -286,7 +286,7 @@ def _search(fits, cap, start=1):
 def phase_iterations(cfg):
     """The iterations bench.py times at: the middle of each of cfg.phases equal parts of the run (0: 4 parts when
     the attention window grows, so the average is over its schedule, else 1), the window and learning rate theirs."""
-    n = cfg.phases or (4 if cfg.window_start and cfg.attn_window else 1)
+    n = cfg.phases or (4 if cfg.window_start and cfg.attn_window or cfg.batch_schedule or cfg.seq_schedule else 1)
     return [int((k + 0.5) * cfg.max_iters / n) for k in range(n)] if n > 1 else [max(cfg.warmup_iters, 0)]
 
 
@@ -333,12 +333,12 @@ def run_bench(cfg):
     if bench.device_type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     B, T = cfg.batch_size, cfg.block_size
-    grad_accum = monitor.grad_accum_steps(cfg.total_batch_size, B, T)
-    phases = []  # (the window, micro-step ms, optimizer step ms) at the middle of each part of the run
+    monitor.batch_line(cfg)  # every part's tokens divide into micro-steps
+    phases = []  # (the window, the step's tokens, micro-step ms, optimizer step ms) at the middle of each part
     for it in phase_iterations(cfg):
         bench.values = schedules.at(it, cfg)
         try:
-            phases.append((bench.values.window,) + bench.measure(B, grad_accum))
+            phases.append((bench.values.window, bench.values.tokens) + bench.measure(B, bench.values.tokens // (B * T)))
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
             if not is_out_of_memory(e):
                 raise
@@ -346,11 +346,13 @@ def run_bench(cfg):
                               f"lower --batch_size or run with --find_batch_size") from None
     bench.check_compiled()
     # the run's average: each part takes as long as its steps do (total tokens over total time), and its slowest part
-    step_ms = statistics.fmean(grad_accum * m + o for _, m, o in phases)
-    micro_ms, opt_ms = (statistics.fmean(p[i] for p in phases) for i in (1, 2))
-    tokens_per_sec = cfg.total_batch_size / (step_ms / 1000)
-    result["phases"] = [{"window": w, "micro_step_ms": m, "optimizer_step_ms": o,
-                         "tokens_per_sec": cfg.total_batch_size / ((grad_accum * m + o) / 1000)} for w, m, o in phases]
+    steps = [(tokens, tokens // (B * T) * m + o) for _, tokens, m, o in phases]  # (tokens, ms) of each part's step
+    tokens_per_sec = sum(t for t, _ in steps) / (sum(ms for _, ms in steps) / 1000)
+    step_ms = statistics.fmean(ms for _, ms in steps)
+    micro_ms, opt_ms = (statistics.fmean(p[i] for p in phases) for i in (2, 3))
+    grad_accum = phases[-1][1] // (B * T)
+    result["phases"] = [{"window": w, "tokens": t, "micro_step_ms": m, "optimizer_step_ms": o,
+                         "tokens_per_sec": t / ((t // (B * T) * m + o) / 1000)} for w, t, m, o in phases]
     flops_per_token = monitor.model_flops_per_token(bench.raw_model, T)
     gpu_name = torch.cuda.get_device_name(bench.device) if bench.device_type == "cuda" else None
     peak, peak_note = monitor.peak_flops(bench.device_type, bench.dtype, gpu_name, cfg.peak_tflops or None)
@@ -373,7 +375,8 @@ def run_bench(cfg):
         "grad_accum": grad_accum,
         "optimizer": bench.optimizer.describe(),
         "activation_checkpointing": cfg.activation_checkpointing,
-        "tokens_per_iter": cfg.total_batch_size,
+        "tokens_per_iter": phases[-1][1],  # (a batch-size schedule: its last part's)
+        "run_tokens": schedules.tokens_in(0, cfg.max_iters, cfg),
         "micro_step_ms": micro_ms,  # one that accumulates into the gradients before it
         "optimizer_step_ms": opt_ms,
         "ms_per_iter": step_ms,
@@ -389,7 +392,7 @@ def run_bench(cfg):
         "iters": cfg.iters,
         "warmup_iters": cfg.warmup_iters_bench,
         "max_iters": cfg.max_iters,
-        "run_hours": cfg.max_iters * step_ms / 1000 / 3600,  # the config's whole run at this speed
+        "run_hours": schedules.tokens_in(0, cfg.max_iters, cfg) / tokens_per_sec / 3600,  # the config's run at this speed
         **result,
     }
     return result
@@ -420,8 +423,8 @@ def format_table(r):
             if len(r["phases"]) > 1 else "")),
         ("MFU", f"{mfu}  [{r['peak_note']}]"),
         ("peak memory", mem),
-        ("whole run", f"{r['max_iters']:,} iters x {r['tokens_per_iter']:,} tokens = "
-                      f"{monitor.human_count(r['max_iters'] * r['tokens_per_iter'])} tokens in "
+        ("whole run", f"{r['max_iters']:,} iters = "
+                      f"{monitor.human_count(r['run_tokens'])} tokens in "
                       f"{monitor.human_time(r['run_hours'] * 3600)}; pass --tokens_per_sec={r['tokens_per_sec']:.0f} "
                       f"to train.py --plan"),
     ]

@@ -326,7 +326,7 @@ class GPT(nn.Module):
             n -= self.transformer.wte.weight.numel()
             if "wpe" in self.transformer:
                 n -= self.transformer.wpe.weight.numel()
-            if not self.config.tie_weights:
+            if self.lm_head.weight is not self.transformer.wte.weight:  # (a late-untied head shares it at first)
                 n -= self.lm_head.weight.numel()
             n -= self.extra_embed_params()
         return n
@@ -410,15 +410,22 @@ class GPT(nn.Module):
         cap = self.config.logit_softcap
         return cap * torch.tanh(logits / cap) if cap else logits
 
-    def forward(self, idx, targets=None, window=None):
+    def forward(self, idx, targets=None, window=None, mtp=None):
         """idx, targets: (B, T) int64. Without targets: (logits (B, T, vocab_size), None). With targets:
         (None, the mean cross-entropy over targets != -1), computed without ever holding full logits.
-        window: this call's long attention window (None: attn_window), for a run whose window grows."""
+        window: this call's long attention window (None: attn_window), for a run whose window grows.
+        mtp: (K,) loss weights of the next K tokens (multi-token prediction, training only: each position also
+        predicts the tokens after its target, from the same state through the same head; record #53)."""
         x = self._hidden(idx, window=window)
         if targets is None:
             return self._logits(x), None
         C = x.size(-1)
-        return None, head_loss(x.reshape(-1, C), self.lm_head.weight, targets.reshape(-1), self.config.logit_softcap)
+        if mtp is not None:  # (B, T) -> (B, T, K): the target k tokens further on in the row, -1 past its end
+            targets = torch.stack([F.pad(targets[:, k:], (0, k), value=-1) for k in range(mtp.size(0))], dim=-1)
+            targets = targets.reshape(-1, mtp.size(0))  # (B*T, K)
+        else:
+            targets = targets.reshape(-1)
+        return None, head_loss(x.reshape(-1, C), self.lm_head.weight, targets, self.config.logit_softcap, mtp)
 
     @torch.no_grad()
     def token_losses(self, idx, targets, window=None):

@@ -46,15 +46,14 @@ def main(argv):
                               "--init_from=resume") from None
 
 
-def print_plan(cfg, procs, dtype, grad_accum):
+def print_plan(cfg, procs, dtype, batch):
     """--plan: the run's arithmetic (tokens, time, memory), from the settings alone: no data read, nothing written."""
     ckpt = resume.load_start(cfg)[0] if cfg.init_from == "resume" else None
     with torch.device("meta"):  # parameter counts without allocating a byte
         model = GPT(GPTConfig(**resume.model_args_for(cfg, ckpt)))
     manifest = shards.read_manifest(cfg.data_dir, required=False) if os.path.isdir(cfg.data_dir) else None
     if procs.master:
-        print(f"gradient accumulation {grad_accum} x {cfg.batch_size} x {cfg.block_size} x {procs.world} GPU(s) "
-              f"= {cfg.total_batch_size:,} tokens/step")
+        print(batch)
         print("\n".join(monitor.run_plan_lines(model, cfg, ckpt["loop"].get("iter_num", 0) if ckpt else 0,
                                                shards.split_tokens(manifest, "train") if manifest else None)))
         print(f"checkpoints: {optim.checkpoint_bytes(model, cfg) / 1e9:.2f} GB each")
@@ -128,15 +127,12 @@ def run_training(cfg, procs, cleanup, notes=()):
     runtime.check_fp8(device, cfg.fp8_head)
     threads = runtime.prepare_device(device, cfg.cpu_threads)
     ctx = runtime.autocast(device, dtype)
-    grad_accum = monitor.grad_accum_steps(cfg.total_batch_size, cfg.batch_size, cfg.block_size, world)
+    batch = monitor.batch_line(cfg, world)  # (each part's tokens checked to divide into micro-steps)
     run = RunDir(cfg, master, cleanup)
     for note in list(notes) + no_effect_notes(cfg, world=world):  # the plan prints; a run also keeps it in log.txt
-        if cfg.plan and master:
-            print(note)
-        else:
-            run.log(note)
+        print(note) if cfg.plan and master else run.log(note)
     if cfg.plan:
-        return print_plan(cfg, procs, dtype, grad_accum)
+        return print_plan(cfg, procs, dtype, batch)
 
     # ------------------------------------------------------------------ output dir and data: locked, then checked
     run.lock()
@@ -170,15 +166,12 @@ def run_training(cfg, procs, cleanup, notes=()):
     peak_flops = log_plan(run, raw_model, cfg, optimizer, loop.iter_num, train_loader.total_tokens, device, dtype, world)
     what = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"{device.split(':')[0]}, {threads} torch threads"
     header = [f"config:\n{format_config(cfg)}",
-              f"device {device} ({what}), dtype {dtype}, world size {world}, gradient accumulation {grad_accum} x "
-              f"{cfg.batch_size} x {cfg.block_size} = {cfg.total_batch_size:,} tokens/step"]
+              f"device {device} ({what}), dtype {dtype}, world size {world}, {batch}"]
     metrics = run.open(header, cfg.init_from == "resume", start_iter, restored.keep_finished, restored.changes, loop.tokens)
-    tracker = monitor.tracker_for(cfg) if master else None
-    if tracker is not None:
-        cleanup.callback(tracker.close)
+    tracker = cleanup.enter_context(monitor.tracker_for(cfg)) if master else None
 
     # ------------------------------------------------------------------ training loop
-    step = TrainStep(wrapped, optimizer, scaler, ctx, cfg, dtype, grad_accum)
+    step = TrainStep(wrapped, optimizer, scaler, ctx, cfg, dtype, cfg.batch_size * cfg.block_size * world)
     to_device = runtime.BatchCopier(device)
     next_batch = lambda: to_device(*train_loader.next_batch())  # noqa: E731 (pinned, asynchronous on CUDA)
     snapshot = functools.partial(checkpoint.training_state, wrapped, optimizer, scaler, loop, train_loader, cfg, dtype, procs)
@@ -189,7 +182,9 @@ def run_training(cfg, procs, cleanup, notes=()):
     pace = monitor.Pace()  # tok/s, MFU and ETA from recent steps, the ETA with the evals and checkpoints to come
     while True:
         last = loop.iter_num >= cfg.max_iters
-        values = schedules.at(loop.iter_num, schedule)  # this iteration's learning rate, momentum, window
+        values = schedules.at(loop.iter_num, schedule)  # this iteration's learning rate, momentum, window, ...
+        if cfg.untie_at and not values.tied and runtime.head_tied(raw_model):  # the late untie (record #53)
+            runtime.untie_head(wrapped, optimizer, cfg, procs, run.log)
 
         # evaluate (skipped at the first iteration of a resume when the checkpoint was written after this eval)
         if (loop.iter_num % cfg.eval_interval == 0 or last) and loop.iter_num != loop.last_eval_iter:
@@ -228,20 +223,21 @@ def run_training(cfg, procs, cleanup, notes=()):
         bad_steps = bad_steps + 1 if result.skipped else 0
         if result.skipped:
             bad_step(run, cfg, result, loop.iter_num, bad_steps)
-        loop.after_step(result.loss, result.skipped, cfg.total_batch_size)
+        loop.after_step(result.loss, result.skipped, values.tokens)
         if procs.ddp:  # every rank stops after the same step when any of them was signalled
             stopping = stop.agreed(procs)
 
         # log: the step's own time; tok/s, MFU and ETA from the running mean (monitor.Pace)
         runtime.synchronize(device)
         dt = time.time() - t0
-        pace.step(dt)
+        pace.step(dt, values.tokens)
         if loop.iter_num % cfg.log_interval == 0 and master:
             loss = loop.take_log_loss(result.loss)
-            tok_s = cfg.total_batch_size / pace.step_seconds(dt)
+            tok_s = pace.tokens_per_second(values.tokens, dt)
             mfu = monitor.mfu(tok_s, flops_per_token, peak_flops and peak_flops * world)  # every GPU's peak
-            eta = pace.eta(cfg.max_iters - loop.iter_num, monitor.events_left(loop.iter_num, cfg.max_iters, cfg.eval_interval),
-                           monitor.events_left(loop.iter_num, cfg.max_iters, cfg.ckpt_interval), dt)
+            eta = pace.eta(None, monitor.events_left(loop.iter_num, cfg.max_iters, cfg.eval_interval),
+                           monitor.events_left(loop.iter_num, cfg.max_iters, cfg.ckpt_interval), dt,
+                           tokens_left=schedules.tokens_in(loop.iter_num, cfg.max_iters, cfg), rate=tok_s)
             run.log(monitor.step_line(loop.iter_num, loss, values.lr, result.norm, dt * 1000, tok_s, mfu, eta))
             metrics.log_step(loop.iter_num, loop.tokens, loss, values.lr, result.norm, dt * 1000, tok_s, mfu,
                              epoch=train_loader.epoch)

@@ -59,8 +59,18 @@ def ladder(cfg):
         ("x0_skip", ["--x0_skip=True"]),  # record #9 (its Muon momentum warmup is a default of both recipes)
         ("unet", ["--unet_skips=True"]),  # record #11
         ("value_embeds", ["--value_residual=False", f"--value_embeds={cfg.value_embeds}"]),  # #14: replaces #9's
-        ("softcap15", ["--logit_softcap=15"]),  # record #18: the whole config/recipe_speedrun.py
-        ("bigram", [f"--bigram_embeds={cfg.bigram_embeds}"]),  # record #62, second tier: not in the recipe yet
+        ("softcap15", ["--logit_softcap=15"]),  # record #18: config/recipe_speedrun.py of issue 26
+        # issue 36: the records' speed choices, each at this scale (loss unchanged within noise is the aim)
+        ("tables_bf16", ["--table_dtype=bf16"]),  # record #18's bf16 embeddings
+        ("block_windows", [f"--attn_block={cfg.window // 8}"]),  # #16: windows in whole blocks (1792 / 128 = 14)
+        ("heads128", [f"--n_head={max(1, cfg.n_embd // 128)}"]),  # heads of 128 (the records' 6 x 128 at 768)
+        # issue 35: the records after #18 (each rung keeps the ones above)
+        ("batch_schedule", ["--batch_size=1", f"--batch_schedule={cfg.block_size * cfg.batch_size // 2},"
+                            f"{cfg.block_size * cfg.batch_size},{3 * cfg.block_size * cfg.batch_size // 2}"]),  # #46: 1:2:3, the same tokens
+        ("seq_schedule", [f"--seq_schedule={cfg.block_size // 2},{cfg.block_size},{cfg.block_size}"]),  # #89: short rows first
+        ("mtp", ["--mtp=0.5,0.25"]),  # record #53: [1, 0.5, 0.25 -> 0] -> [1, 0.5 -> 0] -> [1]
+        ("untie", ["--untie_at=0.667"]),  # record #53: the head shares the embedding for 2/3 of the run
+        ("bigram", [f"--bigram_embeds={cfg.bigram_embeds}"]),  # record #62
     ]
 
 

@@ -66,12 +66,12 @@ def main(argv):
         b.train_step(cfg.batch_size, 1)
     cuda = b.device_type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    n, trainer = cfg.profiled_steps, b.trainer(1)
+    n, trainer = cfg.profiled_steps, b.trainer()
     next_batch = lambda: b.batch(cfg.batch_size)  # noqa: E731
     # the two phases of train.py's step (gptlib/step.py) apart, so that Muon's matmuls are not counted with the
     # model's: each micro-step adds to the gradients, then one update
-    micro = profiled(b, activities, lambda: trainer.accumulate(next_batch, b.values), n)
-    loss_sum = trainer.accumulate(next_batch, b.values)
+    micro = profiled(b, activities, lambda: trainer.accumulate(next_batch, b.values, micro_steps=1), n)
+    loss_sum = trainer.accumulate(next_batch, b.values, micro_steps=1)
     opt = profiled(b, activities, lambda: trainer.update(loss_sum), 1)
     name = bench.runtime.machine_name(b.device)
     print(f"# {name}, torch {torch.__version__}, {b.dtype}, compile {b.compiled}, micro-batch {cfg.batch_size} x "

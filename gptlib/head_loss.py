@@ -48,40 +48,45 @@ def fp8(on=True):
 _OP_TAG = hashlib.sha256(pathlib.Path(__file__).read_bytes() + __name__.encode()).hexdigest()[:12]
 
 
-def _chunk_loss(z, y, scale, softcap, want_grad):
-    """One chunk of logits z (n, V), targets y (n,) (-1: ignored) -> (each row's loss (n,) in fp32, g): with
-    want_grad, g is d(sum of scale * loss)/dz written over z (z's dtype: the logits are dead by then, so the
-    gradient needs no buffer of its own), else None. The softmax is in fp32 whatever z's dtype, SOFTMAX_ROWS
-    rows at a time: eager mode makes fp32 temporaries of the rows it works on (log_softmax converts a bf16
-    input to fp32 before it starts: only fp16 on CUDA skips that copy), and a block keeps them at 2 x (512, V)
-    instead of 2 x (n, V). _chunk_loss_fusible is the same math for inductor, which needs no temporaries."""
+def _chunk_loss(z, y, w, scale, softcap, want_grad):
+    """One chunk of logits z (n, V), targets y (n, K) (-1: ignored) weighted by w (K,) (multi-token prediction:
+    the next K tokens; K = 1 otherwise) -> (each row's weighted loss (n,) in fp32, g): with want_grad, g is
+    d(sum of scale * loss)/dz written over z (z's dtype: the logits are dead by then, so the gradient needs no
+    buffer of its own), else None. The softmax is in fp32 whatever z's dtype, SOFTMAX_ROWS rows at a time: eager
+    mode makes fp32 temporaries of the rows it works on (log_softmax converts a bf16 input to fp32 before it
+    starts: only fp16 on CUDA skips that copy), and a block keeps them at 2 x (512, V) instead of 2 x (n, V).
+    _chunk_loss_fusible is the same math for inductor, which needs no temporaries."""
     row_loss = torch.empty(z.size(0), dtype=torch.float32, device=z.device)
     for lo in range(0, z.size(0), SOFTMAX_ROWS):
         rows = slice(lo, lo + SOFTMAX_ROWS)
-        row_loss[rows] = _block_loss(z[rows], y[rows], scale[rows], softcap, want_grad)
+        row_loss[rows] = _block_loss(z[rows], y[rows], w, scale[rows], softcap, want_grad)
     return row_loss, (z if want_grad else None)
 
 
-def _block_loss(z, y, scale, softcap, want_grad):
+def _block_loss(z, y, w, scale, softcap, want_grad):
     """_chunk_loss on a block of rows z (m, V) (a view: the gradient is written into the chunk). Each line is
     one pass over the block: exp, the one-hot and the cap's gradient are in place, the scale and the cast back
-    into z are one op."""
+    into z are one op. With K targets a row's gradient is sum(w) softmax - sum_k w_k one-hot_k."""
     logits = z
     if softcap:
         t = torch.tanh(z.float() / softcap)  # kept for the gradient of the cap
         z = softcap * t
     lsm = torch.log_softmax(z, dim=1, dtype=torch.float32)  # (m, V): log p
-    safe = y.clamp(min=0)[:, None]  # (m, 1)
-    row_loss = -lsm.gather(1, safe)[:, 0] * (y != -1)  # (m,)
+    safe = y.clamp(min=0)  # (m, K)
+    wk = w * (y != -1)  # (m, K): each target's weight, 0 where ignored
+    row_loss = -(lsm.gather(1, safe) * wk).sum(dim=1)  # (m,)
     if want_grad:
-        g = lsm.exp_().scatter_add_(1, safe, torch.full_like(safe, -1, dtype=lsm.dtype))  # softmax - one-hot
+        g = lsm.exp_()
+        if y.size(1) > 1:
+            g.mul_(wk.sum(dim=1, keepdim=True))
+        g.scatter_add_(1, safe, -wk)  # - the weighted one-hots
         if softcap:
             g.mul_(t.mul_(t).neg_().add_(1))  # back through the cap: d(cap * tanh(z / cap))/dz = 1 - t^2
         torch.mul(g, scale[:, None], out=logits)  # rows that do not count have scale 0
     return row_loss
 
 
-def _chunk_loss_fusible(z, y, scale, softcap, want_grad):
+def _chunk_loss_fusible(z, y, w, scale, softcap, want_grad):
     """_chunk_loss without in-place ops or a scatter, for inductor: the log-sum-exp, then the gradient in z's
     dtype, no fp32 (n, V) buffer at all. The gradient gets a buffer of its own, not z's as in eager mode: written
     over z, which the log-sum-exp reads, it came out as a separate pointwise kernel taking 0.85 ms per 2,048-row
@@ -95,12 +100,18 @@ def _chunk_loss_fusible(z, y, scale, softcap, want_grad):
         t = torch.tanh(zf / softcap)
         zf = softcap * t
     lse = torch.logsumexp(zf, dim=1, keepdim=True)  # (n, 1)
-    safe = y.clamp(min=0)[:, None]  # (n, 1)
-    row_loss = (lse - zf.gather(1, safe))[:, 0] * (y != -1)  # (n,)
+    safe = y.clamp(min=0)  # (n, K)
+    wk = w * (y != -1)  # (n, K)
+    row_loss = ((lse - zf.gather(1, safe)) * wk).sum(dim=1)  # (n,)
     if not want_grad:
         return row_loss, None
-    one_hot = torch.arange(z.size(1), device=z.device)[None, :] == safe  # (n, V), never stored: fused
-    g = (torch.exp(zf - lse) - one_hot.float()) * scale[:, None]
+    p = torch.exp(zf - lse)
+    if y.size(1) > 1:
+        p = p * wk.sum(dim=1, keepdim=True)
+    vocab = torch.arange(z.size(1), device=z.device)[None, :]
+    for k in range(y.size(1)):  # the weighted one-hots, never stored: fused
+        p = p - (vocab == safe[:, k:k + 1]).float() * wk[:, k:k + 1]
+    g = p * scale[:, None]
     if softcap:
         g = g * (1 - t * t)
     return row_loss, g.to(z.dtype)
@@ -148,7 +159,7 @@ def _fp8_grads(g, x8, w8, grad_x, grad_w):
     grad_w += _mm_fp8(x8.t().contiguous(), g8.t().contiguous().t(), FP8_X_SCALE, FP8_G_SCALE, torch.float32, fast=False).t()
 
 
-def _head_chunks(x, weight, targets, softcap, compute_dtype, fuse, want_grads):
+def _head_chunks(x, weight, targets, tw, softcap, compute_dtype, fuse, want_grads):
     """Loop over chunks of rows: per-row losses (N,) fp32, and with want_grads the gradients of their sum
     over targets != -1 w.r.t. x (x's dtype) and weight (weight's dtype), made in the same pass.
     The sum's, not the mean's: each chunk's gradient lives in its logits' buffer, in the compute dtype, and the
@@ -157,7 +168,7 @@ def _head_chunks(x, weight, targets, softcap, compute_dtype, fuse, want_grads):
     backward applies 1/n in fp32."""
     with torch.autocast(x.device.type, enabled=False):  # the dtypes below are explicit
         chunk_loss = _chunk_fn(fuse)
-        scale = (targets != -1).float()  # (N,): 0 on rows that do not count
+        scale = (targets[:, 0] != -1).float()  # (N,): 0 on rows that do not count
         f8 = compute_dtype == FP8
         w = _to_fp8(weight, FP8_W_SCALE) if f8 else weight.to(compute_dtype)  # (V, C), cast once for every chunk
         row_loss = torch.empty(x.size(0), dtype=torch.float32, device=x.device)
@@ -167,7 +178,7 @@ def _head_chunks(x, weight, targets, softcap, compute_dtype, fuse, want_grads):
             rows = slice(lo, lo + LOSS_CHUNK)
             xc = _to_fp8(x[rows], FP8_X_SCALE) if f8 else x[rows].to(compute_dtype)  # (n, C)
             z = _mm_fp8(xc, w.t(), FP8_X_SCALE, FP8_W_SCALE, torch.bfloat16) if f8 else xc @ w.t()  # (n, V) logits
-            row_loss[rows], g = chunk_loss(z, targets[rows], scale[rows], softcap, want_grads)
+            row_loss[rows], g = chunk_loss(z, targets[rows], tw, scale[rows], softcap, want_grads)
             del z  # (eager: g is z's buffer, overwritten)
             if want_grads and f8:
                 _fp8_grads(g, xc, w, grad_x[rows], grad_w)
@@ -179,21 +190,22 @@ def _head_chunks(x, weight, targets, softcap, compute_dtype, fuse, want_grads):
 
 
 @torch.library.custom_op(f"gpt2kit::head_loss_{_OP_TAG}", mutates_args=())
-def _head_loss_op(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float,
+def _head_loss_op(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, w: torch.Tensor, softcap: float,
                   compute_dtype: torch.dtype, fuse: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean loss, the gradients of the summed loss w.r.t. x and weight): the backward multiplies these by its
-    incoming gradient / n."""
-    row_loss, grad_x, grad_w = _head_chunks(x, weight, targets, softcap, compute_dtype, fuse, want_grads=True)
+    incoming gradient / n. targets (N, K) weighted by w (K,)."""
+    row_loss, grad_x, grad_w = _head_chunks(x, weight, targets, w, softcap, compute_dtype, fuse, want_grads=True)
     return row_loss.sum() / _count(targets), grad_x, grad_w
 
 
 def _count(targets):
-    """n of the mean: the rows that count (at least 1, so that a batch of only ignored rows gives 0, not NaN)."""
-    return (targets != -1).sum().clamp(min=1)
+    """n of the mean: the rows that count, by their next-token target (at least 1, so that a batch of only
+    ignored rows gives 0, not NaN)."""
+    return (targets[:, 0] != -1).sum().clamp(min=1)
 
 
 @_head_loss_op.register_fake
-def _(x, weight, targets, softcap, compute_dtype, fuse):
+def _(x, weight, targets, w, softcap, compute_dtype, fuse):
     return x.new_empty((), dtype=torch.float32), torch.empty_like(x), torch.empty_like(weight)
 
 
@@ -205,10 +217,10 @@ def _head_loss_backward(ctx, grad_loss, _grad_gx, _grad_gw):
     grad_x, grad_w, n = ctx.saved_tensors
     s = grad_loss / n  # fp32 scalar: the mean's 1/n times what comes in (1/grad_accum, a GradScaler's scale)
     if torch.compiler.is_compiling():  # inductor reuses the saved buffers for these products by itself
-        return grad_x * s, grad_w * s, None, None, None, None
+        return grad_x * s, grad_w * s, None, None, None, None, None
     # eager: scale in place, no copy of the (vocab, C) gradient (a second backward through this graph fails
     # loudly on the saved tensors' version counter instead of using scaled values)
-    return grad_x.mul_(s), grad_w.mul_(s), None, None, None, None
+    return grad_x.mul_(s), grad_w.mul_(s), None, None, None, None, None
 
 
 _head_loss_op.register_autograd(_head_loss_backward, setup_context=_head_loss_setup)
@@ -218,7 +230,8 @@ _head_loss_op.register_autograd(_head_loss_backward, setup_context=_head_loss_se
 def _row_losses_op(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float,
                    compute_dtype: torch.dtype, fuse: bool) -> torch.Tensor:
     """Each row's loss (N,) fp32, 0 where targets == -1: no gradients (evals)."""
-    return _head_chunks(x, weight, targets, softcap, compute_dtype, fuse, want_grads=False)[0]
+    return _head_chunks(x, weight, targets[:, None], x.new_ones(1, dtype=torch.float32), softcap, compute_dtype,
+                        fuse, want_grads=False)[0]
 
 
 @_row_losses_op.register_fake
@@ -232,13 +245,19 @@ def _compute_dtype(x):
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
 
 
-def head_loss(x, weight, targets, softcap=0.0):
+def head_loss(x, weight, targets, softcap=0.0, mtp=None):
     """Mean cross-entropy of the logits x @ weight.T over targets != -1, without full logits. x (N, C),
-    weight (V, C), targets (N,). Inside a compiled model the per-chunk softmax runs as inductor kernels."""
+    weight (V, C), targets (N,), or with mtp (K,) the targets of the next K tokens (N, K) and their weights
+    (multi-token prediction: the loss is sum_k mtp[k] CE_k, over the rows whose next token counts). Inside a
+    compiled model the per-chunk softmax runs as inductor kernels."""
     dtype, fuse = _compute_dtype(x), torch.compiler.is_compiling()
+    if mtp is None:
+        targets, mtp = targets[:, None], x.new_ones(1, dtype=torch.float32)  # (N,) -> (N, 1)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return _head_loss_op(x, weight, targets, float(softcap), FP8 if _fp8 else dtype, fuse)[0]
-    return _row_losses_op(x, weight, targets, float(softcap), dtype, fuse).sum() / _count(targets)
+        return _head_loss_op(x, weight, targets, mtp.float(), float(softcap), FP8 if _fp8 else dtype, fuse)[0]
+    return (_row_losses_op(x, weight, targets[:, 0], float(softcap), dtype, fuse).sum() / _count(targets)
+            if targets.size(1) == 1 else _head_chunks(x, weight, targets, mtp.float(), float(softcap), dtype, fuse,
+                                                      want_grads=False)[0].sum() / _count(targets))
 
 
 def head_row_losses(x, weight, targets, softcap=0.0):

@@ -167,6 +167,16 @@ def peak_flops(device, dtype, gpu_name=None, override_tflops=None):
 
 # ----------------------------------------------------------------------------- run planner
 
+def batch_line(cfg, world=1):
+    """'gradient accumulation 64 x 8 x 1024 = 524,288 tokens/step' (a batch-size schedule: each part's), after
+    checking that each part's tokens divide into micro-steps on this many GPUs."""
+    sizes = cfg.batch_schedule or [cfg.total_batch_size]
+    accum = [grad_accum_steps(t, cfg.batch_size, cfg.block_size, world) for t in sizes]
+    parts = f" in {len(sizes)} equal parts of the run (batch_schedule)" if cfg.batch_schedule else ""
+    return (f"gradient accumulation {'/'.join(map(str, accum))} x {cfg.batch_size} x {cfg.block_size} x {world} GPU(s) "
+            f"= {'/'.join(f'{t:,}' for t in sizes)} tokens/step{parts}")
+
+
 def grad_accum_steps(total_batch_size, batch_size, block_size, world_size=1):
     """Micro-steps per optimizer step so that each step sees total_batch_size tokens; it must divide exactly."""
     tokens_per_micro = batch_size * block_size * world_size
@@ -190,14 +200,17 @@ def suggest_batch_size(max_batch_size, total_batch_size, block_size, world_size=
 
 
 def plan_run(n_params, n_params_non_embedding, tokens_per_step, max_iters, iter_num=0,
-             train_tokens=None, tokens_per_sec=None, n_params_extra_embeds=0):
+             train_tokens=None, tokens_per_sec=None, n_params_extra_embeds=0, tokens_in=None):
     """The arithmetic of a run, as a dict; values that need a missing input are None.
 
     n_params counts all parameters: Chinchilla's 20 tokens/param (Hoffmann et al. 2022) was fitted on
     total parameter counts, embeddings included. Times are wall-clock seconds at tokens_per_sec.
+    tokens_in(a, b): the tokens of steps a .. b-1 where they vary (a batch-size schedule); tokens_per_step is then
+    the last part's.
     """
-    total_tokens = tokens_per_step * max_iters
-    remaining_tokens = tokens_per_step * max(max_iters - iter_num, 0)
+    tokens_in = tokens_in or (lambda a, b: tokens_per_step * max(b - a, 0))
+    total_tokens = tokens_in(0, max_iters)
+    remaining_tokens = tokens_in(iter_num, max_iters)
     chinchilla_tokens = CHINCHILLA_TOKENS_PER_PARAM * n_params
 
     def seconds(tokens):
@@ -290,10 +303,12 @@ def eval_line(it, train_loss, record, scored, improved, best):
 def run_plan_lines(model, cfg, iter_num=0, train_tokens=None):
     """The plan a run prints (train.py --plan, and every run at its start): tokens, tokens per parameter, epochs,
     wall times, and how long GPT-2 small's quality takes with this recipe."""
+    from . import schedules
     plan = plan_run(n_params=model.get_num_params(), n_params_non_embedding=model.get_num_params(True),
-                    tokens_per_step=cfg.total_batch_size, max_iters=cfg.max_iters, iter_num=iter_num,
-                    train_tokens=train_tokens, tokens_per_sec=cfg.tokens_per_sec or None,
-                    n_params_extra_embeds=model.extra_embed_params())
+                    tokens_per_step=schedules.tokens_at(cfg.max_iters, cfg), max_iters=cfg.max_iters,
+                    iter_num=iter_num, train_tokens=train_tokens, tokens_per_sec=cfg.tokens_per_sec or None,
+                    n_params_extra_embeds=model.extra_embed_params(),
+                    tokens_in=lambda a, b: schedules.tokens_in(a, b, cfg))
     return format_plan(plan) + quality_lines(model, cfg)
 
 
@@ -312,17 +327,18 @@ PACE_SKIP = 2  # steps after a start or resume kept out of it: compilation and a
 
 class Pace:
     """A step's own time jumps (a shard opens, the OS does something); tok/s, MFU and the ETA use the mean of
-    the last PACE_WINDOW step times instead, without the first PACE_SKIP of this process. The ETA adds the
-    evals and checkpoints still to come at the mean cost of those this process has done (none measured: 0)."""
+    the last PACE_WINDOW steps instead, without the first PACE_SKIP of this process (with a batch-size schedule,
+    tokens over seconds: steps of different sizes weigh by their tokens). The ETA adds the evals and checkpoints
+    still to come at the mean cost of those this process has done (none measured: 0)."""
 
     def __init__(self, window=PACE_WINDOW, skip=PACE_SKIP):
         self.steps, self.skip, self.seen = collections.deque(maxlen=window), skip, 0
         self.costs = {"eval": [], "ckpt": []}
 
-    def step(self, seconds):
+    def step(self, seconds, tokens=1):
         self.seen += 1
         if self.seen > self.skip:
-            self.steps.append(seconds)
+            self.steps.append((seconds, tokens))
 
     def event(self, kind, seconds):
         """An eval ('eval', with the best checkpoint it may write) or a checkpoint ('ckpt') took `seconds`."""
@@ -330,12 +346,17 @@ class Pace:
 
     def step_seconds(self, last):
         """The running mean step time, or `last` (this step's) while the window is still empty."""
-        return statistics.fmean(self.steps) if self.steps else last
+        return statistics.fmean(s for s, _ in self.steps) if self.steps else last
 
-    def eta(self, steps_left, evals_left, ckpts_left, last):
+    def tokens_per_second(self, tokens, seconds):
+        """The running tok/s (tokens over seconds of the recent steps), or this step's while none is counted."""
+        return sum(t for _, t in self.steps) / sum(s for s, _ in self.steps) if self.steps else tokens / seconds
+
+    def eta(self, steps_left, evals_left, ckpts_left, last, tokens_left=None, rate=None):
+        """Seconds still to go: the steps at the mean step time, or tokens_left at `rate` tok/s, plus the events."""
         events = {"eval": evals_left, "ckpt": ckpts_left}
         extra = sum(n * statistics.fmean(self.costs[k]) for k, n in events.items() if self.costs[k])
-        return steps_left * self.step_seconds(last) + extra
+        return (tokens_left / rate if tokens_left is not None else steps_left * self.step_seconds(last)) + extra
 
 
 def events_left(it, max_iters, interval):
@@ -393,7 +414,10 @@ def format_plan(plan):
         f"model: {human_count(p['n_params'])} params ({human_count(p['n_params_non_embedding'])} non-embedding"
         + (f"; {human_count(p['n_params_extra_embeds'])} in extra embedding tables: memory and optimizer state, no FLOPs)"
            if p.get("n_params_extra_embeds") else ")"),
-        f"tokens/step: {p['tokens_per_step']:,}  x  max_iters: {p['max_iters']:,}  =  {human_count(p['total_tokens'])} tokens",
+        (f"tokens/step: {p['tokens_per_step']:,}  x  max_iters: {p['max_iters']:,}  =  {human_count(p['total_tokens'])} tokens"
+         if p["total_tokens"] == p["tokens_per_step"] * p["max_iters"] else
+         f"max_iters: {p['max_iters']:,} steps of a growing batch (batch_schedule; the last part's {p['tokens_per_step']:,} "
+         f"tokens/step)  =  {human_count(p['total_tokens'])} tokens"),
         f"tokens/param: {p['tokens_per_param']:.3g} = {p['chinchilla_multiple']:.3g}x Chinchilla's "
         f"{CHINCHILLA_TOKENS_PER_PARAM} ({human_count(p['chinchilla_tokens'])} tokens, {p['chinchilla_iters']:,} iters)",
     ]
@@ -530,7 +554,18 @@ class MetricsLog:
 
 # ----------------------------------------------------------------------------- trackers
 
-class NullTracker:
+class TrackerMixin:
+    """A tracker is a context manager: closed when the run ends, however it ends."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class NullTracker(TrackerMixin):
     """Stand-in when no tracker is enabled, so the training loop has no if-statements for it."""
 
     def log(self, data, step):
@@ -556,7 +591,7 @@ def check_trackers(wandb_log=False, tensorboard_log=False):
                                "pip install tensorboard, or run with --tensorboard_log=False") from None
 
 
-class WandbTracker:
+class WandbTracker(TrackerMixin):
     def __init__(self, project, run_name, config):
         check_trackers(wandb_log=True)
         import wandb
@@ -570,7 +605,7 @@ class WandbTracker:
         self._run.finish()
 
 
-class TensorBoardTracker:
+class TensorBoardTracker(TrackerMixin):
     def __init__(self, log_dir):
         check_trackers(tensorboard_log=True)
         from torch.utils.tensorboard import SummaryWriter
@@ -586,7 +621,7 @@ class TensorBoardTracker:
         self._writer.close()
 
 
-class MultiTracker:
+class MultiTracker(TrackerMixin):
     def __init__(self, trackers):
         self.trackers = trackers
 

@@ -98,6 +98,19 @@ class Optimizers:
                 _fsdp_load(self.sharded_model, opt, {**state[name], "state": saved})
             settle_states(opt)
 
+    def add_copy(self, like, new):
+        """Give parameter `new` the group and a copy of the state of `like` (the late untie's head, record #53):
+        appended to like's group, where a fresh optimizer over the untied model puts it (the head is the last
+        matrix of model.parameters()), so checkpoints before and after resume alike."""
+        for opt in self.parts.values():
+            for group in opt.param_groups:
+                if any(p is like for p in group["params"]):
+                    group["params"].append(new)
+                    if like in opt.state:
+                        opt.state[new] = {k: v.clone() if torch.is_tensor(v) else v for k, v in opt.state[like].items()}
+                    return
+        raise ValueError("the parameter to copy is in no group of this optimizer")
+
     @property
     def state(self):
         """parameter -> its state, of the parameters this rank keeps states for (all of them unless sharded)."""

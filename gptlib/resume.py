@@ -119,10 +119,17 @@ def build_model(cfg, ckpt, model_args, log):
     elif cfg.init_from in pretrained.HUB_REPOS:
         model = pretrained.load_pretrained(cfg.init_from, dropout=cfg.dropout)
     else:
-        return GPT(GPTConfig(**model_args))
+        return _tied(GPT(GPTConfig(**model_args)), cfg, None)
     if cfg.block_size < model.config.block_size:
         model.crop_block_size(cfg.block_size)
-    return model
+    return _tied(model, cfg, ckpt)
+
+
+def _tied(model, cfg, ckpt):
+    """Until untie_at, the head shares the token embedding (record #53): from the run's first step, or on a resume
+    before the untie."""
+    from .runtime import tie_head
+    return tie_head(model) if schedules.tied_at(ckpt["loop"].get("iter_num", 0) if ckpt else 0, cfg) else model
 
 
 def saved_settings(saved):

@@ -300,6 +300,33 @@ def cast_tables(model, table_dtype):
     return model
 
 
+def tie_head(model):
+    """The late untie's first phase (untie_at, record #53): the head shares the token embedding's weights (one
+    Parameter, as tie_weights=True makes it) on a model built untied. A checkpoint then holds both names with the
+    same values: sample, eval and export load it as the ordinary untied model it is."""
+    model.lm_head.weight = model.transformer.wte.weight
+    return model
+
+
+def head_tied(model):
+    return model.lm_head.weight is model.transformer.wte.weight
+
+
+def untie_head(wrapped, optimizer, cfg, procs, log):
+    """The late untie: the head goes on with weights of its own (a copy of the shared ones) and a copy of their
+    optimizer state; under torchrun the DDP wrapper is made again, so the new Parameter's gradients are
+    all-reduced too (and compiled again)."""
+    model = wrapped.raw
+    head = torch.nn.Parameter(model.transformer.wte.weight.detach().clone())
+    optimizer.add_copy(model.transformer.wte.weight, head)
+    model.lm_head.weight = head
+    if wrapped.ddp is not None:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        wrapped.ddp = DDP(model, device_ids=[procs.local_rank] if procs.device.startswith("cuda") else None)
+        wrapped.model = torch.compile(wrapped.ddp) if cfg.compile and compile_available(procs.device)[0] else wrapped.ddp
+    log("the head unties from the token embedding: each goes on alone (untie_at)")
+
+
 @dataclass
 class Wrapped:
     """The model a training step calls (compiled, DDP-wrapped), and the modules under it."""

@@ -3,13 +3,18 @@ restore: a resumed run recomputes exactly the values an unbroken one would have 
 recomputes its schedule from the new settings).
 
     at(it, cfg)                 this iteration's values, as one StepValues: the loop asks once per step
-    lr_at(it, cfg)              the learning rate: cosine (GPT-3) or warmup-stable-decay
+    lr_at(it, cfg)              the learning rate's shape: cosine (GPT-3) or warmup-stable-decay
     decay_start(cfg)            wsd: where the decay begins (ckpt_predecay.pt is written there)
     muon_momentum_at(it, cfg)   Muon's momentum warmup (modded-nanogpt)
     window_at(it, cfg)          the attention window's warmup (modded-nanogpt record #13)
+    tokens_at(it, cfg)          tokens per step (the batch-size schedule, record #46); tokens_in(a, b, cfg) sums them
+    seq_len_at(it, cfg)         the row length (the sequence-length schedule, record #89)
+    mtp_at(it, cfg)             the weights of predicting 1, 2, ... tokens ahead (multi-token prediction, record #53)
+    tied_at(it, cfg)            whether the head still shares the token embedding (the late untie, record #53)
 
-The loop hands these values to the optimizer (optim.apply_schedule) and to the model's forward (window):
-no module keeps a schedule's state.
+The batch-size, sequence-length and MTP schedules step through equal parts of the run (modded-nanogpt's thirds).
+The loop hands these values to the optimizer (optim.apply_schedule), the step (tokens, row length) and the
+model's forward (window, MTP weights): no module keeps a schedule's state.
 """
 import math
 from dataclasses import dataclass
@@ -23,11 +28,75 @@ class StepValues:
     lr: float  # AdamW's learning rate (Muon's and the tables' follow it in proportion: optim.apply_schedule)
     muon_momentum: float  # Muon's momentum
     window: int  # the long attention window (short 'S' blocks use half); 0: no window
+    tokens: int = 0  # tokens of the step: the micro-steps follow (tokens / (batch_size x block_size x GPUs))
+    seq_len: int = 0  # row length: a micro-batch of block_size rows is read as rows of this many tokens
+    mtp: tuple = (1.0,)  # weight of the loss of predicting 1, 2, ... tokens ahead
+    tied: bool = False  # the head shares the token embedding's weights
 
 
 def at(it, cfg):
     """The values of iteration `it` under the settings cfg."""
-    return StepValues(lr=lr_at(it, cfg), muon_momentum=muon_momentum_at(it, cfg), window=window_at(it, cfg))
+    return StepValues(lr=lr_at(it, cfg) * batch_lr_factor(it, cfg), muon_momentum=muon_momentum_at(it, cfg),
+                      window=window_at(it, cfg), tokens=tokens_at(it, cfg), seq_len=seq_len_at(it, cfg),
+                      mtp=mtp_at(it, cfg), tied=tied_at(it, cfg))
+
+
+def part(it, cfg, n):
+    """Which of n equal parts of the run iteration `it` is in (the last one past max_iters: an extension)."""
+    return min(n - 1, it * n // cfg.max_iters)
+
+
+def tokens_at(it, cfg):
+    """Tokens of iteration `it`'s step: batch_schedule's part, else total_batch_size."""
+    return cfg.batch_schedule[part(it, cfg, len(cfg.batch_schedule))] if cfg.batch_schedule else cfg.total_batch_size
+
+
+def tokens_in(a, b, cfg):
+    """Tokens of the steps a .. b-1 (the plan's and the ETA's count: a batch schedule's real tokens)."""
+    if not cfg.batch_schedule:
+        return max(0, b - a) * cfg.total_batch_size
+    n, total = len(cfg.batch_schedule), 0
+    for k, tokens in enumerate(cfg.batch_schedule):  # part k holds the iterations whose part() is k
+        lo = -(-k * cfg.max_iters // n) if k else 0
+        hi = -(-(k + 1) * cfg.max_iters // n) if k < n - 1 else max(b, cfg.max_iters)
+        total += tokens * max(0, min(b, hi) - max(a, lo))
+    return total
+
+
+def batch_lr_factor(it, cfg):
+    """With a batch schedule, the learning rates follow the batch: (this part's tokens / total_batch_size, the batch
+    they were tuned at)^batch_lr_power (record #46: 0.6 from its first part up; a larger batch averages more noise
+    away and takes a larger step)."""
+    return (tokens_at(it, cfg) / cfg.total_batch_size) ** cfg.batch_lr_power if cfg.batch_schedule else 1.0
+
+
+def seq_len_at(it, cfg):
+    """The row length of iteration `it`: seq_schedule's part, else block_size."""
+    return cfg.seq_schedule[part(it, cfg, len(cfg.seq_schedule))] if cfg.seq_schedule else cfg.block_size
+
+
+def mtp_at(it, cfg):
+    """(1, w2, w3, ...): the loss weights of the next token and of the tokens after it. mtp lists the extra ones'
+    starting weights; with k of them the run is k + 1 equal parts, and the one j tokens further on keeps its weight
+    until part k - j and decays linearly to 0 over the next (record #53: [0.5, 0.25] is [1, 0.5, 0.25 -> 0] ->
+    [1, 0.5 -> 0] -> [1] by thirds). Trailing zeros are dropped (the next-token loss alone past them)."""
+    k, frac = len(cfg.mtp), min(it, cfg.max_iters) / cfg.max_iters
+    weights = [1.0]
+    for j, w in enumerate(cfg.mtp, 1):
+        start, end = (k - j) / (k + 1), (k - j + 1) / (k + 1)
+        weights.append(w * min(1.0, max(0.0, (end - frac) / (end - start))))
+    while len(weights) > 1 and weights[-1] == 0:
+        weights.pop()
+    return tuple(weights)
+
+
+def untie_iter(cfg):
+    """The iteration where a late-untied head stops sharing the token embedding (0: never tied)."""
+    return round(cfg.untie_at * cfg.max_iters)
+
+
+def tied_at(it, cfg):
+    return bool(cfg.untie_at) and it < untie_iter(cfg)
 
 
 def decay_start(cfg):

@@ -22,36 +22,46 @@ class StepResult:
 
 class TrainStep:
     """The step of one run: the wrapped model (runtime.wrap_model), its optimizer and loss scaler, the autocast
-    context, and the settings that shape the step (grad_clip, spike_factor). timer: a clock read after each
+    context, and the settings that shape the step (grad_clip, spike_factor, fp8_head). micro_tokens: the tokens of
+    one micro-step on all ranks (batch_size x block_size x GPUs): a step of values.tokens makes
+    values.tokens / micro_tokens of them (the batch-size schedule moves it). timer: a clock read after each
     micro-step and after the update (bench.py's phases; synchronise the device in it), or None."""
 
-    def __init__(self, wrapped, optimizer, scaler, ctx, cfg, dtype, grad_accum, timer=None):
+    def __init__(self, wrapped, optimizer, scaler, ctx, cfg, dtype, micro_tokens, timer=None):
         self.wrapped, self.optimizer, self.scaler, self.ctx = wrapped, optimizer, scaler, ctx
-        self.cfg, self.dtype, self.grad_accum, self.timer = cfg, dtype, grad_accum, timer
+        self.cfg, self.dtype, self.micro_tokens, self.timer = cfg, dtype, micro_tokens, timer
         self.device = next(wrapped.raw.parameters()).device
         self.marks = []  # timer readings of the last step: one per micro-step, then one after the update
 
-    def __call__(self, next_batch, values, loss_ema=None):
+    def __call__(self, next_batch, values, loss_ema=None, micro_steps=None):
         """One optimizer step at the scheduled values (schedules.StepValues). next_batch() gives the next
         micro-batch on the device; it is called for the next one while this one computes, never across a step,
-        so a checkpoint's data position stays exact. loss_ema: the running mean loss, for spike detection."""
+        so a checkpoint's data position stays exact. loss_ema: the running mean loss, for spike detection.
+        micro_steps: fewer micro-steps than the step's tokens make (bench.py times part of a step)."""
         self.marks = []
-        return self.update(self.accumulate(next_batch, values), loss_ema)
+        return self.update(self.accumulate(next_batch, values, micro_steps), loss_ema)
 
-    def accumulate(self, next_batch, values):
+    def accumulate(self, next_batch, values, micro_steps=None):
         """The step's micro-steps at the scheduled values: gradients accumulate; returns the summed loss."""
         optim.apply_schedule(self.optimizer, values, self.cfg)
-        # the window as a tensor, so a compiled model makes no new graph as it grows; none for a model without one
-        window = {"window": torch.tensor(values.window, device=self.device)} if values.window else {}
+        n = micro_steps or values.tokens // self.micro_tokens
         loss_sum = torch.zeros((), device=self.device)
         x, y = next_batch()
-        for micro in range(self.grad_accum):
-            last = micro == self.grad_accum - 1
-            loss_sum += self._micro(x, y, window, last)
+        for micro in range(n):
+            last = micro == n - 1
+            loss_sum += self._micro(x, y, self._forward_args(values), values.seq_len, n, last)
             if not last:
                 x, y = next_batch()
             self._mark()
         return loss_sum
+
+    def _forward_args(self, values):
+        """The scheduled values the forward takes, as tensors (a compiled model makes no new graph as they move):
+        the window, and the MTP weights while more than the next token is predicted; none a model does not use."""
+        args = {"window": torch.tensor(values.window, device=self.device)} if values.window else {}
+        if len(values.mtp) > 1:
+            args["mtp"] = torch.tensor(values.mtp, device=self.device)
+        return args
 
     def update(self, loss_sum, loss_ema=None):
         """The step's update after its micro-steps: the optimizer steps, or skips a bad step (its gradients dropped)."""
@@ -67,15 +77,17 @@ class TrainStep:
         self._mark()
         return StepResult(loss, norm, skipped)
 
-    def _micro(self, x, y, window, last):
-        """Forward and backward of one micro-batch (window: the forward's keyword, or none); its share of the
-        step's loss (detached)."""
+    def _micro(self, x, y, forward_args, seq_len, n, last):
+        """Forward and backward of one micro-batch of n, read as rows of seq_len tokens; its share of the step's
+        loss (detached)."""
         w = self.wrapped
+        if seq_len and seq_len < x.size(1):  # the sequence-length schedule: (B, T) -> (B * T / seq_len, seq_len)
+            x, y = x.view(-1, seq_len), y.view(-1, seq_len)
         # fsdp reduce-scatters every micro-step: accumulating whole gradients would undo its memory saving
         sync = w.ddp.no_sync() if w.ddp is not None and not last else contextlib.nullcontext()
         with sync:  # gradients are all-reduced once per step, on the last micro-step
             with self.ctx, head_loss.fp8(self.cfg.fp8_head):
-                loss = w.model(x, y, **window)[1] / self.grad_accum
+                loss = w.model(x, y, **forward_args)[1] / n
             self.scaler.scale(loss).backward()
         return loss.detach()
 

@@ -111,6 +111,11 @@ class TrainConfig(GPTConfig):
     muon_momentum_warmup: int = setting(300, ge=0)  # iterations over which Muon's momentum rises from 0.85 to muon_momentum
     muon_weight_decay: float = setting(0.0, ge=0)  # Muon's decoupled weight decay (multiplied by its learning rate)
     grad_clip: float = setting(1.0, ge=0)  # clip the global gradient norm to this (0: off)
+    batch_schedule: list[int] = setting([])  # tokens per step in each of equal parts of the run (record #46: 131072,262144,393216), each a multiple of batch_size x block_size x GPUs; []: total_batch_size throughout
+    batch_lr_power: float = setting(0.6, ge=0, le=1)  # with batch_schedule: each part's learning rates x (its tokens / total_batch_size, the batch they were tuned at)^this (record #46: 0.6)
+    seq_schedule: list[int] = setting([])  # row length in each of equal parts of the run (record #89: short rows first), each dividing block_size; []: block_size throughout
+    mtp: list[float] = setting([])  # multi-token prediction (record #53): the starting loss weights of predicting 2, 3, ... tokens ahead, each fading to 0 in turn (schedules.mtp_at; record: 0.5,0.25); []: the next token only
+    untie_at: float = setting(0.0, ge=0, lt=1)  # with tie_weights=False: the head shares the token embedding until this fraction of the run, then each goes on alone (record #53: 2/3); 0: untied throughout
     window_start: int = setting(0, ge=0)  # attention window at iteration 0, growing to attn_window at max_iters in multiples of this (record #13: 128); 0: attn_window throughout
     # --- memory (gptlib/memory.py: train.py --plan --memory_gib=N)
     memory_gib: float = setting(0.0, ge=0)  # GiB of the GPU planned for (12: a 4070, 24: a 3090): --plan says whether the run fits and with which options; bench.py acts as such a card by capping the allocator; 0: no plan, the whole card
@@ -189,6 +194,27 @@ class TrainConfig(GPTConfig):
             out["overwrite"] = "a resume replaces only what its own run wrote"
         return out
 
+    def _schedule_problems(self):
+        """The batch-size, sequence-length, MTP and untie schedules against the sizes they cut."""
+        out, micro = [], self.batch_size * self.block_size
+        bad = [t for t in self.batch_schedule if t < 1 or t % micro]
+        if bad:
+            out.append(f"batch_schedule holds {bad[0]}, not a whole number of micro-batches of batch_size x block_size "
+                       f"= {micro}; use multiples of {micro}")
+        bad = [n for n in self.seq_schedule if n < 1 or self.block_size % n]
+        if bad:
+            out.append(f"seq_schedule holds {bad[0]}, which does not divide block_size={self.block_size} into rows; use "
+                       f"divisors of {self.block_size}")
+        if [w for w in self.mtp if not 0 <= w <= 1]:
+            out.append(f"mtp={self.mtp} holds a weight outside [0, 1]; the record's is 0.5,0.25")
+        if self.untie_at and self.tie_weights:
+            out.append("untie_at unties a head from the token embedding, but tie_weights=True ties them for good; set "
+                       "--tie_weights=False (the modern recipe's), or --untie_at=0")
+        if self.untie_at and self.sharding != "none":
+            out.append(f"untie_at adds the head's own weights to the optimizer mid-run, which sharding={self.sharding!r} "
+                       f"splits across ranks; use --sharding=none with untie_at")
+        return out
+
     def problems(self):
         model = {f.name: getattr(self, f.name) for f in fields(GPTConfig)}
         model["zero_init"] &= self.init_from == "scratch"  # it shapes new weights only: a loaded model is past it
@@ -232,6 +258,7 @@ class TrainConfig(GPTConfig):
             out.append(f"fp8_head multiplies in tiles of 16: n_embd={self.n_embd}, vocab_size={self.vocab_size} and "
                        f"batch_size x block_size={self.batch_size * self.block_size} must each be a multiple of 16; "
                        f"use --fp8_head=False")
+        out += self._schedule_problems()
         if self.table_dtype != "fp32" and self.sharding == "fsdp":
             out.append(f"table_dtype={self.table_dtype!r} mixes dtypes in the unit FSDP2 gathers as one (it needs one "
                        f"dtype); use --table_dtype=fp32 with --sharding=fsdp, or --sharding=optimizer")

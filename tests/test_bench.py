@@ -178,7 +178,7 @@ def test_bench_times_the_step_train_py_runs(tmp_path):
     logged = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     step = next(r for r in logged if r["kind"] == "train")
     b = bench.Bench(load_config(bench.BenchConfig, args + ["--use_data"]))
-    result = b.trainer(2)(lambda: b.batch(2), b.values)  # 128 tokens = 2 micro-steps of 2 x 32
+    result = b.trainer()(lambda: b.batch(2), b.values, micro_steps=2)  # 128 tokens = 2 micro-steps of 2 x 32
     assert (result.loss, result.norm) == (step["loss"], step["grad_norm"])
     trained = checkpoint.load_checkpoint(str(tmp_path / "run" / "ckpt.pt"))["model"]
     assert all(torch.equal(trained[k], v) for k, v in b.raw_model.state_dict().items())
