@@ -54,6 +54,7 @@ class GPTConfig:
     unet_skips: bool = False  # blocks of the second half add the outputs of the first half in mirror order (learned weights)
     value_embeds: int = field(default=0, metadata={"ge": 0})  # extra token-embedding tables mixed into the values of the first and last this-many blocks (0: none)
     bigram_embeds: int = field(default=0, metadata={"ge": 0})  # rows of a table of hashed (previous, current) token pairs added to every block's input (record #62: 5 x vocab_size); 0: none
+    bigram_signs: int = field(default=0, metadata={"ge": 0})  # rows of a fixed table of random +-1 vectors multiplied into each pair's row, picked by previous xor current (record #83: 8192): pairs that share a row add with different signs; 0: none
 
     def not_gpt2(self):
         """The settings that make this model compute something other than GPT-2 (so OpenAI's weights, or
@@ -95,6 +96,9 @@ class GPTConfig:
         if 2 * self.value_embeds > self.n_layer:
             out.append(f"value_embeds={self.value_embeds} puts a table in the first and the last {self.value_embeds} "
                        f"blocks, which needs n_layer >= {2 * self.value_embeds}; use value_embeds <= {self.n_layer // 2}")
+        if self.bigram_signs and not self.bigram_embeds:
+            out.append(f"bigram_signs={self.bigram_signs} signs the rows of the bigram table, but bigram_embeds=0; set "
+                       f"--bigram_embeds (the record's 5 x vocab_size), or --bigram_signs=0")
         if self.bigram_embeds == 1:
             out.append("bigram_embeds=1 leaves no row for the pairs (the last row is kept for a row's first token); "
                        "use bigram_embeds >= 2 (the record: 5 x vocab_size), or 0")
@@ -108,19 +112,24 @@ class GPTConfig:
 
 
 SPEEDRUN_KEYS = ("doc_mask", "attn_window", "attn_block", "value_residual", "x0_skip", "unet_skips", "value_embeds",
-                 "bigram_embeds")
+                 "bigram_embeds", "bigram_signs")
 BIGRAM_MULTS = (36313, 27191)  # record #62's multipliers for the current and the previous token: pairs spread over the rows
 
 
-def bigram_rows(idx, rows, prev=None, eot=None):
-    """The table row of each (previous, current) token pair of idx (B, T): a hash of the two ids into rows - 1 rows;
-    a token with no previous one (a row's first, unless prev (B,) gives the token before it; with eot, a document's
-    first: documents stay apart, where the record let them meet) takes the last row."""
+SIGN_SEED = 83  # the sign table is drawn from this seed: the same in every process, never saved
+
+
+def bigram_rows(idx, rows, prev=None, eot=None, signs=0):
+    """(the table row of each (previous, current) token pair of idx (B, T), and with signs its sign row): a hash of
+    the two ids into rows - 1 rows; a token with no previous one (a row's first, unless prev (B,) gives the token
+    before it; with eot, a document's first: documents stay apart, where the record let them meet) takes the last
+    row and sign row 0; the sign row is (previous xor current) % signs (record #83)."""
     before = torch.cat([torch.full_like(idx[:, :1], -1) if prev is None else prev[:, None], idx[:, :-1]], dim=1)
     if eot is not None:
         before = torch.where(idx == eot, -1, before)
     hashed = torch.bitwise_xor(BIGRAM_MULTS[0] * idx, BIGRAM_MULTS[1] * before) % (rows - 1)  # (B, T)
-    return torch.where(before < 0, rows - 1, hashed)
+    sign_rows = torch.where(before < 0, 0, torch.bitwise_xor(before, idx) % signs) if signs else None
+    return torch.where(before < 0, rows - 1, hashed), sign_rows
 
 
 class KVCache:
@@ -292,6 +301,10 @@ class GPT(nn.Module):
             self.skip_weights = nn.Parameter(torch.ones(config.n_layer // 2))
         if config.bigram_embeds:  # block i's input gets this weight times the pair's row (the record's init: 0.1)
             self.bigram_lambdas = nn.Parameter(torch.full((config.n_layer,), 0.1))
+        if config.bigram_signs:  # a fixed random +-1 table, drawn on the CPU from SIGN_SEED (a meta model too)
+            signs = torch.randn(config.bigram_signs, config.n_embd, generator=torch.Generator().manual_seed(SIGN_SEED),
+                                device="cpu").sign()
+            self.register_buffer("bigram_sign_table", signs, persistent=False)
         self.flex = None  # FlexAttention block masks: None: on CUDA (gptlib/attention.py says why); True/False: forced
         self.rotary = Rotary(config.n_embd // config.n_head, config.block_size, config.rope_base) \
             if config.pos_emb == "rope" else None
@@ -374,7 +387,9 @@ class GPT(nn.Module):
         if kv_cache is not None:
             kv_cache.last_token = idx[:, -1]
         cfg = self.config
-        return self.transformer.bte(bigram_rows(idx, cfg.bigram_embeds, prev, cfg.eot_token if cfg.doc_mask else None))
+        rows, signs = bigram_rows(idx, cfg.bigram_embeds, prev, cfg.eot_token if cfg.doc_mask else None, cfg.bigram_signs)
+        pairs = self.transformer.bte(rows)  # (B, T, C)
+        return pairs if signs is None else pairs * self.bigram_sign_table[signs].to(pairs.dtype)
 
     def _layout(self, idx, kv_cache=None, window=None):
         """(positions (B, T), or None for past .. past + T - 1; window kind -> mask, or None for plain causal

@@ -71,6 +71,7 @@ def ladder(cfg):
         ("mtp", ["--mtp=0.5,0.25"]),  # record #53: [1, 0.5, 0.25 -> 0] -> [1, 0.5 -> 0] -> [1]
         ("untie", ["--untie_at=0.667"]),  # record #53: the head shares the embedding for 2/3 of the run
         ("bigram", [f"--bigram_embeds={cfg.bigram_embeds}"]),  # record #62
+        ("bigram_signs", ["--bigram_signs=8192"]),  # record #83: the sign trick
     ]
 
 

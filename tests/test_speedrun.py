@@ -25,7 +25,7 @@ from test_train import TINY, make_dataset, metrics
 SPEEDRUN = str(REPO / "config" / "recipe_speedrun.py")
 MODERN_MODEL = dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp_act="relu2", bias=False, tie_weights=False)
 ALL = dict(MODERN_MODEL, doc_mask=True, attn_window=16, window_pattern="LS", x0_skip=True, unet_skips=True,
-           value_embeds=2, bigram_embeds=101, logit_softcap=15.0)
+           value_embeds=2, bigram_embeds=101, bigram_signs=13, logit_softcap=15.0)
 EOT = 7  # a small vocabulary's document token in the model-level tests
 # the speedrun recipe at the tiny test size: rows of 4 x 32 = 128 tokens, a window growing 8 -> 32
 SMALL = TINY + [SPEEDRUN, "--value_embeds=1", "--attn_window=32", "--window_start=8", "--window_pattern=LS"]
@@ -56,7 +56,7 @@ def data(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- the model
 
-@pytest.mark.parametrize("kw", [dict(ALL), dict(ALL, pos_emb="learned", norm="layernorm", value_embeds=0, bigram_embeds=0)],
+@pytest.mark.parametrize("kw", [dict(ALL), dict(ALL, pos_emb="learned", norm="layernorm", value_embeds=0, bigram_embeds=0, bigram_signs=0)],
                          ids=["speedrun", "learned-positions"])
 def test_an_earlier_document_never_changes_a_later_ones_logits(kw):
     model, idx = model_of(**kw), tokens()
@@ -121,11 +121,16 @@ def test_doc_layout_positions_restart_at_each_document_and_continue_a_cache():
 
 def test_bigram_rows_hash_each_pair_the_same_everywhere_and_keep_documents_apart():
     idx = torch.tensor([[5, 6, EOT, 6, 5, 6]])
-    rows = bigram_rows(idx, 11)
+    rows, signs = bigram_rows(idx, 11, signs=13)
     assert rows[0, 0] == 10 and rows[0, 5] == rows[0, 1] and ((0 <= rows) & (rows < 11)).all()  # (5, 6) twice
-    assert torch.equal(bigram_rows(idx[:, 2:], 11, prev=idx[:, 1]), rows[:, 2:])  # continuing a cache
-    apart = bigram_rows(idx, 11, eot=EOT)
+    assert signs[0, 0] == 0 and signs[0, 5] == signs[0, 1] == 5 ^ 6  # the sign row: previous xor current (#83)
+    cached = bigram_rows(idx[:, 2:], 11, prev=idx[:, 1], signs=13)
+    assert torch.equal(cached[0], rows[:, 2:]) and torch.equal(cached[1], signs[:, 2:])  # continuing a cache
+    apart = bigram_rows(idx, 11, eot=EOT)[0]
     assert apart[0, 2] == 10 and torch.equal(apart[:, 3:], rows[:, 3:])  # a document's first token has no pair
+    m = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, bigram_embeds=11, bigram_signs=13))
+    assert set(m.bigram_sign_table.unique().tolist()) == {-1.0, 1.0} and "bigram_sign_table" not in m.state_dict()
+    assert torch.equal(m.bigram_sign_table, GPT(m.config).bigram_sign_table)  # the same table in every process
 
 
 def test_kv_cache_generation_equals_recomputing_with_windows_documents_and_value_embeds():
