@@ -54,6 +54,7 @@ class GPTConfig:
     unet_skips: bool = False  # blocks of the second half add the outputs of the first half in mirror order (learned weights)
     value_embeds: int = field(default=0, metadata={"ge": 0})  # extra token-embedding tables mixed into the values of the first and last this-many blocks (0: none)
     bigram_embeds: int = field(default=0, metadata={"ge": 0})  # rows of a table of hashed (previous, current) token pairs added to every block's input (record #62: 5 x vocab_size); 0: none
+    key_offset: bool = False  # the long-window ('L') blocks' keys take their slowest rotary channels (the 2nd and 4th quarters) from the token before (record of 2025-12-14, "partial key offset"): one block can match a token's predecessor, an induction head's step (needs pos_emb='rope')
     bigram_signs: int = field(default=0, metadata={"ge": 0})  # rows of a fixed table of random +-1 vectors multiplied into each pair's row, picked by previous xor current (record #83: 8192): pairs that share a row add with different signs; 0: none
 
     def not_gpt2(self):
@@ -96,6 +97,9 @@ class GPTConfig:
         if 2 * self.value_embeds > self.n_layer:
             out.append(f"value_embeds={self.value_embeds} puts a table in the first and the last {self.value_embeds} "
                        f"blocks, which needs n_layer >= {2 * self.value_embeds}; use value_embeds <= {self.n_layer // 2}")
+        if self.key_offset and self.pos_emb != "rope":
+            out.append("key_offset shifts keys' slowest rotary channels, which pos_emb='learned' does not have; set "
+                       "--pos_emb=rope, or --key_offset=False")
         if self.bigram_signs and not self.bigram_embeds:
             out.append(f"bigram_signs={self.bigram_signs} signs the rows of the bigram table, but bigram_embeds=0; set "
                        f"--bigram_embeds (the record's 5 x vocab_size), or --bigram_signs=0")
@@ -112,7 +116,7 @@ class GPTConfig:
 
 
 SPEEDRUN_KEYS = ("doc_mask", "attn_window", "attn_block", "value_residual", "x0_skip", "unet_skips", "value_embeds",
-                 "bigram_embeds", "bigram_signs")
+                 "bigram_embeds", "bigram_signs", "key_offset")
 BIGRAM_MULTS = (36313, 27191)  # record #62's multipliers for the current and the previous token: pairs spread over the rows
 
 
@@ -140,6 +144,7 @@ class KVCache:
         self.docs = None  # doc_mask: the document id of every cached token (B, T_past)
         self.last_token = None  # bigram_embeds: the last cached token (B,)
         self.last = None  # doc_mask: (doc id, position) of the last cached token, each (B,)
+        self.last_keys = [None] * n_layer  # key_offset: layer i -> the last cached token's keys before the shift (B, 1, nh, hs)
 
     def __len__(self):
         """Number of cached positions."""
@@ -211,6 +216,22 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         if mixes_values:  # v = a * v + b * (a value embedding, or the first block's v); the record's init: 0.5, 0.5
             self.v_lambdas = nn.Parameter(torch.tensor([0.5, 0.5]))
+        self.key_offset = config.key_offset and config.windows()[layer_idx] == "L"  # long windows: induction's
+
+    def _offset_keys(self, k, kv_cache, pos):
+        """k (B, T, nh, hs) with its 2nd and 4th quarters of channels (the slowest rotary ones) taken from the token
+        before; a row's first token keeps its own (decoding: takes the last cached token's), and so does a
+        document's (pos 0: documents stay apart, where the record let them meet)."""
+        q1, hs = k.size(-1) // 4, k.size(-1)
+        before = torch.cat([k[:, :1] if kv_cache is None or kv_cache.last_keys[self.layer_idx] is None
+                            else kv_cache.last_keys[self.layer_idx], k[:, :-1]], dim=1)  # (B, T, nh, hs)
+        if kv_cache is not None:
+            kv_cache.last_keys[self.layer_idx] = k[:, -1:]
+        slow = torch.zeros(hs, dtype=torch.bool, device=k.device)
+        slow[q1:2 * q1] = slow[3 * q1:] = True
+        if pos is not None:  # (B, T, 1, hs): not at a document's first token
+            slow = slow & (pos != 0)[:, :, None, None]
+        return torch.where(slow, before, k)
 
     def forward(self, x, rotary=None, kv_cache=None, pos=None, mask=None, v_mix=None):
         """x (B, T, C) -> (y (B, T, C), this block's values before mixing (B, T, nh, hs)). pos: the tokens'
@@ -228,6 +249,8 @@ class CausalSelfAttention(nn.Module):
             if rotary is not None:  # new tokens sit at positions past .. past + T - 1, or their documents' ones
                 qk = rotary(qk, past if pos is None else pos)
             q, k = qk.unbind(2)
+        if self.key_offset:
+            k = self._offset_keys(k, kv_cache, pos)
         raw_v = v
         if v_mix is not None:  # value residual (Zhou et al. 2024) or a value embedding: records #9, #14
             # in q's dtype: an fp32 table under autocast made v fp32, which FlexAttention before torch 2.11 refuses

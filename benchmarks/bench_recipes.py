@@ -72,6 +72,7 @@ def ladder(cfg):
         ("untie", ["--untie_at=0.667"]),  # record #53: the head shares the embedding for 2/3 of the run
         ("bigram", [f"--bigram_embeds={cfg.bigram_embeds}"]),  # record #62
         ("bigram_signs", ["--bigram_signs=8192"]),  # record #83: the sign trick
+        ("key_offset", ["--key_offset=True"]),  # 2025-12-14: long windows' keys see the token before (induction)
     ]
 
 

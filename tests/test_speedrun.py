@@ -25,7 +25,7 @@ from test_train import TINY, make_dataset, metrics
 SPEEDRUN = str(REPO / "config" / "recipe_speedrun.py")
 MODERN_MODEL = dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp_act="relu2", bias=False, tie_weights=False)
 ALL = dict(MODERN_MODEL, doc_mask=True, attn_window=16, window_pattern="LS", x0_skip=True, unet_skips=True,
-           value_embeds=2, bigram_embeds=101, bigram_signs=13, logit_softcap=15.0)
+           value_embeds=2, bigram_embeds=101, bigram_signs=13, key_offset=True, logit_softcap=15.0)
 EOT = 7  # a small vocabulary's document token in the model-level tests
 # the speedrun recipe at the tiny test size: rows of 4 x 32 = 128 tokens, a window growing 8 -> 32
 SMALL = TINY + [SPEEDRUN, "--value_embeds=1", "--attn_window=32", "--window_start=8", "--window_pattern=LS"]
@@ -56,7 +56,8 @@ def data(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- the model
 
-@pytest.mark.parametrize("kw", [dict(ALL), dict(ALL, pos_emb="learned", norm="layernorm", value_embeds=0, bigram_embeds=0, bigram_signs=0)],
+@pytest.mark.parametrize("kw", [dict(ALL), dict(ALL, pos_emb="learned", norm="layernorm", value_embeds=0, bigram_embeds=0, bigram_signs=0,
+                                              key_offset=False)],
                          ids=["speedrun", "learned-positions"])
 def test_an_earlier_document_never_changes_a_later_ones_logits(kw):
     model, idx = model_of(**kw), tokens()
@@ -131,6 +132,18 @@ def test_bigram_rows_hash_each_pair_the_same_everywhere_and_keep_documents_apart
     m = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, bigram_embeds=11, bigram_signs=13))
     assert set(m.bigram_sign_table.unique().tolist()) == {-1.0, 1.0} and "bigram_sign_table" not in m.state_dict()
     assert torch.equal(m.bigram_sign_table, GPT(m.config).bigram_sign_table)  # the same table in every process
+
+
+def test_key_offset_shifts_the_slow_channels_by_one_token_inside_documents():
+    attn = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, pos_emb="rope", key_offset=True)).transformer.h[0].attn
+    k = torch.randn(1, 5, 2, 16)
+    pos = torch.tensor([[0, 1, 2, 0, 1]])  # a document starts at token 3
+    out = attn._offset_keys(k, None, pos)
+    slow = [*range(4, 8), *range(12, 16)]
+    assert torch.equal(out[0, 1:3][..., slow], k[0, 0:2][..., slow]) and torch.equal(out[0, 4][..., slow], k[0, 3][..., slow])
+    assert torch.equal(out[0, [0, 3]], k[0, [0, 3]])  # a document's first token keeps its own keys
+    fast = [*range(0, 4), *range(8, 12)]
+    assert torch.equal(out[..., fast], k[..., fast])
 
 
 def test_kv_cache_generation_equals_recomputing_with_windows_documents_and_value_embeds():
