@@ -90,11 +90,11 @@ def chunk_kernels(name):
     kept = hl._fused_chunk_loss
     compiled = torch.compile(hl._chunk_loss_fusible)  # dims that never change (the vocab) stay fixed
 
-    def rows_dynamic(z, y, scale, softcap, want_grad):
+    def rows_dynamic(z, y, w, scale, softcap, want_grad):
         calls.append(z.size(0))
         for t in (z, y, scale):
             torch._dynamo.maybe_mark_dynamic(t, 0)  # one graph for every chunk length, as head_loss.py's
-        return compiled(z, y, scale, softcap, want_grad)
+        return compiled(z, y, w, scale, softcap, want_grad)
     hl._fused_chunk_loss = rows_dynamic
     try:
         yield calls

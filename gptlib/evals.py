@@ -90,7 +90,7 @@ def window_losses(model, loader, starts, batch_size, block_size, device, autocas
         full = _flex_shapes(model, device)  # a last short batch is filled up: compiled FlexAttention sees one shape
         for b in range(0, len(starts), batch_size):
             batch = starts[b:b + batch_size]
-            batch = batch + batch[-1:] * (batch_size - len(batch)) * full
+            batch = batch + batch[-1:] * ((batch_size - len(batch)) if full else 0)
             rows = np.stack([loader.read_tokens(s, block_size + 1) for s in batch])  # (B, T+1)
             x = torch.from_numpy(rows[:, :-1]).to(device, non_blocking=True)  # inputs (B, T)
             y = torch.from_numpy(rows[:, 1:]).to(device, non_blocking=True)  # targets shifted by one (B, T)
