@@ -155,3 +155,10 @@ def test_gpu_user_path_refuses_a_used_folder_and_a_missing_parquet(tmp_path):
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert (tmp_path / "old" / "ckpt.pt").read_text() == "a run's"
+
+
+def test_bench_masks_builds_each_way_and_prints_its_cost():
+    out = run_module("benchmarks.bench_masks", "--sizes=256")
+    lines = [line for line in out.splitlines() if line.startswith("T ")]
+    assert len(lines) == 4 and {"positions", "bounds"} <= {line.split("|")[2].strip() for line in lines}
+    assert all(" ms | +" in line for line in lines)
