@@ -157,6 +157,7 @@ def test_gpu_user_path_refuses_a_used_folder_and_a_missing_parquet(tmp_path):
     assert (tmp_path / "old" / "ckpt.pt").read_text() == "a run's"
 
 
+@pytest.mark.slow  # four fresh processes (~15 s)
 def test_bench_masks_builds_each_way_and_prints_its_cost():
     out = run_module("benchmarks.bench_masks", "--sizes=256")
     lines = [line for line in out.splitlines() if line.startswith("T ")]
