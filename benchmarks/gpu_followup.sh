@@ -14,10 +14,13 @@
 # (carry a torchao wheel in devcheck/):
 #     ITEMS="fineweb36 real_modern real_speedrun speed_tables speed_blocks speed_heads" BUDGET=480 bash benchmarks/gpu_followup.sh   # timeout_s 540
 #     ITEMS="fineweb36 speed_fp8 speed_all consumer_tiles speedrun" BUDGET=540 bash benchmarks/gpu_followup.sh                      # 600
-#     (then: ITEMS="big350_12 big760_12 big760_24 big350_12_full" BUDGET=480; ITEMS="loss project16 nano16 profile fit12 user")
+#     (then: ITEMS="fineweb36 modded18 ours18" BUDGET=480, carrying devcheck/modded/train_gpt.py: record #18's script,
+#      `git show HEAD:records/track_1_short/2025-01-04_SoftCap/31d6c427-f1f7-4d8a-91be-a67b5dcd13fd.txt | sed '/^=====/q' | sed '$d'`
+#      from KellerJordan/modded-nanogpt; then ITEMS="big350_12 big760_12 big760_24 big350_12_full" BUDGET=480;
+#      ITEMS="loss project16 nano16 profile fit12 user")
 set -u
 OUT=${OUT:-/tmp/gpu_followup}; mkdir -p "$OUT"; PY=${PY:-python}; BUDGET=${BUDGET:-420}; START=$(date +%s)  # python: as devcheck, which ran there
-ITEMS=${ITEMS:-"fineweb36 real_modern real_speedrun speed_tables speed_blocks speed_heads speed_fp8 speed_all consumer_tiles recipes12_classic recipes12_modern recipes12_speedrun speedrun big350_12 big760_12 big760_24 big350_12_full loss project16 nano16 profile fit12 memory fit24 user attention modern nano_eager project_eager"}  # all
+ITEMS=${ITEMS:-"fineweb36 real_modern real_speedrun speed_tables speed_blocks speed_heads speed_fp8 speed_all consumer_tiles modded18 ours18 recipes12_classic recipes12_modern recipes12_speedrun speedrun big350_12 big760_12 big760_24 big350_12_full loss project16 nano16 profile fit12 memory fit24 user attention modern nano_eager project_eager"}  # all
 # the device has tiktoken, not its BPE files, and presets TIKTOKEN_CACHE_DIR to an empty /opt/tiktoken_cache (which
 # failed the user's path in the fourth device session): the carried copy wins whenever it is there
 if [ -d devcheck/tiktoken_cache ]; then export TIKTOKEN_CACHE_DIR=$PWD/devcheck/tiktoken_cache; fi
@@ -72,6 +75,17 @@ if [ -f "$DATA/fineweb_sample.parquet" ]; then
   item speed_fp8      90 180 $PY bench.py $CFG4070 config/recipe_speedrun.py $SPEED_SHORT $CAP12 --json $BENCH_SHORT $REAL $FP8
   item speed_all      90 180 $PY bench.py $CFG4070 config/recipe_speedrun.py $SPEED_SHORT $CAP12 --json $BENCH_SHORT $REAL --table_dtype=bf16 --attn_block=128 $HEADS128 $FP8
   item consumer_tiles 90 180 env GPT2KIT_FLEX_SMEM_BYTES=101376 $PY bench.py $CFG4070 config/recipe_speedrun.py $SPEED_SHORT $CAP12 --json $BENCH_SHORT $REAL $HEADS128
+  # modded-nanogpt's own record #18 (train_gpt.py, extracted from its log into devcheck/modded/ on a machine with the
+  # repository; never committed) on the same tokens: 8 x 65,536 tokens a step, its window schedule squeezed into 30
+  # steps (it times steps 11-30); then ours at the same tokens per micro-step and the same schedule
+  if [ -f devcheck/modded/train_gpt.py ]; then
+    item modded18 240 360 bash -c "$PY -m benchmarks.modded_shards --data_dir=$OUT/fineweb --out_dir=$OUT/modded/data/fineweb10B --copies=5 \
+      && sed -e 's/num_iterations = 1390/num_iterations = 30/' -e 's/val_loss_every = 125/val_loss_every = 0/' \
+             -e 's/val_tokens = 10485760/val_tokens = 65536/' devcheck/modded/train_gpt.py > $OUT/modded/train_gpt.py \
+      && cd $OUT/modded && $PY -m torch.distributed.run --standalone --nproc_per_node=1 train_gpt.py"
+    item ours18 150 240 $PY bench.py $CFG4070 config/recipe_speedrun.py --block_size=65536 --batch_size=1 --total_batch_size=524288 \
+      --max_iters=30 --phases=4 --json $BENCH_SHORT $REAL
+  fi
 fi
 # 1. the loss op: the compiled gradient in a buffer of its own again (run 3's form), and the fixed-vocab candidate
 item loss        75 150 $PY -m benchmarks.bench_loss $LOSS --json --impls=project_compiled,project_fixed_vocab,project,full_compiled
@@ -124,5 +138,5 @@ item big350_12_full 150 300 $PY bench.py $CFG350 --activation_checkpointing=full
 echo "[$(el)s] done" | tee -a "$OUT/timeline.txt"
 # the device hands back few files: every log in one archive (a run cut short leaves the logs as they are)
 # and the training runs' logs and metrics (a folder name with '+' does not come back on its own)
-(cd "$OUT" && ls *.log >/dev/null 2>&1 && tar czf logs.tgz *.log $(ls recipes/*/log.txt recipes/*/metrics.jsonl 2>/dev/null) && rm -f *.log \
-  && rm -rf recipes stdlib)  # their checkpoints and shards are too large to come back
+(cd "$OUT" && ls *.log >/dev/null 2>&1 && tar czf logs.tgz *.log $(ls recipes/*/log.txt recipes/*/metrics.jsonl modded/logs/*.txt 2>/dev/null) \
+  && rm -f *.log && rm -rf recipes stdlib fineweb modded)  # their checkpoints and shards are too large to come back

@@ -163,3 +163,21 @@ def test_bench_masks_builds_each_way_and_prints_its_cost():
     lines = [line for line in out.splitlines() if line.startswith("T ")]
     assert len(lines) == 4 and {"positions", "bounds"} <= {line.split("|")[2].strip() for line in lines}
     assert all(" ms | +" in line for line in lines)
+
+
+def test_modded_shards_writes_the_format_record_18_reads(tmp_path):
+    """Our shards as modded-nanogpt's .bin files (header 20240520, 1, count; uint16 tokens), the train split as many
+    times as asked, for the device's modded18 item."""
+    import numpy as np
+    from benchmarks import modded_shards
+    from gptlib import shards
+    from test_train import make_dataset
+    from conftest import shakespeare
+    (tmp_path / "data").mkdir()
+    data = make_dataset(tmp_path / "data", shakespeare()[:20_000], val_docs=5)
+    modded_shards.main([f"--data_dir={data}", f"--out_dir={tmp_path / 'bin'}", "--copies=2"])
+    names = sorted(p.name for p in (tmp_path / "bin").iterdir())
+    assert names == ["fineweb_train_000001.bin", "fineweb_train_000002.bin", "fineweb_val_000001.bin"]
+    count, tokens = modded_shards.read_bin(tmp_path / "bin" / "fineweb_train_000002.bin")
+    ours = np.concatenate([np.load(p) for p in shards.list_shards(data, "train")])
+    assert count == len(ours) and np.array_equal(tokens, ours)
