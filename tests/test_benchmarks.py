@@ -181,3 +181,23 @@ def test_modded_shards_writes_the_format_record_18_reads(tmp_path):
     count, tokens = modded_shards.read_bin(tmp_path / "bin" / "fineweb_train_000002.bin")
     ours = np.concatenate([np.load(p) for p in shards.list_shards(data, "train")])
     assert count == len(ours) and np.array_equal(tokens, ours)
+
+
+def test_every_ladder_rung_is_a_valid_run_at_the_yardstick_size():
+    """Each rung of bench_recipes' ladder, with the ones above it, at the yardstick's size (BENCHMARKS.md, 4 x 256,
+    rows of 1024 x 2) and at the GPU item's (12 x 768): settings train.py accepts, so a ladder never dies hours in."""
+    from benchmarks import bench_recipes
+    from gptlib.settings import load_config
+    from gptlib.train_settings import TrainConfig
+    for size in (["--n_layer=4", "--n_head=4", "--n_embd=256", "--block_size=1024", "--batch_size=2", "--window=256",
+                  "--window_start=32", "--window_pattern=LS", "--value_embeds=2", "--data_dir=x"],
+                 ["--n_layer=12", "--n_head=12", "--n_embd=768", "--block_size=1024", "--batch_size=8", "--window=1792",
+                  "--window_start=128", "--window_pattern=LSSSLS", "--value_embeds=3", "--data_dir=x"]):
+        cfg = load_config(bench_recipes.RecipesConfig, size)
+        base = [bench_recipes.MODERN, f"--n_layer={cfg.n_layer}", f"--n_head={cfg.n_head}", f"--n_embd={cfg.n_embd}",
+                f"--block_size={cfg.block_size}", f"--batch_size={cfg.batch_size}",
+                f"--total_batch_size={cfg.batch_size * cfg.block_size}", "--max_iters=122", "--warmup_iters=6"]
+        added = []
+        for rung, settings in bench_recipes.ladder(cfg):
+            added += settings
+            load_config(TrainConfig, base + added)  # raises a ConfigError naming the setting
