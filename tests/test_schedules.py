@@ -19,7 +19,8 @@ from test_recipe import stop_at
 from test_train import TINY, make_dataset, metrics
 
 MODERN = str(REPO / "config" / "recipe_modern.py")
-SCHEDULES = {  # name -> settings (TINY: 4 x 32 micro-batches of 128 tokens, 12 steps in 3 parts of 4)
+SCHEDULES = {  # name -> settings (TINY: 4 x 32 micro-batches of 128 tokens, 12 steps in 3 parts of 4); 'all' in the
+    # default suite, each alone under -m slow
     "batch": ["--batch_schedule=128,256,384"],
     "seq": ["--seq_schedule=8,16,32"],
     "mtp": ["--mtp=0.5,0.25"],
@@ -41,7 +42,7 @@ def args(data, out, extra):
         "--dropout=0.1"]
 
 
-@pytest.mark.parametrize("name", list(SCHEDULES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n != "all" else n for n in SCHEDULES])
 def test_a_run_stopped_mid_schedule_resumes_bit_identically(name, data, tmp_path, monkeypatch):
     """Stopped at iteration 5 (in the second part, after the untie) and resumed: the same losses, evals and
     weights to the bit as a run straight through; tokens count each step's own."""

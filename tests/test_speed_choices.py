@@ -91,6 +91,7 @@ def test_fp8_head_off_a_capable_gpu_is_one_line(data, tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # a 2-rank torchrun (~10 s)
 def test_fsdp_gathers_bf16_weights_and_stays_close_to_a_replica(data, tmp_path):
     """--fsdp_dtype=bf16 on 2 gloo ranks: every weight used as its bf16 rounding (on a CPU without autocast the
     whole forward then runs in bf16), gradients reduced in fp32. The losses move off the fp32 replica's, by under 1%
